@@ -29,17 +29,18 @@ class BayesianNetwork(PyroModule):
     ``n_total`` (the training set size) scales the likelihood of a minibatch by ``n_total / B``.
     """
 
-    def __init__(self, arch: ArchConfig, prior_scale: float = 1.0):
+    def __init__(self, arch: ArchConfig, prior_scale: float = 1.0, device: str | torch.device = "cpu"):
         super().__init__()
         if prior_scale <= 0:
             raise ValueError(f"prior_scale must be positive, got {prior_scale}")
         self.arch = arch
         self.prior_scale = float(prior_scale)
         self.net = build(arch)
+        self.net.to(device)
         to_pyro_module_(self.net)
         for module in self.net.modules():
             for name, value in list(module.named_parameters(recurse=False)):
-                prior = dist.Normal(torch.zeros(()), torch.tensor(self.prior_scale))
+                prior = dist.Normal(torch.zeros((), device=device), torch.tensor(self.prior_scale, device=device))
                 setattr(module, name, PyroSample(prior.expand(value.shape).to_event(value.dim())))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, n_total: int | None = None):

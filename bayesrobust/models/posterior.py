@@ -33,6 +33,7 @@ from .architectures import ArchConfig, Network, build
 KINDS = ("deterministic", "svi", "mcmc")
 WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "config.json"
+DIAGNOSTICS_FILE = "diagnostics.json"
 
 
 def _draw_generator(seed: int, j: int) -> torch.Generator:
@@ -161,7 +162,8 @@ class Posterior:
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        """Write ``weights.pt`` (tensors only) and ``config.json`` into ``directory``, atomically: both go
+        """Write ``weights.pt`` (tensors only), ``config.json`` (and, for MCMC, ``diagnostics.json``) into
+        ``directory``, atomically: all go
         into a temporary sibling folder that replaces ``directory`` only when complete."""
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +174,8 @@ class Posterior:
             torch.save(tensors, tmp / WEIGHTS_FILE)
             meta = {"kind": self.kind, "arch": self.arch.to_dict(), "seed": self.seed, "config": self.config}
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+            if "diagnostics" in self.config:
+                (tmp / DIAGNOSTICS_FILE).write_text(json.dumps(self.config["diagnostics"], indent=2))
             old = None
             if directory.exists():
                 old = directory.with_name(f".{directory.name}.old")

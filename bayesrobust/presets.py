@@ -1,0 +1,224 @@
+"""Named experiment settings (SPEC 1.2): the paper's ``model_idx`` 0-3 and CIFAR, plus quick variants.
+
+A :class:`Preset` fixes the dataset, the architecture and the training settings of the three model kinds
+(``baseNN``, ``advNN``, ``fullBNN``) and the attack defaults. Command-line options override single fields
+(``--epochs``, ``--lr``, ...) through :meth:`Preset.with_overrides`; the resolved config is what is stored
+with every result.
+
+======================  =============  ==========  =====================================================
+preset                  paper idx      dataset     architecture / fullBNN inference
+======================  =============  ==========  =====================================================
+``mnist_conv``          0              MNIST       conv h=512, SVI 5 epochs lr 1e-2
+``fashion_mnist_conv``  1              F-MNIST     conv h=1024, SVI 15 epochs lr 1e-3
+``mnist_fc2``           2              MNIST       fc2 h=512, NUTS 100 warmup + 100 samples
+``fashion_mnist_fc2``   3              F-MNIST     fc2 h=1024, NUTS 100 warmup + 100 samples
+``cifar_resnet20``      cifar          CIFAR-10    ResNet-20, SGD 0.1 200 epochs, SVI 200 epochs
+``quick``               (quick conv)   mnist5k     conv h=32, few epochs, SVI — minutes on 2 CPU cores
+``quick_fc2``           (quick fc2)    mnist5k     fc2 h=32, few epochs, NUTS on 1,000 images
+``quick_resnet20``      (smoke)        cifar10_test300  ResNet-20, a handful of steps (smoke runs only)
+======================  =============  ==========  =====================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from .models.architectures import ArchConfig
+
+MODELS = ("baseNN", "advNN", "fullBNN")
+INFERENCES = ("svi", "hmc")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Deterministic training: optimiser, learning rate, batch size, epochs (SGD: momentum, weight decay,
+    learning-rate milestones as fractions of the epochs, ×0.1 at each)."""
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    batch_size: int = 128
+    epochs: int = 5
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    milestones: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class AdvConfig:
+    """Adversarial training (advNN): the attack used on each batch and the adversarial fraction."""
+
+    attack: str = "fgsm"
+    norm: str = "linf"
+    epsilon: float = 0.2
+    steps: int = 10
+    step_size: float | None = None
+    adv_ratio: float = 1.0
+
+
+@dataclass(frozen=True)
+class SVIConfig:
+    """Mean-field Normal SVI (Trace_ELBO, Adam), likelihood scaled by N/B."""
+
+    epochs: int = 5
+    lr: float = 1e-2
+    batch_size: int = 128
+    init_scale: float = 1e-3
+    num_particles: int = 1
+
+
+@dataclass(frozen=True)
+class HMCConfig:
+    """NUTS on the full training set (or its first ``n_train`` images)."""
+
+    warmup: int = 100
+    samples: int = 100
+    chains: int = 2
+    max_tree_depth: int = 8
+    target_accept: float = 0.8
+    n_train: int | None = None
+    jit: bool = True
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    dataset: str
+    arch: ArchConfig
+    base: OptimConfig
+    adv: AdvConfig
+    adv_optim: OptimConfig
+    inference: str
+    svi: SVIConfig
+    hmc: HMCConfig
+    prior_scale: float = 1.0
+    n_inputs: int = 500
+    eval_draws: int = 100
+    attack_epsilon: float = 0.2
+    attack_steps: int = 40
+    attack_step_size: float = 0.01
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_overrides(self, **overrides: Any) -> "Preset":
+        """A copy with top-level fields replaced (``None`` values are ignored)."""
+        valid = {f.name for f in fields(self)}
+        unknown = set(overrides) - valid
+        if unknown:
+            raise ValueError(f"unknown preset field(s) {sorted(unknown)}; expected some of {sorted(valid)}")
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+MNIST = (1, 28, 28)
+CIFAR = (3, 32, 32)
+
+PRESETS: dict[str, Preset] = {
+    "mnist_conv": Preset(
+        "mnist_conv", "mnist", ArchConfig("conv", 512, MNIST),
+        base=OptimConfig(epochs=5), adv=AdvConfig(), adv_optim=OptimConfig(epochs=5), inference="svi",
+        svi=SVIConfig(epochs=5, lr=1e-2), hmc=HMCConfig(), description="paper model_idx 0"),
+    "fashion_mnist_conv": Preset(
+        "fashion_mnist_conv", "fashion_mnist", ArchConfig("conv", 1024, MNIST),
+        base=OptimConfig(epochs=10), adv=AdvConfig(), adv_optim=OptimConfig(epochs=10), inference="svi",
+        svi=SVIConfig(epochs=15, lr=1e-3), hmc=HMCConfig(), description="paper model_idx 1"),
+    "mnist_fc2": Preset(
+        "mnist_fc2", "mnist", ArchConfig("fc2", 512, MNIST),
+        base=OptimConfig(epochs=15), adv=AdvConfig(), adv_optim=OptimConfig(epochs=15), inference="hmc",
+        svi=SVIConfig(epochs=15, lr=1e-3), hmc=HMCConfig(warmup=100, samples=100),
+        description="paper model_idx 2"),
+    "fashion_mnist_fc2": Preset(
+        "fashion_mnist_fc2", "fashion_mnist", ArchConfig("fc2", 1024, MNIST),
+        base=OptimConfig(epochs=15), adv=AdvConfig(), adv_optim=OptimConfig(epochs=15), inference="hmc",
+        svi=SVIConfig(epochs=15, lr=1e-3), hmc=HMCConfig(warmup=100, samples=100),
+        description="paper model_idx 3"),
+    "cifar_resnet20": Preset(
+        "cifar_resnet20", "cifar10", ArchConfig("resnet20", 16, CIFAR),
+        base=OptimConfig("sgd", 0.1, 128, 200, 0.9, 1e-4, (0.5, 0.75)),
+        adv=AdvConfig(epsilon=8 / 255),
+        adv_optim=OptimConfig("sgd", 0.1, 128, 150, 0.9, 1e-4, (0.5, 0.75)), inference="svi",
+        svi=SVIConfig(epochs=200, lr=1e-3), hmc=HMCConfig(), attack_epsilon=8 / 255,
+        attack_step_size=2 / 255, description="paper CIFAR-10 ResNet-20"),
+    "quick": Preset(
+        "quick", "mnist5k", ArchConfig("conv", 32, MNIST),
+        base=OptimConfig(epochs=5, batch_size=64), adv=AdvConfig(),
+        adv_optim=OptimConfig(epochs=5, batch_size=64), inference="svi",
+        svi=SVIConfig(epochs=20, lr=1e-2, batch_size=128), hmc=HMCConfig(warmup=50, samples=50, n_train=1000),
+        n_inputs=100, eval_draws=20, description="quick conv on the embedded mnist5k"),
+    "quick_fc2": Preset(
+        "quick_fc2", "mnist5k", ArchConfig("fc2", 32, MNIST),
+        base=OptimConfig(epochs=10, batch_size=64), adv=AdvConfig(),
+        adv_optim=OptimConfig(epochs=10, batch_size=64), inference="hmc",
+        svi=SVIConfig(epochs=20, lr=1e-2), hmc=HMCConfig(warmup=50, samples=50, chains=2, n_train=1000),
+        n_inputs=100, eval_draws=50, description="quick fc2 on the embedded mnist5k, NUTS"),
+    "quick_resnet20": Preset(
+        "quick_resnet20", "cifar10_test300", ArchConfig("resnet20", 16, CIFAR),
+        base=OptimConfig("sgd", 0.05, 50, 2, 0.9, 1e-4), adv=AdvConfig(epsilon=8 / 255),
+        adv_optim=OptimConfig("sgd", 0.05, 50, 2, 0.9, 1e-4), inference="svi",
+        svi=SVIConfig(epochs=2, lr=1e-3, batch_size=50), hmc=HMCConfig(), n_inputs=20, eval_draws=5,
+        attack_epsilon=8 / 255, attack_step_size=2 / 255,
+        description="ResNet-20 smoke run on 300 CIFAR-10 test images (not a benchmark)"),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; ``ValueError`` listing the valid names otherwise."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def check_model(model: str) -> str:
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    return model
+
+
+def override_training(preset: Preset, model: str, inference: str | None = None, *, dataset: str | None = None,
+                      epochs: int | None = None, lr: float | None = None, hidden: int | None = None,
+                      batch_size: int | None = None, warmup: int | None = None, samples: int | None = None,
+                      chains: int | None = None, n_train: int | None = None, prior_scale: float | None = None,
+                      adv_attack: str | None = None, adv_norm: str | None = None,
+                      adv_epsilon: float | None = None, adv_ratio: float | None = None) -> Preset:
+    """``preset`` with command-line overrides applied to the settings ``model`` trains with.
+
+    ``epochs``/``lr``/``batch_size`` go to the optimiser of baseNN or advNN, or to SVI for a fullBNN;
+    ``warmup``/``samples``/``chains``/``n_train`` to NUTS. ``None`` leaves a field as it is.
+
+    Raises
+    ------
+    ValueError
+        A negative epoch count, non-positive learning rate or size, or an unknown dataset.
+    """
+    from .data import dataset_info
+    check_model(model)
+    for name, value in (("epochs", epochs), ("warmup", warmup)):
+        if value is not None and value < 0:
+            raise ValueError(f"{name} must be non-negative, got {value}")
+    for name, value in (("lr", lr), ("hidden", hidden), ("batch_size", batch_size), ("samples", samples),
+                        ("chains", chains), ("n_train", n_train), ("prior_scale", prior_scale),
+                        ("adv_epsilon", adv_epsilon)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    p = preset
+    if dataset is not None:
+        info = dataset_info(dataset)
+        p = replace(p, dataset=dataset, arch=replace(p.arch, in_shape=info.shape, n_classes=len(info.classes)))
+    if hidden is not None:
+        p = replace(p, arch=replace(p.arch, hidden=hidden))
+    optim = {"epochs": epochs, "lr": lr, "batch_size": batch_size}
+    optim = {k: v for k, v in optim.items() if v is not None}
+    if model == "baseNN":
+        p = replace(p, base=replace(p.base, **optim))
+    elif model == "advNN":
+        adv = {"attack": adv_attack, "norm": adv_norm, "epsilon": adv_epsilon, "adv_ratio": adv_ratio}
+        p = replace(p, adv_optim=replace(p.adv_optim, **optim),
+                    adv=replace(p.adv, **{k: v for k, v in adv.items() if v is not None}))
+    else:
+        p = replace(p, svi=replace(p.svi, **optim))
+        hmc = {"warmup": warmup, "samples": samples, "chains": chains, "n_train": n_train}
+        p = replace(p, hmc=replace(p.hmc, **{k: v for k, v in hmc.items() if v is not None}))
+    if prior_scale is not None:
+        p = replace(p, prior_scale=prior_scale)
+    return p

@@ -1,0 +1,108 @@
+"""Training of the three model kinds of the paper: ``baseNN``, ``advNN`` and ``fullBNN`` (SPEC 1.3).
+
+:func:`train_model` is the one call behind ``python -m bayesrobust.train``: it loads the preset's data,
+trains, and returns the model as a :class:`~bayesrobust.models.posterior.Posterior` whose ``config`` holds
+everything needed to reproduce it. :func:`load_model` reads it back and explains how to make a missing one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .. import data as datasets
+from ..models.posterior import Posterior, deterministic
+from ..paths import model_dir, model_tag
+from ..presets import INFERENCES, Preset, check_model
+from .deterministic import train_network
+from .mcmc import train_hmc
+from .svi import train_svi
+
+__all__ = ["train_model", "load_model", "train_network", "train_svi", "train_hmc"]
+
+
+def resolve_inference(preset: Preset, model: str, inference: str | None) -> str | None:
+    """The inference of a fullBNN (the preset's unless given); ``None`` for the deterministic models."""
+    if model != "fullBNN":
+        return None
+    inference = inference or preset.inference
+    if inference not in INFERENCES:
+        raise ValueError(f"unknown inference {inference!r}; expected one of {', '.join(INFERENCES)}")
+    return inference
+
+
+def train_model(preset: Preset, model: str, inference: str | None = None, seed: int = 0,
+                device: str = "cpu", data_root: str | Path | None = None,
+                progress: bool = False) -> Posterior:
+    """Train ``model`` (baseNN, advNN or fullBNN) with the settings of ``preset`` on its dataset's train split.
+
+    The returned posterior's ``config`` records the preset (with overrides), model, inference and seed, and
+    ``config['train_seconds']``.
+    """
+    import time
+    check_model(model)
+    inference = resolve_inference(preset, model, inference)
+    train = datasets.load(preset.dataset, "train", data_root)
+    if train.x.shape[1:] != torch.Size(preset.arch.in_shape):
+        raise ValueError(f"dataset {preset.dataset!r} has images of shape {tuple(train.x.shape[1:])} but "
+                         f"architecture {preset.arch.name!r} was configured for {preset.arch.in_shape}")
+    start = time.perf_counter()
+    extra: dict = {}
+    if model == "baseNN":
+        net, hist = train_network(preset.arch, train, preset.base, None, seed, device, progress)
+        posterior = deterministic(net)
+        extra = hist.as_tensors()
+    elif model == "advNN":
+        net, hist = train_network(preset.arch, train, preset.adv_optim, preset.adv, seed, device, progress)
+        posterior = deterministic(net)
+        extra = hist.as_tensors()
+    elif inference == "svi":
+        posterior = train_svi(preset.arch, train, preset.svi, preset.prior_scale, seed, device, progress)
+    else:
+        posterior = train_hmc(preset.arch, train, preset.hmc, preset.prior_scale, seed, device, progress)
+    posterior.extra.update(extra)
+    posterior.seed = seed
+    posterior.config.update(preset=preset.to_dict(), model=model, inference=inference, seed=seed,
+                            dataset=preset.dataset, n_train=len(train),
+                            train_seconds=time.perf_counter() - start)
+    return posterior
+
+
+def train_command(preset: Preset, model: str, inference: str | None) -> str:
+    """The shell command that trains what :func:`load_model` could not find."""
+    inf = f" --inference {inference}" if model == "fullBNN" and inference else ""
+    return f"python -m bayesrobust.train --model {model} --preset {preset.name}{inf} --out OUT"
+
+
+def load_model(out: str | Path, preset: Preset, model: str, inference: str | None = None,
+               check_arch: bool = False) -> Posterior:
+    """Read the model trained by ``python -m bayesrobust.train`` under ``out``.
+
+    The checkpoint's own config (``posterior.config['preset']``) says which data and architecture it was
+    trained with (it may have been trained with overrides of ``preset``); ``check_arch`` additionally
+    requires the architecture to equal ``preset.arch``.
+
+    Raises
+    ------
+    FileNotFoundError
+        Not trained yet; the message names the train command to run.
+    ValueError
+        The checkpoint's architecture differs from the preset's.
+    """
+    check_model(model)
+    inference = resolve_inference(preset, model, inference)
+    directory = model_dir(out, preset.name, model, inference)
+    if not directory.exists():
+        raise FileNotFoundError(f"no trained {model_tag(model, inference)} for preset {preset.name!r} in "
+                                f"{directory}; train it first: "
+                                f"{train_command(preset, model, inference).replace('OUT', str(out))}")
+    return Posterior.load(directory, preset.arch if check_arch else None)
+
+
+def describe(posterior: Posterior) -> dict:
+    """Flat summary of a trained model for logs and the CLI."""
+    cfg = posterior.config
+    return {"model": cfg.get("model"), "inference": cfg.get("inference"), "kind": posterior.kind,
+            "arch": asdict(posterior.arch), "train_seconds": round(float(cfg.get("train_seconds", 0.0)), 1)}
