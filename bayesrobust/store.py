@@ -169,3 +169,12 @@ def atomic_zarr(path: str | Path):
 def register_schema(kind: str, variables: Mapping[str, Iterable[str]]) -> None:
     """Declare the variables (name → dims) that a result of ``kind`` must hold."""
     SCHEMAS[kind] = {k: tuple(v) for k, v in variables.items()}
+
+
+register_schema("analysis", {
+    "lrp_robustness": ("model", "rule", "layer", "image"), "softmax_robustness": ("model", "image"),
+    "success": ("model", "image"), "failed": ("model", "image"), "label": ("image",),
+    "lrp_robustness_diff": ("comparison", "rule", "layer", "image"),
+    "mannwhitney_u": ("comparison", "subset", "rule", "layer"),
+    "mannwhitney_p": ("comparison", "subset", "rule", "layer"),
+    "spearman_rho": ("model", "subset", "rule", "layer"), "spearman_p": ("model", "subset", "rule", "layer")})
