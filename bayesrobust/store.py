@@ -171,6 +171,12 @@ def register_schema(kind: str, variables: Mapping[str, Iterable[str]]) -> None:
     SCHEMAS[kind] = {k: tuple(v) for k, v in variables.items()}
 
 
+register_schema("attack", {
+    "x": ("image", "channel", "height", "width"), "x_adv": ("image", "channel", "height", "width"),
+    "label": ("image",), "pred": ("image",), "pred_adv": ("image",), "success": ("image",),
+    "failed": ("image",), "softmax_robustness": ("image",), "probs": ("image", "class"),
+    "probs_adv": ("image", "class"), "draw_pred": ("draw", "image"), "draw_pred_adv": ("draw", "image")})
+register_schema("robustness_table", {"accuracy": ("norm", "epsilon", "steps"), "clean_accuracy": ()})
 register_schema("analysis", {
     "lrp_robustness": ("model", "rule", "layer", "image"), "softmax_robustness": ("model", "image"),
     "success": ("model", "image"), "failed": ("model", "image"), "label": ("image",),

@@ -1,0 +1,226 @@
+"""The attack base class: validation, projection, clipping and the loss gradient, written once (SPEC 1.4).
+
+An attack is configured at construction (keyword-only hyperparameters) and called with a model and a batch::
+
+    x_adv = PGD(norm="linf", epsilon=0.2, steps=40, step_size=0.01)(model, x, y)
+
+``model`` is a plain ``torch.nn.Module`` returning logits, used in whatever train/eval mode the caller set.
+Every attack is untargeted: it increases the cross-entropy of the logits with the true label ``y`` and
+returns images clipped to [0, 1] inside the ε-ball around ``x`` in the attack's norm. Each subclass only
+writes its steps (:meth:`Attack.perturb`), against a *loss gradient*: a function ``(x_adv, y) -> ∇ₓ Σᵢ Lᵢ``.
+For a plain module that is :func:`module_gradient`; the posterior-average wrapper
+(:mod:`bayesrobust.attacks.posterior`) passes a gradient averaged over posterior draws instead, so the same
+FGSM/PGD code attacks deterministic and Bayesian models.
+
+The loss is the *sum* over images of the per-image cross-entropy, so each image's gradient does not depend
+on the batch size (nor on chunking); only its sign (Linf) or direction (L2) is used.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: ``(x_adv, y) -> ∇ₓ Σᵢ L(f(x_adv)ᵢ, yᵢ)``, shaped like ``x_adv``; must not write any parameter's ``.grad``.
+LossGradient = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+NORMS = ("linf", "l2")
+
+#: Added to per-image L2 norms before dividing (as torchattacks' ``eps_for_division``).
+L2_TINY = 1e-10
+
+
+def check_norm(norm: str) -> str:
+    """``norm`` if it is one of :data:`NORMS`; ``ValueError`` listing them otherwise."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
+    return norm
+
+
+def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Check a batch: ``x`` (N, ...) floating point in [0, 1], ``y`` (N,) integer labels.
+
+    Raises
+    ------
+    ValueError
+        Wrong dtype or shape, mismatched batch sizes, or pixels outside [0, 1] (the message gives the range).
+    """
+    if not torch.is_floating_point(x):
+        raise ValueError(f"x must be a floating-point tensor of pixels in [0, 1], got dtype {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(f"x must have a leading batch dimension, e.g. (N, C, H, W); "
+                         f"got shape {tuple(x.shape)}")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must have shape ({x.shape[0]},) to match x of shape {tuple(x.shape)}; "
+                         f"got {tuple(y.shape)}")
+    if torch.is_floating_point(y) or y.dtype == torch.bool:
+        raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ValueError(f"x must hold pixels in [0, 1] (SPEC 1.1: normalisation belongs in the model); "
+                         f"got values in [{float(x.min()):.4g}, {float(x.max()):.4g}]")
+
+
+def _per_image_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
+    """‖tᵢ‖ per image, shaped (N, 1, ..., 1) for broadcasting."""
+    flat = t.reshape(t.shape[0], -1)
+    value = flat.abs().amax(dim=1) if norm == "linf" else flat.norm(p=2, dim=1)
+    return value.reshape(-1, *([1] * (t.dim() - 1)))
+
+
+def perturbation_norm(x_adv: torch.Tensor, x: torch.Tensor, norm: str) -> torch.Tensor:
+    """‖x̃ᵢ − xᵢ‖ in ``norm`` ('linf' or 'l2') for every image, shape (N,)."""
+    return _per_image_norm(x_adv - x, check_norm(norm)).reshape(-1)
+
+
+def chunks(n: int, chunk_size: int | None) -> list[slice]:
+    """Slices covering ``range(n)`` in pieces of ``chunk_size`` (``None``: one piece)."""
+    size = max(n if not chunk_size else chunk_size, 1)
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def per_image_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int | None = None
+                   ) -> torch.Tensor:
+    """Cross-entropy of ``net``'s logits with ``y`` per image, (N,), without gradients."""
+    with torch.no_grad():
+        return torch.cat([F.cross_entropy(net(x[sl]), y[sl], reduction="none")
+                          for sl in chunks(x.shape[0], chunk_size)])
+
+
+def accumulate_gradient(out: torch.Tensor, net: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        weight: torch.Tensor | float = 1.0, chunk_size: int | None = None) -> torch.Tensor:
+    """``out += ∇ₓ Σᵢ wᵢ CE(net(x)ᵢ, yᵢ)``, image chunk by image chunk; returns ``out``.
+
+    ``weight`` is a scalar or per-image (N,). Only the input gradient is computed
+    (``torch.autograd.grad``), so no parameter's ``.grad`` changes.
+    """
+    with torch.enable_grad():
+        for sl in chunks(x.shape[0], chunk_size):
+            xc = x[sl].detach().requires_grad_(True)
+            loss = F.cross_entropy(net(xc), y[sl], reduction="none")
+            w = weight[sl] if isinstance(weight, torch.Tensor) else weight
+            out[sl] += torch.autograd.grad((loss * w).sum(), xc)[0]
+    return out
+
+
+def module_gradient(model: nn.Module, chunk_size: int | None = None) -> LossGradient:
+    """The loss gradient of a plain module, ∇ₓ Σᵢ CE(model(x)ᵢ, yᵢ); the module is read at every call, so
+    a module whose weights are swapped in place (a :class:`~bayesrobust.attacks.draws.DrawSet`) gives the
+    gradient of its current draw."""
+    def gradient(x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return accumulate_gradient(torch.zeros_like(x_adv), model, x_adv, y, chunk_size=chunk_size)
+    return gradient
+
+
+class Attack(abc.ABC):
+    """Base class of the untargeted, norm-bounded attacks.
+
+    Parameters
+    ----------
+    epsilon
+        Radius of the perturbation ball, ``epsilon >= 0``, in the attack's norm (:attr:`norm`).
+
+    Notes
+    -----
+    Subclasses set :attr:`norm` and implement :meth:`perturb`; they use :meth:`project` after each step,
+    which keeps x̃ in the ε-ball around x and in [0, 1].
+    """
+
+    #: 'linf' or 'l2'; set by the subclass (or its constructor).
+    norm: str = "linf"
+
+    def __init__(self, *, epsilon: float):
+        epsilon = float(epsilon)
+        if not epsilon >= 0:  # also catches NaN
+            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+        self.epsilon = epsilon
+
+    # -- public --------------------------------------------------------------------------------------------
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Attack ``model`` on the batch ``(x, y)``.
+
+        Parameters
+        ----------
+        model
+            A plain module mapping ``x`` to logits (N, classes). Its mode (train/eval) is left as set.
+        x
+            Clean images (N, C, H, W), pixels in [0, 1], on the model's device.
+        y
+            True labels (N,), int64.
+        generator
+            CPU generator for the random start (PGD), for reproducibility; ``None`` uses torch's global RNG.
+
+        Returns
+        -------
+        torch.Tensor
+            Adversarial images x̃ (N, C, H, W), detached, with ‖x̃ − x‖ ≤ ε and x̃ ∈ [0, 1].
+        """
+        return self.run(module_gradient(model), x, y, generator=generator)
+
+    def run(self, gradient: LossGradient, x: torch.Tensor, y: torch.Tensor, *,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+        """Attack with an arbitrary loss gradient (what the posterior-average wrapper calls)."""
+        check_inputs(x, y)
+        x = x.detach()
+        with torch.no_grad():
+            x_adv = self.perturb(gradient, x, y, generator)
+        return x_adv.detach()
+
+    @abc.abstractmethod
+    def perturb(self, gradient: LossGradient, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator | None) -> torch.Tensor:
+        """The attack's own steps, from validated inputs; returns x̃ (via :meth:`project`)."""
+
+    def params(self) -> dict[str, object]:
+        """The hyperparameters as a flat dict (for result attributes and configs)."""
+        return {"attack": self.name, "norm": self.norm, "epsilon": self.epsilon}
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__.lower()
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if k != "attack")
+        return f"{type(self).__name__}({args})"
+
+    # -- helpers for subclasses ----------------------------------------------------------------------------
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Project x̃ onto the ε-ball around x in :attr:`norm`, then clip to [0, 1].
+
+        Linf: δ ← clamp(δ, −ε, ε). L2: δ ← δ · min(1, ε / ‖δ‖₂) per image. Then x̃ = clamp(x + δ, 0, 1);
+        clipping a point of the ball towards the box never leaves the ball (both are convex and contain x).
+        """
+        delta = x_adv - x
+        if self.norm == "linf":
+            delta = delta.clamp(-self.epsilon, self.epsilon)
+        else:
+            length = _per_image_norm(delta, "l2")
+            delta = delta * torch.where(length > self.epsilon, self.epsilon / length.clamp_min(L2_TINY),
+                                        torch.ones_like(length))
+        return (x + delta).clamp(0, 1)
+
+    def ascent_direction(self, grad: torch.Tensor) -> torch.Tensor:
+        """The steepest-ascent unit step of :attr:`norm`: sign(g) (Linf) or g / (‖g‖₂ + 1e-10) (L2)."""
+        if self.norm == "linf":
+            return grad.sign()
+        return grad / (_per_image_norm(grad, "l2") + L2_TINY)
+
+    def random_start_point(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """A random point of the ε-ball around x, clipped to [0, 1].
+
+        Linf: δ ~ U(−ε, ε) per pixel (Madry et al. 2018). L2: a uniformly random direction with a radius
+        uniform in [0, ε] (as torchattacks' PGDL2). Noise is drawn on the CPU from ``generator`` and moved to
+        x's device, so a seed gives the same start on every device.
+        """
+        shape = x.shape
+        if self.norm == "linf":
+            noise = torch.rand(shape, generator=generator, dtype=x.dtype) * (2 * self.epsilon) - self.epsilon
+        else:
+            direction = torch.randn(shape, generator=generator, dtype=x.dtype)
+            radius = torch.rand((shape[0],) + (1,) * (len(shape) - 1), generator=generator, dtype=x.dtype)
+            noise = direction / _per_image_norm(direction, "l2").clamp_min(L2_TINY) * radius * self.epsilon
+        return (x + noise.to(x.device)).clamp(0, 1)

@@ -1,0 +1,122 @@
+"""Evaluation of an attack on a posterior (SPEC 1.4): predictive, predictions, success, softmax robustness.
+
+For S draws f_1..f_S (S = 1 for a deterministic model):
+
+- posterior predictive p(x) = (1/S) Σₛ softmax f_s(x), and its argmax, the prediction;
+- per-draw predictions argmax f_s(x);
+- **successful** attack: correct on x and wrong on x̃; **failed**: correct on both; an image misclassified
+  when clean is in neither set;
+- **softmax robustness** = 1 − ‖p(x) − p(x̃)‖∞ (Carbone et al. 2021, arXiv:2102.11010).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..models.posterior import Posterior
+from .base import check_inputs, chunks
+from .draws import DrawSet
+
+
+def draw_probabilities(model: Posterior | DrawSet | nn.Module, *inputs: torch.Tensor,
+                       n_draws: int | None = None, chunk_size: int | None = None) -> list[torch.Tensor]:
+    """softmax f_s(x) for every draw s and every input batch, each (S, N, classes); one pass over draws.
+
+    ``model`` as in :class:`~bayesrobust.attacks.posterior.PosteriorAverage` (a module is one draw).
+    """
+    device = inputs[0].device if inputs else "cpu"
+    draws = DrawSet.of(model, n_draws, device=device)
+    out: list[list[torch.Tensor]] = [[] for _ in inputs]
+    with torch.no_grad():
+        for _ in draws:
+            for found, x in zip(out, inputs):
+                found.append(torch.cat([torch.softmax(draws.net(x[sl]), dim=-1)
+                                        for sl in chunks(x.shape[0], chunk_size)]))
+    return [torch.stack(found) for found in out]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Per-image outcome of an attack; tensors on the inputs' device.
+
+    Attributes
+    ----------
+    label : (N,) true labels
+    probs, probs_adv : (N, classes) posterior predictive on x and x̃
+    draw_pred, draw_pred_adv : (S, N) per-draw predictions on x and x̃
+    """
+
+    label: torch.Tensor
+    probs: torch.Tensor
+    probs_adv: torch.Tensor
+    draw_pred: torch.Tensor
+    draw_pred_adv: torch.Tensor
+
+    @property
+    def pred(self) -> torch.Tensor:
+        """(N,) argmax of the predictive on x."""
+        return self.probs.argmax(dim=-1)
+
+    @property
+    def pred_adv(self) -> torch.Tensor:
+        """(N,) argmax of the predictive on x̃."""
+        return self.probs_adv.argmax(dim=-1)
+
+    @property
+    def success(self) -> torch.Tensor:
+        """(N,) bool: correct on x and wrong on x̃."""
+        return (self.pred == self.label) & (self.pred_adv != self.label)
+
+    @property
+    def failed(self) -> torch.Tensor:
+        """(N,) bool: correct on x and on x̃."""
+        return (self.pred == self.label) & (self.pred_adv == self.label)
+
+    @property
+    def softmax_robustness(self) -> torch.Tensor:
+        """(N,) 1 − ‖p(x) − p(x̃)‖∞."""
+        return 1 - (self.probs - self.probs_adv).abs().amax(dim=-1)
+
+    @property
+    def accuracy(self) -> float:
+        """Clean accuracy of the predictive."""
+        return float((self.pred == self.label).float().mean())
+
+    @property
+    def adversarial_accuracy(self) -> float:
+        """Accuracy of the predictive under attack."""
+        return float((self.pred_adv == self.label).float().mean())
+
+    @property
+    def success_rate(self) -> float:
+        """Successful attacks among the correctly classified clean images (NaN if there are none)."""
+        correct = int((self.pred == self.label).sum())
+        return float(self.success.sum()) / correct if correct else float("nan")
+
+
+def evaluate(model: Posterior | DrawSet | nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, *,
+             n_draws: int | None = None, chunk_size: int | None = None) -> Evaluation:
+    """Evaluate clean and adversarial images on the same S draws.
+
+    Parameters
+    ----------
+    model
+        A :class:`Posterior` (``n_draws`` draws), a :class:`DrawSet` (its draws) or a plain module (S = 1).
+    x, x_adv
+        Clean and adversarial images (N, C, H, W) in [0, 1].
+    y
+        True labels (N,).
+
+    Raises
+    ------
+    ValueError
+        ``x_adv`` and ``x`` differ in shape, or invalid inputs.
+    """
+    check_inputs(x, y)
+    if x_adv.shape != x.shape:
+        raise ValueError(f"x_adv has shape {tuple(x_adv.shape)} but x has shape {tuple(x.shape)}")
+    clean, adv = draw_probabilities(model, x, x_adv, n_draws=n_draws, chunk_size=chunk_size)
+    return Evaluation(y, clean.mean(0), adv.mean(0), clean.argmax(-1), adv.argmax(-1))

@@ -1,0 +1,311 @@
+"""Attacks: agreement with torchattacks, posterior modes against naive loops, invariants, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchattacks
+
+from bayesrobust.attacks import (FGSM, MODES, PGD, DrawSet, PosteriorAverage, evaluate, make_attack,
+                                 perturbation_norm, robustness_table, run_attack)
+from bayesrobust.attacks.posterior import mean_grad_gradient, predictive_gradient
+from bayesrobust.data import Data, balanced_subset, load
+from bayesrobust.models.architectures import ArchConfig, build
+from bayesrobust.models.posterior import Posterior, deterministic
+
+EPS = {"linf": 0.1, "l2": 1.0}
+
+
+def _train(net: torch.nn.Module, data: Data, epochs: int = 3) -> torch.nn.Module:
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        order = torch.randperm(len(data), generator=gen)
+        for start in range(0, len(data), 100):
+            idx = order[start:start + 100]
+            opt.zero_grad()
+            F.cross_entropy(net(data.x[idx]), data.y[idx]).backward()
+            opt.step()
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def test_images() -> Data:
+    return balanced_subset(load("mnist5k", "test"), 64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained() -> torch.nn.Module:
+    torch.manual_seed(0)
+    train = balanced_subset(load("mnist5k", "train"), 1000, seed=1)
+    return _train(build(ArchConfig("fc2", 16)), train)
+
+
+@pytest.fixture(scope="module")
+def svi(trained) -> Posterior:
+    params = {k: v.detach().clone() for k, v in trained.named_parameters()}
+    scales = {k: torch.full_like(v, 0.05) for k, v in params.items()}
+    return Posterior(trained.arch, "svi", params, scales, seed=3)
+
+
+def _conv(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build(ArchConfig("conv", 8)).eval()
+
+
+def _fc(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build(ArchConfig("fc2", 16)).eval()
+
+
+# -- agreement with torchattacks -----------------------------------------------------------------------------
+@pytest.mark.parametrize("make_net", [_fc, _conv], ids=["fc2", "conv"])
+@pytest.mark.parametrize("name", ["fgsm", "pgd_linf", "pgd_l2"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_equals_torchattacks(make_net, name, dtype, trained, test_images):
+    net = (trained if make_net is _fc else make_net()).to(dtype)
+    x, y = test_images.x[:32].to(dtype), test_images.y[:32]  # 32: the 1/B of a mean loss is exact
+    if name == "fgsm":
+        ours, theirs = FGSM(epsilon=0.2), torchattacks.FGSM(net, eps=0.2)
+    elif name == "pgd_linf":
+        ours = PGD(norm="linf", epsilon=0.2, steps=10, step_size=0.03, random_start=False)
+        theirs = torchattacks.PGD(net, eps=0.2, alpha=0.03, steps=10, random_start=False)
+    else:
+        ours = PGD(norm="l2", epsilon=1.5, steps=10, step_size=0.3, random_start=False)
+        theirs = torchattacks.PGDL2(net, eps=1.5, alpha=0.3, steps=10, random_start=False)
+    try:
+        diff = (ours(net, x, y) - theirs(x, y)).abs().max().item()
+    finally:
+        net.float()
+    # L2: torchattacks adds 1e-10 to the norm of a mean-loss gradient (1/B of ours), so ~1e-8 apart in float64
+    assert diff <= (1e-12 if dtype == torch.float64 and name != "pgd_l2" else 1e-6)
+
+
+# -- posterior modes against naive loops --------------------------------------------------------------------
+def _naive_input_grad(net, x, y):
+    """One image and one draw at a time, as the reference code does."""
+    grads = []
+    for i in range(x.shape[0]):
+        xi = x[i:i + 1].clone().requires_grad_(True)
+        F.cross_entropy(net(xi), y[i:i + 1]).backward()
+        grads.append(xi.grad)
+    return torch.cat(grads)
+
+
+def test_mean_grad_equals_naive_loop(svi, test_images):
+    x, y = test_images.x[:12].double(), test_images.y[:12]
+    naive = torch.stack([_naive_input_grad(svi.network(j).double(), x, y) for j in range(5)]).mean(0)
+    ours = mean_grad_gradient(DrawSet(svi, 5, dtype=torch.float64), chunk_size=5)(x, y)
+    torch.testing.assert_close(ours, naive, rtol=1e-10, atol=1e-14)
+
+
+def test_mean_grad_attack_equals_naive_fgsm(svi, test_images):
+    x, y = test_images.x[:12].double(), test_images.y[:12]
+    naive_grad = torch.stack([_naive_input_grad(svi.network(j).double(), x, y) for j in range(5)]).mean(0)
+    expected = (x + 0.1 * naive_grad.sign()).clamp(0, 1)
+    ours = PosteriorAverage(FGSM(epsilon=0.1))(DrawSet(svi, 5, dtype=torch.float64), x, y)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
+
+
+def test_predictive_gradient_equals_autograd_of_mean_softmax(svi, test_images):
+    x, y = test_images.x[:12].double(), test_images.y[:12]
+    nets = [svi.network(j).double() for j in range(4)]
+    xr = x.clone().requires_grad_(True)
+    p = torch.stack([torch.softmax(n(xr), -1) for n in nets]).mean(0)
+    F.nll_loss(p.log(), y, reduction="sum").backward()
+    ours = predictive_gradient(DrawSet(svi, 4, dtype=torch.float64))(x, y)
+    torch.testing.assert_close(ours, xr.grad, rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize("attack", [FGSM(epsilon=0.1),
+                                    PGD(norm="l2", epsilon=1.0, steps=3, random_start=True)],
+                         ids=["fgsm", "pgd_l2"])
+def test_mean_image_equals_average_of_per_draw_attacks(svi, test_images, attack):
+    x, y = test_images.x[:12].double(), test_images.y[:12]
+    gen = torch.Generator().manual_seed(7)
+    expected = torch.stack([attack(svi.network(j).double(), x, y, generator=gen) for j in range(4)]).mean(0)
+    ours = PosteriorAverage(attack, mode="mean_image")(DrawSet(svi, 4, dtype=torch.float64), x, y,
+                                                       generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
+
+
+def test_gradient_does_not_depend_on_chunking(svi, test_images):
+    x, y = test_images.x[:20], test_images.y[:20]
+    draws = DrawSet(svi, 3)
+    whole = mean_grad_gradient(draws)(x, y)
+    torch.testing.assert_close(mean_grad_gradient(draws, chunk_size=7)(x, y), whole)
+    torch.testing.assert_close(mean_grad_gradient(draws)(x[:5], y[:5]), whole[:5])
+
+
+# -- deterministic = one draw --------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("attack", [FGSM(epsilon=0.2), PGD(norm="linf", epsilon=0.2, steps=5)],
+                         ids=["fgsm", "pgd"])
+def test_deterministic_is_one_draw(trained, svi, test_images, mode, attack):
+    x, y = test_images.x, test_images.y
+    plain = attack(trained, x, y, generator=torch.Generator().manual_seed(1))
+    wrapped = PosteriorAverage(attack, mode=mode)(deterministic(trained), x, y,
+                                                  generator=torch.Generator().manual_seed(1))
+    assert torch.equal(plain, wrapped)
+    one = PosteriorAverage(attack, mode=mode, n_draws=1)(svi, x, y,
+                                                         generator=torch.Generator().manual_seed(1))
+    assert torch.equal(one, attack(svi.network(0), x, y, generator=torch.Generator().manual_seed(1)))
+
+
+# -- invariants ----------------------------------------------------------------------------------------------
+INVARIANT_ATTACKS = [FGSM(epsilon=0.1), PGD(norm="linf", epsilon=0.1, steps=5),
+                     PGD(norm="l2", epsilon=1.0, steps=5),
+                     PGD(norm="l2", epsilon=1.0, steps=5, step_size=2.0)]
+
+
+@pytest.mark.parametrize("attack", INVARIANT_ATTACKS, ids=repr)
+@pytest.mark.parametrize("mode", MODES)
+def test_invariants(svi, test_images, attack, mode):
+    x, y = test_images.x, test_images.y
+    draws = DrawSet(svi, 4)
+    x_adv = PosteriorAverage(attack, mode=mode)(draws, x, y, generator=torch.Generator().manual_seed(0))
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert (perturbation_norm(x_adv, x, attack.norm) <= attack.epsilon + 1e-6).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    ev = evaluate(draws, x, x_adv, y)
+    assert ev.accuracy > 0.5
+    assert ev.adversarial_accuracy <= ev.accuracy
+    assert ev.adversarial_accuracy < ev.accuracy or mode == "mean_image"
+
+
+def test_epsilon_zero_changes_nothing(trained, test_images):
+    x, y = test_images.x, test_images.y
+    for attack in (FGSM(epsilon=0), PGD(norm="l2", epsilon=0, steps=2), PGD(epsilon=0, steps=2)):
+        assert torch.equal(attack(trained, x, y), x)
+
+
+def test_model_left_untouched(trained, test_images):
+    trained.train()
+    trained.zero_grad(set_to_none=True)
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    try:
+        PGD(epsilon=0.1, steps=2)(trained, test_images.x, test_images.y)
+        assert trained.training
+        assert all(p.grad is None for p in trained.parameters())
+        assert all(torch.equal(v, before[k]) for k, v in trained.state_dict().items())
+    finally:
+        trained.eval()
+
+
+def test_works_under_no_grad(trained, test_images):
+    with torch.no_grad():
+        x_adv = FGSM(epsilon=0.1)(trained, test_images.x, test_images.y)
+    assert not torch.equal(x_adv, test_images.x)
+
+
+def test_random_start_is_seeded(trained, test_images):
+    attack = PGD(epsilon=0.1, steps=2)
+    a = attack(trained, test_images.x, test_images.y, generator=torch.Generator().manual_seed(5))
+    b = attack(trained, test_images.x, test_images.y, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+def test_default_step_size():
+    assert PGD(epsilon=0.2, steps=40).step_size == pytest.approx(2.5 * 0.2 / 40)
+    assert PGD(epsilon=0.2, steps=40, step_size=0.01).step_size == 0.01
+
+
+# -- evaluation ----------------------------------------------------------------------------------------------
+def test_evaluation_definitions():
+    class Fixed(torch.nn.Module):
+        """Logits read from the first pixel: image value v -> class round(10 v) gets all the mass."""
+
+        def forward(self, x):
+            return 50.0 * F.one_hot((x[:, 0, 0, 0] * 10).round().long(), 10).double()
+
+    x = torch.tensor([0.1, 0.2, 0.3]).double().view(3, 1, 1, 1)
+    x_adv = torch.tensor([0.1, 0.5, 0.3]).double().view(3, 1, 1, 1)
+    y = torch.tensor([1, 2, 4])  # image 0: failed; image 1: success; image 2: wrong when clean
+    ev = evaluate(Fixed(), x, x_adv, y)
+    assert ev.failed.tolist() == [True, False, False]
+    assert ev.success.tolist() == [False, True, False]
+    torch.testing.assert_close(ev.softmax_robustness, torch.tensor([1.0, 0.0, 1.0]).double(), atol=1e-12,
+                               rtol=0)
+    assert ev.draw_pred.shape == (1, 3) and ev.success_rate == 0.5
+
+
+def test_predictive_is_mean_softmax(svi, test_images):
+    x, y = test_images.x[:10], test_images.y[:10]
+    ev = evaluate(svi, x, x, y, n_draws=3)
+    probs = torch.stack([torch.softmax(svi.network(j)(x), -1) for j in range(3)])
+    torch.testing.assert_close(ev.probs, probs.mean(0))
+    assert torch.equal(ev.draw_pred, probs.argmax(-1))
+    assert (ev.softmax_robustness == 1).all() and not ev.success.any()
+
+
+# -- run and table -------------------------------------------------------------------------------------------
+def test_run_attack_records_draws_and_settings(svi, test_images):
+    ds = run_attack(svi, test_images, PGD(norm="l2", epsilon=1.0, steps=2), n_draws=3, model_name="fullBNN",
+                    seed=4)
+    assert ds.sizes["draw"] == 3 and list(ds.draw.values) == [0, 1, 2]
+    assert list(ds.image.values) == test_images.index.tolist()
+    assert ds.attrs["norm"] == "l2" and ds.attrs["steps"] == 2 and ds.attrs["n_draws"] == 3
+    assert ds.attrs["posterior_mode"] == "mean_grad" and ds.attrs["inference"] == "svi"
+    assert ds.attrs["adversarial_accuracy"] <= ds.attrs["accuracy"]
+    assert int(ds.success.sum()) + int(ds.failed.sum()) == int((ds.pred == ds.label).sum())
+
+
+def test_robustness_table(trained, test_images):
+    ds = robustness_table(deterministic(trained), test_images, epsilons={"linf": (0.05, 0.1), "l2": (1.0,)},
+                          steps=(1, 3))
+    assert ds.accuracy.dims == ("norm", "epsilon", "steps")
+    assert ds.accuracy.shape == (2, 3, 2)
+    assert ds.accuracy.sel(norm="l2", epsilon=0.05).isnull().all()
+    assert (ds.accuracy.sel(norm="linf").fillna(0) <= ds.clean_accuracy).all()
+    assert float(ds.accuracy.sel(norm="linf", epsilon=0.1, steps=3)) < float(ds.clean_accuracy)
+
+
+# -- errors --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make, match", [
+    (lambda: FGSM(epsilon=-0.1), "epsilon must be >= 0, got -0.1"),
+    (lambda: PGD(epsilon=float("nan")), "epsilon must be >= 0"),
+    (lambda: PGD(norm="l1", epsilon=0.1), "unknown norm 'l1'; expected one of linf, l2"),
+    (lambda: PGD(epsilon=0.1, steps=0), "steps must be an integer >= 1, got 0"),
+    (lambda: PGD(epsilon=0.1, steps=2.5), "steps must be an integer >= 1, got 2.5"),
+    (lambda: PGD(epsilon=0.1, step_size=-1), "step_size must be >= 0, got -1"),
+    (lambda: PosteriorAverage(FGSM(epsilon=0.1), mode="median"), "unknown posterior mode 'median'"),
+    (lambda: PosteriorAverage(FGSM(epsilon=0.1), n_draws=0), "n_draws must be positive, got 0"),
+    (lambda: PosteriorAverage(FGSM(epsilon=0.1), chunk_size=0), "chunk_size must be positive, got 0"),
+    (lambda: make_attack("cw"), "unknown attack 'cw'; expected one of fgsm, pgd"),
+    (lambda: make_attack("fgsm", epsilon=0.1, norm="l2"), "FGSM is an Linf attack"),
+    (lambda: make_attack("fgsm", epsilon=0.1, steps=3), "does not take these settings"),
+])
+def test_bad_settings(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_posterior_average_needs_an_attack():
+    with pytest.raises(TypeError, match="attack must be an Attack"):
+        PosteriorAverage("fgsm")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("x, y, match", [
+    (torch.full((2, 1, 28, 28), 1.5), torch.tensor([0, 1]), r"pixels in \[0, 1\].*values in \[1.5, 1.5\]"),
+    (torch.full((2, 1, 28, 28), -0.5), torch.tensor([0, 1]), r"pixels in \[0, 1\]"),
+    (torch.zeros(2, 1, 28, 28), torch.tensor([0, 1, 2]), r"y must have shape \(2,\)"),
+    (torch.zeros(2, 1, 28, 28), torch.tensor([0.0, 1.0]), "integer class labels"),
+    (torch.zeros(2, 1, 28, 28, dtype=torch.int64), torch.tensor([0, 1]), "floating-point"),
+    (torch.zeros(3), torch.tensor([0, 1, 2]), "leading batch dimension"),
+])
+def test_bad_inputs(trained, svi, x, y, match):
+    with pytest.raises(ValueError, match=match):
+        FGSM(epsilon=0.1)(trained, x, y)
+    with pytest.raises(ValueError, match=match):
+        PosteriorAverage(PGD(epsilon=0.1, steps=1), n_draws=2)(svi, x, y)
+
+
+def test_evaluate_shape_mismatch(trained, test_images):
+    with pytest.raises(ValueError, match=r"x_adv has shape \(3, 1, 28, 28\) but x has shape \(64, 1, 28"):
+        evaluate(trained, test_images.x, test_images.x[:3], test_images.y)
+
+
+def test_table_bad_norm(trained, test_images):
+    with pytest.raises(ValueError, match="unknown norm 'l1'"):
+        robustness_table(deterministic(trained), test_images, epsilons={"l1": (0.1,)})

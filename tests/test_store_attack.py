@@ -1,0 +1,68 @@
+"""The attack result in the store: round trip, validation, atomic writes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import xarray as xr
+
+from bayesrobust import store
+from bayesrobust.attacks import FGSM, robustness_table, run_attack
+from bayesrobust.data import balanced_subset, load
+from bayesrobust.models.architectures import ArchConfig, build
+from bayesrobust.models.posterior import Posterior
+
+
+@pytest.fixture(scope="module")
+def result() -> xr.Dataset:
+    torch.manual_seed(0)
+    net = build(ArchConfig("fc2", 8))
+    params = {k: v.detach().clone() for k, v in net.named_parameters()}
+    posterior = Posterior(net.arch, "svi", params, {k: torch.full_like(v, 0.1) for k, v in params.items()})
+    data = balanced_subset(load("mnist5k", "test"), 20, seed=0)
+    return run_attack(posterior, data, FGSM(epsilon=0.2), n_draws=3, model_name="fullBNN",
+                      config={"preset": "test", "nested": {"a": [1, 2]}})
+
+
+def test_round_trip(result, tmp_path):
+    path = store.write_netcdf(result, tmp_path / "attacks" / "fgsm.nc")
+    with xr.open_dataset(path) as back:
+        xr.testing.assert_identical(back.load(), result)
+        assert back.success.dtype == bool
+        assert store.config_of(back) == {"preset": "test", "nested": {"a": [1, 2]}}
+    store.open_result(path, "attack")
+
+
+def test_attributes(result):
+    for name in ("model", "inference", "attack", "norm", "epsilon", "steps", "step_size", "posterior_mode",
+                 "n_draws", "seed", "versions", "git_revision", "created", "config"):
+        assert name in result.attrs, name
+    assert result.attrs["attack"] == "fgsm" and result.attrs["steps"] == 1
+
+
+@pytest.mark.parametrize("missing", ["x_adv", "draw_pred", "softmax_robustness"])
+def test_validate_names_missing_variable(result, missing):
+    with pytest.raises(ValueError, match=f"attack result is missing variable '{missing}'"):
+        store.validate(result.drop_vars(missing))
+
+
+def test_interrupted_write_leaves_nothing(result, tmp_path, monkeypatch):
+    def broken(self, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"half a file")
+        raise KeyboardInterrupt("interrupted")
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", broken)
+    with pytest.raises(KeyboardInterrupt):
+        store.write_netcdf(result, tmp_path / "attacks" / "fgsm.nc")
+    assert list((tmp_path / "attacks").iterdir()) == []
+
+
+def test_table_round_trip(tmp_path):
+    torch.manual_seed(0)
+    from bayesrobust.models.posterior import deterministic
+    data = balanced_subset(load("mnist5k", "test"), 10, seed=0)
+    ds = robustness_table(deterministic(build(ArchConfig("fc2", 8))), data, epsilons={"linf": (0.1,)},
+                          steps=(1,))
+    path = store.write_netcdf(ds, tmp_path / "table.nc")
+    with xr.open_dataset(path) as back:
+        xr.testing.assert_identical(back.load(), ds)
