@@ -51,6 +51,13 @@ class Network(nn.Sequential):
         self.arch = arch
 
 
+def linear(cfg: ArchConfig) -> Network:
+    """Flatten → Linear(d, classes): multinomial logistic (or, with one output, linear) regression.
+    Not in the paper; the smallest member of the family, used to check inference against exact posteriors."""
+    c, hgt, wid = cfg.in_shape
+    return Network(nn.Flatten(), nn.Linear(c * hgt * wid, cfg.n_classes), layers=[("1", "1")], arch=cfg)
+
+
 def fc2(cfg: ArchConfig) -> Network:
     """Flatten → Linear(d, h) → LeakyReLU → Linear(h, h) → LeakyReLU → Linear(h, classes)."""
     c, hgt, wid = cfg.in_shape
@@ -153,7 +160,7 @@ def resnet20(cfg: ArchConfig) -> Network:
     return net
 
 
-ARCHITECTURES: dict[str, Callable[[ArchConfig], Network]] = {"fc2": fc2, "conv": conv, "resnet20": resnet20}
+ARCHITECTURES: dict[str, Callable[[ArchConfig], Network]] = {"linear": linear, "fc2": fc2, "conv": conv, "resnet20": resnet20}
 
 
 def build(cfg: ArchConfig) -> Network:

@@ -19,6 +19,9 @@ from pyro.nn.module import to_pyro_module_
 from .architectures import ArchConfig, build
 
 SITE_PREFIX = "net."
+#: ``categorical`` on the logits (classification, the paper) or ``normal`` with a fixed noise scale on a
+#: single output (regression; used to check inference against the conjugate posterior).
+LIKELIHOODS = ("categorical", "normal")
 
 
 class BayesianNetwork(PyroModule):
@@ -27,12 +30,20 @@ class BayesianNetwork(PyroModule):
     Sample sites are named ``net.<state-dict name>`` (e.g. ``net.1.weight``); :func:`site_to_param` strips
     the prefix. ``forward(x, y=None, n_total=None)`` returns the logits (B, classes) and observes ``y``;
     ``n_total`` (the training set size) scales the likelihood of a minibatch by ``n_total / B``.
+    ``likelihood='normal'`` observes ``y ~ Normal(f_w(x), noise_scale)`` on a one-output network instead.
     """
 
-    def __init__(self, arch: ArchConfig, prior_scale: float = 1.0, device: str | torch.device = "cpu"):
+    def __init__(self, arch: ArchConfig, prior_scale: float = 1.0, device: str | torch.device = "cpu",
+                 likelihood: str = "categorical", noise_scale: float = 1.0):
         super().__init__()
         if prior_scale <= 0:
             raise ValueError(f"prior_scale must be positive, got {prior_scale}")
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {likelihood!r}; expected one of {', '.join(LIKELIHOODS)}")
+        if noise_scale <= 0:
+            raise ValueError(f"noise_scale must be positive, got {noise_scale}")
+        self.likelihood = likelihood
+        self.noise_scale = float(noise_scale)
         self.arch = arch
         self.prior_scale = float(prior_scale)
         self.net = build(arch)
@@ -44,11 +55,14 @@ class BayesianNetwork(PyroModule):
                 setattr(module, name, PyroSample(prior.expand(value.shape).to_event(value.dim())))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, n_total: int | None = None):
-        logits = self.net(x)
+        out = self.net(x)
         scale = 1.0 if n_total is None else n_total / x.shape[0]
         with pyro.plate("data", x.shape[0]), poutine.scale(scale=scale):
-            pyro.sample("obs", dist.Categorical(logits=logits), obs=y)
-        return logits
+            if self.likelihood == "categorical":
+                pyro.sample("obs", dist.Categorical(logits=out), obs=y)
+            else:
+                pyro.sample("obs", dist.Normal(out.squeeze(-1), self.noise_scale), obs=y)
+        return out
 
 
 def site_to_param(site: str) -> str:

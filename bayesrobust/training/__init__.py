@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from .. import data as datasets
-from ..models.posterior import Posterior, deterministic
+from ..models.posterior import Posterior
+from ..models.posterior import deterministic as one_draw_posterior
 from ..paths import model_dir, model_tag
 from ..presets import INFERENCES, Preset, check_model
 from .deterministic import train_network
@@ -52,11 +53,11 @@ def train_model(preset: Preset, model: str, inference: str | None = None, seed: 
     extra: dict = {}
     if model == "baseNN":
         net, hist = train_network(preset.arch, train, preset.base, None, seed, device, progress)
-        posterior = deterministic(net)
+        posterior = one_draw_posterior(net)
         extra = hist.as_tensors()
     elif model == "advNN":
         net, hist = train_network(preset.arch, train, preset.adv_optim, preset.adv, seed, device, progress)
-        posterior = deterministic(net)
+        posterior = one_draw_posterior(net)
         extra = hist.as_tensors()
     elif inference == "svi":
         posterior = train_svi(preset.arch, train, preset.svi, preset.prior_scale, seed, device, progress)

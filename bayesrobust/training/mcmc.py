@@ -62,7 +62,8 @@ def diagnostics(samples: dict[str, np.ndarray], divergences: list[int]) -> dict[
 
 
 def train_hmc(arch: ArchConfig, data: Data, cfg: HMCConfig, prior_scale: float = 1.0, seed: int = 0,
-              device: str | torch.device = "cpu", progress: bool = False) -> Posterior:
+              device: str | torch.device = "cpu", progress: bool = False,
+              likelihood: str = "categorical", noise_scale: float = 1.0) -> Posterior:
     """Sample the full-data posterior of ``arch`` on ``data`` with NUTS, ``cfg.chains`` chains.
 
     Returns
@@ -79,13 +80,13 @@ def train_hmc(arch: ArchConfig, data: Data, cfg: HMCConfig, prior_scale: float =
             raise ValueError(f"n_train must be positive, got {cfg.n_train}")
         data = data.subset(torch.arange(min(cfg.n_train, len(data))))
     x, y = data.x.to(device), data.y.to(device)
-    init = {k: v.to(device) for k, v in initial_values(arch, seed).items()}
     chains: list[dict[str, torch.Tensor]] = []
     divergences, seconds = [], []
-    model = BayesianNetwork(arch, prior_scale, device=device)
+    model = BayesianNetwork(arch, prior_scale, device=device, likelihood=likelihood, noise_scale=noise_scale)
     for chain in range(cfg.chains):
         pyro.clear_param_store()
         pyro.set_rng_seed(seed + 1000 * chain)
+        init = {k: v.to(device) for k, v in initial_values(arch, seed + 1000 * chain).items()}  # overdispersed starts
         kernel = NUTS(model, jit_compile=cfg.jit, ignore_jit_warnings=True, max_tree_depth=cfg.max_tree_depth,
                       target_accept_prob=cfg.target_accept, init_strategy=init_to_value(values=init))
         mcmc = MCMC(kernel, num_samples=cfg.samples, warmup_steps=cfg.warmup, num_chains=1,

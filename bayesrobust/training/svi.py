@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 def train_svi(arch: ArchConfig, data: Data, cfg: SVIConfig, prior_scale: float = 1.0, seed: int = 0,
               device: str | torch.device = "cpu", progress: bool = False,
+              likelihood: str = "categorical", noise_scale: float = 1.0,
               callback: Callable[[int, float], None] | None = None) -> Posterior:
     """Fit a mean-field Normal posterior over every weight and bias of ``arch`` on ``data``.
 
@@ -45,7 +46,7 @@ def train_svi(arch: ArchConfig, data: Data, cfg: SVIConfig, prior_scale: float =
         raise ValueError(f"batch_size and lr must be positive, got {cfg.batch_size} and {cfg.lr}")
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
-    model = BayesianNetwork(arch, prior_scale, device=device)
+    model = BayesianNetwork(arch, prior_scale, device=device, likelihood=likelihood, noise_scale=noise_scale)
     init = {k: v.to(device) for k, v in initial_values(arch, seed).items()}
     guide = AutoNormal(model, init_loc_fn=init_to_value(values=init), init_scale=cfg.init_scale)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": cfg.lr}), Trace_ELBO(num_particles=cfg.num_particles))
