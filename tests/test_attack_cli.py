@@ -1,0 +1,97 @@
+"""Smoke tests of ``python -m bayesrobust.attack`` and ``python -m bayesrobust.robustness_table``."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import xarray as xr
+from click.testing import CliRunner
+
+from bayesrobust import attack as attack_cli
+from bayesrobust import data as datasets
+from bayesrobust import robustness_table as table_cli
+from bayesrobust import store
+from bayesrobust.models.architectures import build
+from bayesrobust.models.posterior import Posterior, deterministic
+from bayesrobust.paths import model_dir
+from bayesrobust.presets import get_preset
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    """An output folder holding an (untrained) quick baseNN and a quick SVI fullBNN."""
+    root = tmp_path_factory.mktemp("results")
+    torch.manual_seed(0)
+    net = build(get_preset("quick").arch)
+    deterministic(net, {"dataset": "mnist5k"}).save(model_dir(root, "quick", "baseNN"))
+    params = {k: v.detach().clone() for k, v in net.named_parameters()}
+    Posterior(net.arch, "svi", params, {k: torch.full_like(v, 0.01) for k, v in params.items()},
+              config={"dataset": "mnist5k"}).save(model_dir(root, "quick", "fullBNN", "svi"))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def cached_data(monkeypatch):
+    monkeypatch.setattr(datasets, "load", _cached_load)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_load(name, split, data_root=None):
+    return datasets.DATASETS[name].loader(split, data_root)
+
+
+def _run(main, args):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def test_attack_fullbnn(out):
+    output = _run(attack_cli.main, ["--model", "fullBNN", "--preset", "quick", "--attack", "pgd",
+                                    "--norm", "l2", "--epsilon", "1", "--steps", "2", "--n-inputs", "10",
+                                    "--n-draws", "3", "--posterior-mode", "predictive", "--out", str(out)])
+    assert "clean accuracy" in output and "adversarial accuracy" in output and "success rate" in output
+    path = out / "attacks" / "quick" / "fullBNN_svi_pgd_l2_eps1_S3_predictive.nc"
+    with xr.open_dataset(path) as ds:
+        store.validate(ds, "attack")
+        assert ds.sizes == {"image": 10, "channel": 1, "height": 28, "width": 28, "class": 10, "draw": 3}
+        assert ds.attrs["posterior_mode"] == "predictive" and ds.attrs["steps"] == 2
+        assert store.config_of(ds)["preset"] == "quick"
+
+
+def test_attack_basenn_fgsm(out):
+    output = _run(attack_cli.main, ["--model", "baseNN", "--preset", "quick", "--attack", "fgsm",
+                                    "--n-inputs", "10", "--out", str(out)])
+    assert "written to" in output
+    with xr.open_dataset(out / "attacks" / "quick" / "baseNN_fgsm_linf_eps0.2_S1.nc") as ds:
+        assert ds.sizes["draw"] == 1 and ds.attrs["epsilon"] == 0.2
+
+
+def test_missing_model_names_train_command(tmp_path):
+    result = CliRunner().invoke(attack_cli.main, ["--model", "advNN", "--preset", "quick", "--attack", "fgsm",
+                                                  "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "python -m bayesrobust.train --model advNN --preset quick" in result.output
+
+
+def test_fgsm_l2_is_a_usage_error(out):
+    result = CliRunner().invoke(attack_cli.main, ["--model", "baseNN", "--preset", "quick",
+                                                  "--attack", "fgsm", "--norm", "l2", "--out", str(out)])
+    assert result.exit_code == 2 and "FGSM is an Linf attack" in result.output
+
+
+def test_robustness_table(out):
+    output = _run(table_cli.main, ["--model", "fullBNN", "--preset", "quick", "--linf-eps", "8/255,0.1",
+                                   "--l2-eps", "0.5", "--steps", "1", "--steps", "2", "--n-inputs", "10",
+                                   "--n-draws", "2", "--out", str(out)])
+    assert "PGD linf" in output and "PGD l2" in output
+    with xr.open_dataset(out / "attacks" / "quick" / "fullBNN_svi_robustness_table_S2_mean_grad.nc") as ds:
+        assert ds.accuracy.dims == ("norm", "epsilon", "steps") and ds.accuracy.shape == (2, 3, 2)
+
+
+def test_bad_epsilon_list(out):
+    result = CliRunner().invoke(table_cli.main, ["--model", "baseNN", "--preset", "quick",
+                                                 "--linf-eps", "a/b", "--out", str(out)])
+    assert result.exit_code == 1 and "cannot read epsilon 'a/b'" in result.output
