@@ -1,0 +1,213 @@
+"""LRP rules and composites by name, and the canonizers our architectures need (SPEC 1.5).
+
+Two ways to choose the rules, both implemented by Zennit (Anders et al. 2021, "Software for dataset-wide XAI:
+from local explanations to global insights with Zennit, CoRelAy, and ViRelAy", arXiv 2106.13200):
+
+1. **One rule on every Linear/Conv layer** (the paper's setting, Carbone et al. 2021, arXiv 2102.11010),
+   by name from :data:`RULES`:
+
+   ``epsilon`` (ε = 0.1)
+       LRP-ε (Bach et al. 2015): ``R_i = Σ_j a_i w_ij / (z_j + ε·sign(z_j)) · R_j`` with
+       ``z_j = Σ_i a_i w_ij + b_j`` and ``sign(0) = +1`` (:class:`zennit.rules.Epsilon`).
+   ``gamma`` (γ = 0.1)
+       Zennit's generalised LRP-γ (Montavon et al. 2019; Andéol et al. 2021,
+       :class:`zennit.rules.Gamma`): the weights become ``w + γ·w⁺`` for the positive contributions
+       (``a⁺`` with ``w + γw⁺``, ``a⁻`` with ``w + γw⁻``, bias ``b + γb⁺``) of an output with
+       ``z_j > 0`` and the mirrored choice for ``z_j < 0``; outputs with ``z_j = 0`` get no relevance. The
+       reference code instead uses ``ρ(w) = w + γ·w·max(0, w)``, quadratic in ``w``: a different rule that
+       we do not reproduce (the textbook and Zennit rule is linear in ``w``).
+   ``alpha1beta0``
+       LRP-α₁β₀ = z⁺ (Bach et al. 2015; Montavon et al. 2017), :class:`zennit.rules.ZPlus`:
+       ``R_i = Σ_j (a_i⁺ w_ij⁺ + a_i⁻ w_ij⁻) / (Σ_i (a_i⁺ w_ij⁺ + a_i⁻ w_ij⁻) + b_j⁺) · R_j``
+       (identical to ``AlphaBeta(alpha=1, beta=0)``, at half the cost).
+
+   ``gamma`` and ``alpha1beta0`` stabilise their denominators with ``1e-6·sign`` (Zennit's default).
+   The first layer gets the same rule as all others (no ``z^B``/flat rule), as in the paper.
+
+2. **A Zennit composite** by name from :data:`COMPOSITES` (``epsilon_plus``, ``epsilon_gamma_box``, ...),
+   which picks rules by layer type; ``epsilon_gamma_box`` gets the pixel box [0, 1] as its bounds.
+
+Every other module is handled as in Zennit's own composites: activations (LeakyReLU, ReLU) pass the
+relevance through unchanged (``Pass``: the reference code instead multiplies by LeakyReLU's gradient, 0.01
+for negative pre-activations, which breaks conservation); residual :class:`zennit.layer.Sum` and average
+pooling redistribute in proportion to their inputs (``Norm``); BatchNorm is merged into the preceding conv
+(:func:`canonizers_for`) and then passes; max pooling has no rule, so its gradient routes all relevance of a
+window to the window's maximum; the model's :class:`~bayesrobust.models.architectures.Normalize` module
+passes relevance through, so a pixel gets the relevance of its standardised value.
+
+Residual blocks need no further canonizer: our blocks already add with a ``zennit.layer.Sum`` module
+(what Zennit's ``ResNetCanonizer`` inserts into torchvision's blocks).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
+from zennit.composites import COMPOSITES as _ZENNIT_COMPOSITES
+from zennit.composites import LayerMapComposite, layer_map_base
+from zennit.core import Composite, Hook
+from zennit.rules import Epsilon, Gamma, Pass, ZPlus
+from zennit.types import BatchNorm, Convolution, Linear
+
+from ..models.architectures import Normalize
+
+#: Stabiliser of the denominators of every rule but ``epsilon`` (and of Sum/AvgPool redistribution).
+STABILIZER = 1e-6
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A named LRP rule: the Zennit hook class and its default parameters."""
+
+    hook: Callable[..., Hook]
+    defaults: dict[str, float] = field(default_factory=dict)
+
+    def make(self, name: str, **params: float) -> Hook:
+        """The hook with ``params`` overriding the defaults.
+
+        Raises
+        ------
+        ValueError
+            A parameter this rule does not take (the message lists the ones it does).
+        """
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            valid = ", ".join(sorted(self.defaults)) or "none"
+            raise ValueError(f"rule {name!r} takes no parameter(s) {', '.join(sorted(unknown))}; "
+                             f"valid: {valid}")
+        return self.hook(**{**self.defaults, **params})
+
+
+#: The paper's three rules with its parameters (ε = 0.1, γ = 0.1) as defaults.
+RULES: dict[str, RuleSpec] = {
+    "epsilon": RuleSpec(Epsilon, {"epsilon": 0.1}),
+    "gamma": RuleSpec(Gamma, {"gamma": 0.1, "stabilizer": STABILIZER}),
+    "alpha1beta0": RuleSpec(ZPlus, {"stabilizer": STABILIZER}),
+}
+
+#: Zennit's registered composites, by name.
+COMPOSITES: tuple[str, ...] = tuple(sorted(_ZENNIT_COMPOSITES))
+
+
+def check_rule(name: str) -> str:
+    """``name`` if it is a rule of :data:`RULES`; ``ValueError`` listing them otherwise."""
+    if name not in RULES:
+        raise ValueError(f"unknown LRP rule {name!r}; expected one of {', '.join(RULES)} "
+                         f"(or a Zennit composite: {', '.join(COMPOSITES)})")
+    return name
+
+
+def check_composite(name: str) -> str:
+    """``name`` if it is one of Zennit's composites; ``ValueError`` listing them otherwise."""
+    if name not in _ZENNIT_COMPOSITES:
+        raise ValueError(f"unknown Zennit composite {name!r}; expected one of {', '.join(COMPOSITES)}")
+    return name
+
+
+def check_composite_params(name: str, params: Mapping[str, Any]) -> set[str]:
+    """The parameters Zennit's composite ``name`` accepts, after checking ``params`` against them.
+
+    Raises
+    ------
+    ValueError
+        Unknown composite, or a parameter it does not take (the message lists those it does).
+    """
+    cls = _ZENNIT_COMPOSITES[check_composite(name)]
+    accepted = set(inspect.signature(cls).parameters) - {"layer_map", "canonizers", "first_map"}
+    unknown = set(params) - accepted
+    if unknown:
+        raise ValueError(f"composite {name!r} takes no parameter(s) {', '.join(sorted(unknown))}; "
+                         f"valid: {', '.join(sorted(accepted)) or 'none'}")
+    return accepted
+
+
+def _base_layer_map() -> list[tuple[Any, Hook]]:
+    """Rules of the non-learnable modules (see the module docstring)."""
+    return [((Normalize,), Pass()), *layer_map_base(STABILIZER)]
+
+
+def uniform_composite(rule: str, **params: float) -> Composite:
+    """A composite applying the rule ``rule`` to every Linear and Conv layer (no canonizers: see
+    :func:`canonizers_for`).
+
+    Parameters
+    ----------
+    rule
+        A name of :data:`RULES`.
+    **params
+        Rule parameters overriding the defaults (``epsilon`` for ``epsilon``; ``gamma``, ``stabilizer``
+        for ``gamma``; ``stabilizer`` for ``alpha1beta0``).
+
+    Raises
+    ------
+    ValueError
+        Unknown rule or parameter.
+    """
+    hook = RULES[check_rule(rule)].make(rule, **params)
+    return LayerMapComposite(layer_map=[*_base_layer_map(), ((Linear,), hook)])
+
+
+def input_bounds(net: nn.Module, shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
+                 low: float = 0.0, high: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pixel box ``[low, high]`` as seen by the first learnable layer, each (1, *shape).
+
+    Runs the modules in front of the first Linear/Conv module of a sequential ``net`` (e.g. the
+    :class:`~bayesrobust.models.architectures.Normalize` of ResNet-20) on the all-``low`` and all-``high``
+    images, for the ``z^B`` (ZBox) rule of ``epsilon_gamma_box``.
+    """
+    lo = torch.full((1, *shape), float(low), dtype=dtype)
+    hi = torch.full((1, *shape), float(high), dtype=dtype)
+    with torch.no_grad():
+        for module in net.children():
+            if isinstance(module, Linear):
+                break
+            lo, hi = module(lo), module(hi)
+    return lo, hi
+
+
+def named_composite(name: str, net: nn.Module, **params: Any) -> Composite:
+    """Zennit's composite ``name`` for ``net`` (no canonizers: see :func:`canonizers_for`).
+
+    Parameters
+    ----------
+    name
+        One of :data:`COMPOSITES`.
+    net
+        The network (an ``arch`` attribute with ``in_shape`` gives the shape of the ZBox bounds of
+        ``epsilon_gamma_box``, which default to the pixel box [0, 1] as seen by the first layer).
+    **params
+        Keyword arguments of the composite's constructor (e.g. ``epsilon``, ``gamma``, ``stabilizer``).
+
+    Raises
+    ------
+    ValueError
+        Unknown composite, or a parameter it does not take (the message lists those it does).
+    """
+    cls = _ZENNIT_COMPOSITES[name]
+    if {"low", "high"} <= check_composite_params(name, params):
+        first = next(net.parameters())
+        low, high = input_bounds(net, tuple(net.arch.in_shape), first.dtype)
+        params = {"low": low, "high": high, **params}
+    return cls(layer_map=[((Normalize,), Pass())], **params)
+
+
+def canonizers_for(net: nn.Module) -> list[Canonizer]:
+    """The canonizers ``net`` needs: BatchNorm merged into the Linear/Conv right before it (ResNet-20).
+
+    The merge changes the layer's weights, so it must be applied per posterior draw, *after* the draw's
+    weights are in place, and reverted before the next draw is copied in (what
+    :meth:`bayesrobust.explain.lrp.LRP.draw` does).
+    """
+    if any(isinstance(m, BatchNorm) for m in net.modules()):
+        return [SequentialMergeBatchNorm()]
+    return []
+
+
+def has_convolution(net: nn.Module) -> bool:
+    """Whether ``net`` has any convolutional module."""
+    return any(isinstance(m, Convolution) for m in net.modules())
