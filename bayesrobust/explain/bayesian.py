@@ -1,0 +1,217 @@
+"""Explanations of a posterior: one map per draw, reduced over draws (SPEC 1.5, "Bayesian explanation").
+
+Draw ``j`` explains its own argmax unit of each layer (the reference's ``avg_heatmap``); the Bayesian map
+is the mean over draws. Beyond the reference, the per-pixel posterior standard deviation and the sign
+agreement across draws are kept, as the uncertainty of the explanation. All three are accumulated in one
+pass over the draws (Welford's algorithm, sign counts), so the draws never have to sit in memory together;
+a callback receives each draw's maps, e.g. to stream them to disk.
+
+The loop follows SPEC 6: one module, draw ``j``'s weights copied in place by
+:meth:`bayesrobust.models.posterior.Posterior.iter_draws` (so draw ``j`` is the network the attack used
+with the same posterior), the explainer's hooks registered once around the loop, images batched (in
+chunks of ``batch_size``) — no Python loop over single images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from ..models.architectures import Network
+from ..models.posterior import Posterior
+from .layers import LayerSelection, resolve_layers
+from .rules import has_convolution
+
+log = logging.getLogger(__name__)
+
+#: Images per backward pass when ``batch_size`` is not given: all of them for fully connected nets, this
+#: many for convolutional ones (larger chunks do not run faster on CPU, they only take more memory).
+CONV_BATCH = 50
+
+
+class Explainer(Protocol):
+    """What the per-draw loop needs from an explanation method (LRP or a Captum method)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def config(self) -> dict: ...
+
+    def attached(self, net: Network) -> ContextManager[Network]:
+        """Set ``net`` up once for the whole loop (e.g. register hooks); undo everything on exit."""
+
+    def draw(self, net: Network) -> ContextManager[Network]:
+        """Set up ``net`` for the weights it currently holds (e.g. canonizers); undo on exit."""
+
+    def __call__(self, net: Network, x: torch.Tensor,
+                 layers: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(maps (L, N, *x.shape[1:]), units (L, N))`` for the layers ``layers``."""
+
+
+#: ``(draw index, maps (L, N, C, H, W), units (L, N))`` → None, called once per draw.
+DrawCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+class DrawReducer:
+    """Running mean, standard deviation (ddof = 0) and sign agreement of per-draw maps.
+
+    ``sign_agreement`` is the fraction of draws whose relevance has the sign of the mean map (−, 0 or +)
+    at that pixel: 1 when all draws agree, about 0.5 when they split evenly.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._mean: torch.Tensor | None = None
+        self._m2: torch.Tensor | None = None
+        self._pos: torch.Tensor | None = None
+        self._neg: torch.Tensor | None = None
+
+    def add(self, maps: torch.Tensor) -> None:
+        """Fold one draw's maps in (any shape, the same every time)."""
+        if self._mean is None:
+            self._mean = torch.zeros_like(maps)
+            self._m2 = torch.zeros_like(maps)
+            self._pos = torch.zeros(maps.shape, dtype=torch.int32, device=maps.device)
+            self._neg = torch.zeros(maps.shape, dtype=torch.int32, device=maps.device)
+        self.count += 1
+        delta = maps - self._mean
+        self._mean += delta / self.count
+        self._m2 += delta * (maps - self._mean)
+        self._pos += maps > 0
+        self._neg += maps < 0
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(mean, std, sign_agreement)``, each of the maps' shape.
+
+        Raises
+        ------
+        ValueError
+            No draw was added.
+        """
+        if self._mean is None:
+            raise ValueError("no draw was added")
+        std = (self._m2 / self.count).clamp_min(0).sqrt()
+        sign = torch.sign(self._mean)
+        zero = self.count - self._pos - self._neg
+        agree = torch.where(sign > 0, self._pos, torch.where(sign < 0, self._neg, zero))
+        return self._mean, std, agree.to(self._mean.dtype) / self.count
+
+
+@dataclass
+class PosteriorExplanation:
+    """Per-pixel summaries over the draws and the units each draw explained.
+
+    ``mean``, ``std``, ``sign_agreement``: (L, N, C, H, W); ``units``: (S, L, N) int64;
+    ``layers``: the layer indices, ``n_draws`` = S.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    sign_agreement: torch.Tensor
+    units: torch.Tensor
+    layers: list[int]
+    n_draws: int
+
+
+def draw_seed(seed: int, draw: int) -> int:
+    """The RNG seed of draw ``draw`` for stochastic methods (SmoothGrad, GradientSHAP)."""
+    return int(np.random.SeedSequence([int(seed), int(draw)]).generate_state(1)[0])
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's and NumPy's global generators (Captum draws from both) for the context, and restore
+    their previous states afterwards."""
+    state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            np.random.set_state(state)
+
+
+def default_batch_size(net: Network, n_images: int) -> int:
+    """All images for a fully connected net, :data:`CONV_BATCH` for a convolutional one."""
+    return min(n_images, CONV_BATCH) if has_convolution(net) else n_images
+
+
+def explain_posterior(posterior: Posterior, x: torch.Tensor, explainer: Explainer, *,
+                      layers: LayerSelection = None, n_draws: int | None = None,
+                      batch_size: int | None = None, seed: int = 0, net: Network | None = None,
+                      on_draw: DrawCallback | None = None,
+                      progress: Callable[[int], object] | None = None) -> PosteriorExplanation:
+    """Explain ``x`` with every draw of ``posterior`` and reduce over the draws.
+
+    Parameters
+    ----------
+    posterior
+        The model; a deterministic model is a posterior with one draw.
+    x
+        Images (N, C, H, W), pixels in [0, 1]; cast to the posterior's dtype.
+    explainer
+        :class:`~bayesrobust.explain.lrp.LRP` or :class:`~bayesrobust.explain.captum_methods.CaptumMethod`.
+    layers
+        Layers to explain (:func:`~bayesrobust.explain.layers.resolve_layers`): all by default.
+    n_draws
+        Draws ``0..n_draws-1`` (:meth:`Posterior.resolve_n_draws`: all MCMC samples or 100 for SVI by
+        default, 1 for a deterministic model). Use the attack's ``n_draws`` to explain the networks it
+        attacked.
+    batch_size
+        Images per pass (:func:`default_batch_size` by default); results do not depend on it except for
+        the random methods.
+    seed
+        Seeds the random methods per draw (:func:`draw_seed`), so a draw always gives the same map.
+    net
+        The module to load the draws into (default: a new ``posterior.network()``); it holds the last
+        draw afterwards, with no hook left on it.
+    on_draw
+        Called with ``(j, maps (L, N, C, H, W), units (L, N))`` after each draw (e.g. to stream the maps
+        to disk). The tensors are reused for the next draw: copy what you keep.
+    progress
+        Called with 1 after each draw (e.g. ``tqdm.update``).
+
+    Returns
+    -------
+    PosteriorExplanation
+        Mean, std and sign agreement over the draws, (L, N, C, H, W), and the units (S, L, N).
+
+    Raises
+    ------
+    ValueError
+        Invalid ``layers``, ``n_draws`` or ``batch_size``.
+    """
+    dtype = next(iter(posterior.params.values())).dtype
+    net = posterior.network() if net is None else net
+    net = net.to(dtype).eval()
+    device = next(net.parameters()).device
+    x = x.detach().to(device=device, dtype=dtype)
+    idx = resolve_layers(net, layers)
+    n = posterior.resolve_n_draws(n_draws)
+    if batch_size is None:
+        batch_size = default_batch_size(net, x.shape[0])
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    reducer = DrawReducer()
+    units = torch.empty((n, len(idx), x.shape[0]), dtype=torch.int64)
+    maps = x.new_empty((len(idx), *x.shape))
+    log.debug("explaining %d images with %s, %d draws, layers %s", x.shape[0], explainer.name, n, idx)
+    with explainer.attached(net):
+        for j in posterior.iter_draws(net, n):
+            with explainer.draw(net), seeded(draw_seed(seed, j)):
+                for start in range(0, x.shape[0], batch_size):
+                    part = slice(start, start + batch_size)
+                    maps[:, part], units[j, :, part] = explainer(net, x[part], idx)
+            reducer.add(maps)
+            if on_draw is not None:
+                on_draw(j, maps, units[j])
+            if progress is not None:
+                progress(1)
+    mean, std, agreement = reducer.result()
+    return PosteriorExplanation(mean, std, agreement, units, idx, n)
