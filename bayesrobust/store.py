@@ -184,3 +184,6 @@ register_schema("analysis", {
     "mannwhitney_u": ("comparison", "subset", "rule", "layer"),
     "mannwhitney_p": ("comparison", "subset", "rule", "layer"),
     "spearman_rho": ("model", "subset", "rule", "layer"), "spearman_p": ("model", "subset", "rule", "layer")})
+register_schema("explanation", {
+    name: ("input", "rule", "layer", "image", "channel", "height", "width")
+    for name in ("relevance", "relevance_std", "relevance_sign_agreement")})
