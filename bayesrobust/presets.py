@@ -142,9 +142,9 @@ PRESETS: dict[str, Preset] = {
         attack_step_size=2 / 255, description="paper CIFAR-10 ResNet-20"),
     "quick": Preset(
         "quick", "mnist5k", ArchConfig("conv", 32, MNIST),
-        base=OptimConfig(epochs=5, batch_size=64), adv=AdvConfig(),
-        adv_optim=OptimConfig(epochs=5, batch_size=64), inference="svi",
-        svi=SVIConfig(epochs=20, lr=1e-2, batch_size=128), hmc=HMCConfig(warmup=50, samples=50, n_train=1000),
+        base=OptimConfig(epochs=8, batch_size=64), adv=AdvConfig(),
+        adv_optim=OptimConfig(epochs=8, batch_size=64), inference="svi",
+        svi=SVIConfig(epochs=10, lr=1e-2, batch_size=128), hmc=HMCConfig(warmup=50, samples=50, n_train=1000),
         n_inputs=100, eval_draws=20, description="quick conv on the embedded mnist5k"),
     "quick_fc2": Preset(
         "quick_fc2", "mnist5k", ArchConfig("fc2", 32, MNIST),

@@ -1,0 +1,40 @@
+"""Shared fixtures: the embedded data (loaded once), Pyro's global state cleared for every test."""
+
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from bayesrobust import data as datasets
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+@pytest.fixture(autouse=True)
+def _clean_pyro():
+    pyro.clear_param_store()
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture(scope="session")
+def mnist5k_train():
+    return datasets.load("mnist5k", "train")
+
+
+@pytest.fixture(scope="session")
+def mnist5k_test():
+    return datasets.load("mnist5k", "test")
+
+
+@pytest.fixture(scope="session")
+def shared_root():
+    if not (SHARED / "MNIST" / "raw").is_dir():
+        pytest.skip(f"../shared/datasets not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)

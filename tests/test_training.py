@@ -1,0 +1,98 @@
+"""Training of the quick preset on the embedded mnist5k data, and the train CLI."""
+
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bayesrobust.attacks import FGSM
+from bayesrobust.models.architectures import ArchConfig
+from bayesrobust.models.posterior import Posterior
+from bayesrobust.models.predict import accuracy
+from bayesrobust.presets import HMCConfig, get_preset, override_training
+from bayesrobust.train import main as train_cli
+from bayesrobust.training import load_model, train_model
+from bayesrobust.training.mcmc import train_hmc
+
+QUICK = get_preset("quick")
+
+
+FC = override_training(override_training(get_preset("quick_fc2"), "baseNN", epochs=3), "advNN", epochs=3)
+
+
+@pytest.fixture(scope="module")
+def base_nn():
+    return train_model(QUICK, "baseNN", seed=0)
+
+
+def _fgsm_accuracy(post, data):
+    net = post.network()
+    x_adv = FGSM(epsilon=0.2)(net, data.x, data.y)
+    return float((net(x_adv).argmax(-1) == data.y).float().mean())
+
+
+def test_quick_basenn_conv_reaches_95_percent(base_nn, mnist5k_test):
+    assert base_nn.kind == "deterministic" and base_nn.config["model"] == "baseNN"
+    assert accuracy(base_nn, mnist5k_test.x, mnist5k_test.y) >= 0.95
+
+
+def test_quick_svi_posterior_predictive_reaches_90_percent(mnist5k_test):
+    post = train_model(QUICK, "fullBNN", "svi", seed=0)
+    assert post.kind == "svi"
+    elbo = post.extra["elbo"]
+    assert len(elbo) == QUICK.svi.epochs and elbo[-1] > elbo[0]  # the ELBO history is kept and rises
+    assert accuracy(post, mnist5k_test.x, mnist5k_test.y, n_draws=20) >= 0.90
+
+
+def test_adversarial_training_raises_fgsm_accuracy(mnist5k_test):
+    base_nn, adv_nn = train_model(FC, "baseNN", seed=0), train_model(FC, "advNN", seed=0)
+    assert adv_nn.config["preset"]["adv"] == {"attack": "fgsm", "norm": "linf", "epsilon": 0.2, "steps": 10,
+                                              "step_size": None, "adv_ratio": 1.0}
+    base, adv = _fgsm_accuracy(base_nn, mnist5k_test), _fgsm_accuracy(adv_nn, mnist5k_test)
+    assert adv > base + 0.2, (base, adv)
+
+
+def test_short_nuts_reports_finite_diagnostics(mnist5k_train):
+    post = train_hmc(ArchConfig("fc2", 4), mnist5k_train,
+                     HMCConfig(warmup=10, samples=10, chains=2, max_tree_depth=4, n_train=100, jit=False))
+    d = post.config["diagnostics"]
+    assert post.kind == "mcmc" and post.max_draws == 20
+    assert math.isfinite(d["rhat_max"]) and math.isfinite(d["ess_bulk_min"]) and math.isfinite(d["ess_tail_min"])
+    assert len(d["divergences_per_chain"]) == 2
+
+
+def test_train_cli_writes_a_loadable_model(tmp_path):
+    result = CliRunner().invoke(train_cli, ["--model", "baseNN", "--preset", "quick_fc2", "--epochs", "1",
+                                            "--hidden", "8", "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output and "model written to" in result.output
+    post = load_model(tmp_path, override_training(get_preset("quick_fc2"), "baseNN", hidden=8), "baseNN",
+                      check_arch=True)
+    assert post.arch.hidden == 8 and post.config["test_accuracy"] > 0.2  # one epoch: better than chance
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "baseNN", "--preset", "nope"], "Invalid value for '--preset'"),
+    (["--model", "bnn", "--preset", "quick"], "Invalid value for '--model'"),
+    (["--model", "baseNN", "--preset", "quick", "--dataset", "svhn"], "Invalid value for '--dataset'"),
+    (["--model", "baseNN", "--preset", "quick", "--epochs", "-1"], "Error: epochs must be non-negative, got -1"),
+    (["--model", "baseNN", "--preset", "mnist_conv"], "Error: dataset 'mnist' is read from disk: pass data_root"),
+    (["--model", "baseNN", "--preset", "mnist_conv", "--data-root", "{tmp}"], "Error: dataset 'mnist' (test) not found"),
+    (["--model", "fullBNN", "--preset", "quick", "--device", "cuda:7"], "Error: --device cuda:7 requested"),
+])
+def test_train_cli_bad_input_is_one_line(tmp_path, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args] + ["--out", str(tmp_path / "out")]
+    if torch.cuda.is_available() and "cuda:7" in args:
+        pytest.skip("a machine with CUDA")
+    result = CliRunner().invoke(train_cli, args)
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out" / "models").exists()
+
+
+def test_load_model_names_the_train_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m bayesrobust.train --model fullBNN --preset quick "
+                                                "--inference svi --out"):
+        load_model(tmp_path, QUICK, "fullBNN")
