@@ -19,7 +19,7 @@ import xarray as xr
 from . import cli
 
 
-def _frame(da: xr.DataArray, row: str) -> str:
+def _frame(da: xr.DataArray, row: str, fmt: str = ".3f") -> str:
     """``da`` (row, rule, layer) as a text table: a line per (row, layer), a column per rule."""
     import pandas as pd
 
@@ -29,20 +29,20 @@ def _frame(da: xr.DataArray, row: str) -> str:
                                        for v in da.layer.values], names=[row, "layer"])
     df = pd.DataFrame(da.values.reshape(-1, da.sizes["rule"]), index=index,
                       columns=[rule_label(r) for r in da.rule.values])
-    return df.to_string(float_format=lambda v: f"{v:.3f}", na_rep="nan")
+    return df.to_string(float_format=lambda v: format(v, fmt), na_rep="nan")
 
 
 def summary(ds: xr.Dataset) -> str:
     """The printed summary of an analysis Dataset (subset: all images)."""
     outcome = [f"{m}: {int(ds.success.sel(model=m).sum())} successful, {int(ds.failed.sel(model=m).sum())} failed"
                for m in ds.model.values.tolist()]
-    parts = [f"{ds.sizes['image']} images, top {ds.attrs.get('topk')}%; attacks: " + "; ".join(outcome),
+    parts = [f"{ds.sizes['image']} images, top {float(ds.attrs.get('topk', 20)):g}%; attacks: " + "; ".join(outcome),
              "\nMedian LRP robustness", _frame(ds.lrp_robustness.median("image"), "model")]
     if ds.sizes["comparison"]:
         parts += ["\nMedian paired difference (model - Det)",
                   _frame(ds.lrp_robustness_diff.median("image"), "comparison"),
                   "\nMann-Whitney p (one-sided, H1: Det less robust)",
-                  _frame(ds.mannwhitney_p.sel(subset="all", drop=True), "comparison")]
+                  _frame(ds.mannwhitney_p.sel(subset="all", drop=True), "comparison", ".2g")]
     parts += ["\nSpearman rho (LRP robustness, softmax robustness)",
               _frame(ds.spearman_rho.sel(subset="all", drop=True), "model")]
     return "\n".join(parts)

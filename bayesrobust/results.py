@@ -60,16 +60,20 @@ class Found:
         return f"{a.get('attack')} {a.get('norm')} eps={float(a.get('epsilon', np.nan)):g}{mode}"
 
 
-def _nc_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.nc") if p.is_file() and not p.name.startswith("."))
+def _nc_files(folder: Path, kind: str | None = None) -> list[Path]:
+    """The netCDF results in ``folder`` (of ``kind`` only, if given), by name."""
+    files = sorted(p for p in folder.glob("*.nc") if p.is_file() and not p.name.startswith("."))
+    return files if kind is None else [p for p in files if _kind(p) == kind]
 
 
 def presets_with(out: str | Path, stage: str = "explanations") -> list[str]:
-    """Names of the presets with at least one netCDF result under ``OUT/STAGE/``."""
+    """Names of the presets with at least one result under ``OUT/STAGE/`` (``'attacks'`` or
+    ``'explanations'``)."""
+    kind = {"attacks": "attack", "explanations": "explanation"}[stage]
     root = Path(out) / stage
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and _nc_files(p))
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and _nc_files(p, kind))
 
 
 def resolve_preset(out: str | Path, preset: str | None) -> str:
@@ -105,12 +109,19 @@ def _match(value: Any, wanted: Any) -> bool:
 
 
 def _linked_attack(out: Path, preset: str, path: Path, ds: xr.Dataset) -> Path:
-    """The attack file an explanation explains: its link attribute, else ``RUN`` of ``RUN_METHOD.nc``."""
-    if ds.attrs.get("attack_run"):
-        return paths.attack_path(out, preset, str(ds.attrs["attack_run"]))
-    if ds.attrs.get("attack_path"):
-        linked = Path(str(ds.attrs["attack_path"]))
-        return linked if linked.is_absolute() else out / linked
+    """The attack file an explanation explains: its link attribute (a run name or a path), else ``RUN`` of
+    its file name ``RUN_METHOD.nc``."""
+    for key in ATTACK_LINK_ATTRS:
+        link = str(ds.attrs.get(key, "") or "")
+        if not link:
+            continue
+        linked = Path(link)
+        if linked.suffix != ".nc" and len(linked.parts) == 1:  # a run name
+            return paths.attack_path(out, preset, link)
+        for candidate in (linked, out / linked, paths.attack_path(out, preset, linked.stem)):
+            if candidate.exists():
+                return candidate
+        return linked
     method = str(ds.attrs.get("method", ""))
     stem = path.stem
     if method and stem.endswith(f"_{method}"):
@@ -160,16 +171,17 @@ def find_runs(out: str | Path, preset: str | None = None, *, attack: str | None 
     out = Path(out)
     preset = resolve_preset(out, preset)
     attack_dir, expl_dir = out / "attacks" / preset, out / "explanations" / preset
-    if not _nc_files(attack_dir):
+    if not _nc_files(attack_dir, "attack"):
         raise FileNotFoundError(f"no attack results under {attack_dir}; run "
                                 f"`{ATTACK_COMMAND.format(out=out, preset=preset)}` first")
-    if not _nc_files(expl_dir):
+    explanations = _nc_files(expl_dir, "explanation")
+    if not explanations:
         raise FileNotFoundError(f"no explanations under {expl_dir}; run "
                                 f"`{EXPLAIN_COMMAND.format(out=out, preset=preset)}` first")
     runs: dict[Path, Found] = {}
-    for path in _nc_files(expl_dir):
-        ds = xr.open_dataset(path, engine="h5netcdf")
-        if "relevance" not in ds.variables or not _match(ds.attrs.get("method"), method):
+    for path in explanations:
+        ds = store.open_result(path, "explanation")
+        if not _match(ds.attrs.get("method"), method):
             continue
         target = _linked_attack(out, preset, path, ds).resolve()
         if target not in runs:
@@ -229,7 +241,7 @@ def join_explanations(datasets: Sequence[xr.Dataset]) -> xr.Dataset:
         methods = sorted({str(ds.attrs.get("method", "?")) for ds in parts})
         raise ValueError(f"several explanations of one attack run have the same rule ({', '.join(rules)}; "
                          f"methods {', '.join(methods)}); choose one with --method")
-    keep = [v for v in ("relevance", "relevance_std") if all(v in ds.variables for ds in parts)]
+    keep = [v for v in store.SCHEMAS["explanation"] if all(v in ds.variables for ds in parts)]
     joined = xr.concat([ds[keep] for ds in parts], dim="rule", join="outer", combine_attrs="drop_conflicts")
     return joined
 
@@ -277,7 +289,7 @@ def load_runs(out: str | Path, analysis: xr.Dataset) -> dict[str, Run]:
                 raise FileNotFoundError(f"{p} (used by this analysis) is gone; re-run the stage that writes it "
                                         f"and `{ANALYZE_COMMAND.format(out=out)}`")
         attack = store.open_result(files[0], "attack")
-        expl = join_explanations([xr.open_dataset(p, engine="h5netcdf") for p in files[1:]])
+        expl = join_explanations([store.open_result(p, "explanation") for p in files[1:]])
         loaded[r["model"]] = Run(r["label"], int(r["n_draws"]), attack, expl)
     return loaded
 

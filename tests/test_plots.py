@@ -93,7 +93,8 @@ def _make_results(rng_seed=0, same_as_det=None):
             attrs=store.provenance("attack", attrs, **attrs))
         dims = ("input", "rule", "layer", "image", "channel", "height", "width")
         expl = xr.Dataset(
-            {"relevance": (dims, relevance), "relevance_std": (dims, np.abs(relevance) * 0.1)},
+            {"relevance": (dims, relevance), "relevance_std": (dims, np.abs(relevance) * 0.1),
+             "relevance_sign_agreement": (dims, np.ones_like(relevance))},
             coords={"input": ["clean", "adversarial"], "rule": RULES, "layer": np.arange(len(LAYER_NAMES)),
                     "layer_name": ("layer", LAYER_NAMES), "image": IMAGES},
             attrs=store.provenance("explanation", {"model": model}, model=model, n_draws=s, method="lrp",
@@ -162,6 +163,20 @@ def test_discovery_by_attributes(out, ds):
     assert (ds.lrp_robustness_diff.sel(comparison="fullBNN_S50-baseNN").median("image") > 0).all()
     with pytest.raises(FileNotFoundError, match="no explained attack run.*matches"):
         results.find_runs(out, PRESET, attack="pgd")
+
+
+@pytest.mark.parametrize("link", ["path", "absolute", "none"])
+def test_attack_link_variants(out, tmp_path, link):
+    """The explanation names its attack run by a path (relative to OUT or absolute) or only by file name."""
+    found = results.find_runs(out, PRESET, models=["baseNN"])[0]
+    attack_path = paths.attack_path(tmp_path, PRESET, found.attack_path.stem)
+    store.write_netcdf(found.attack.load(), attack_path, "attack")
+    expl = found.explanations[0][1].load()
+    expl.attrs["attack_run"] = {"path": str(attack_path.relative_to(tmp_path)), "absolute": str(attack_path),
+                                "none": ""}[link]
+    store.write_netcdf(expl, paths.explanation_path(tmp_path, PRESET, found.attack_path.stem, "lrp"))
+    (again,) = results.find_runs(tmp_path)
+    assert again.attack_path == attack_path.resolve() and again.name == "baseNN"
 
 
 def test_explanations_joined_along_rule(out, tmp_path):
@@ -249,6 +264,23 @@ def test_fig6_rho_in_legend(ds):
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     rho = float(ds.spearman_rho.sel(model="fullBNN_S50", subset="all", rule="epsilon", layer=0))
     assert labels[0].startswith("Det: ρ = ") and labels[3] == f"Bay (S=50): ρ = {rho:.2f}"
+
+
+def test_colour_images(runs):
+    """CIFAR-like 3-channel images are shown in colour; their maps are summed over channels."""
+    det, bay = runs["baseNN"], runs["fullBNN_S10"]
+
+    def rgb(run):
+        attack = run.attack.drop_vars(["x", "x_adv", "channel"], errors="ignore").load()
+        for v in ("x", "x_adv"):
+            attack[v] = (run.attack[v].dims, np.repeat(run.attack[v].values, 3, axis=1))
+        rel = run.explanation.relevance
+        expl = xr.Dataset({"relevance": (rel.dims, np.repeat(rel.values, 3, axis=rel.dims.index("channel")))},
+                          coords={k: rel.coords[k] for k in ("input", "rule", "layer", "layer_name", "image")})
+        return run._replace(attack=attack, explanation=expl)
+    fig = plots.fig1(rgb(det), rgb(bay))
+    assert fig.axes[0].images[0].get_array().shape == (28, 28, 3)
+    assert plots.fig3(rgb(det)).axes[1].images[0].get_array().shape == (28, 28)
 
 
 def test_robustness_table_panels(out):
