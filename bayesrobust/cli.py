@@ -65,4 +65,18 @@ device_option = click.option("--device", default="cpu", show_default=True, help=
 data_root_option = click.option("--data-root", type=click.Path(path_type=Path), default=None,
                                 help="Folder with MNIST/, FashionMNIST/, cifar-10-batches-py/ "
                                      "(e.g. ../shared/datasets). Not needed for mnist5k.")
+force_option = click.option("--force", is_flag=True,
+                            help="Redo the stage even if its result exists with the same settings.")
+
+
+def up_to_date(stored: dict | None, wanted: dict, force: bool) -> bool:
+    """Whether a stage can be skipped: its stored settings equal ``wanted`` on every key of ``wanted``
+    (JSON-normalised, so tuples and lists compare equal) and ``--force`` was not given."""
+    import json
+    if force or stored is None:
+        return False
+    normal = lambda v: json.loads(json.dumps(v, sort_keys=True, default=str))  # noqa: E731
+    return all(normal(stored.get(k)) == normal(v) for k, v in wanted.items())
+
+
 verbose_option = click.option("-v", "--verbose", is_flag=True, help="Debug logging.")

@@ -11,6 +11,7 @@ import click
 
 from . import cli
 from .data import DATASETS
+from .models.posterior import Posterior
 from .models.predict import accuracy
 from .paths import model_dir, model_tag
 from .presets import get_preset, override_training
@@ -40,11 +41,12 @@ from .presets import get_preset, override_training
 @cli.device_option
 @cli.out_option
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
+@cli.force_option
 @cli.verbose_option
 @cli.friendly_errors
 def main(model, preset, inference, dataset, data_root, epochs, lr, batch_size, hidden, warmup, samples, chains,
          n_train, prior_scale, adv_attack, adv_norm, adv_epsilon, adv_ratio, eval_draws, seed, device, out,
-         progress, verbose):
+         progress, force, verbose):
     """Train one model and write it under OUT/models/PRESET/MODEL/."""
     cli.setup_logging(verbose)
     from . import data as datasets
@@ -55,12 +57,19 @@ def main(model, preset, inference, dataset, data_root, epochs, lr, batch_size, h
                           n_train=n_train, prior_scale=prior_scale, adv_attack=adv_attack, adv_norm=adv_norm,
                           adv_epsilon=adv_epsilon, adv_ratio=adv_ratio)
     inference = resolve_inference(p, model, inference)
+    target = model_dir(out, p.name, model, inference)
+    if (target / "config.json").is_file():
+        stored = Posterior.load(target).config
+        if cli.up_to_date(stored, {"preset": p.to_dict(), "model": model, "inference": inference, "seed": seed}, force):
+            click.echo(f"{model_tag(model, inference)} for preset {p.name!r} is up to date in {target} "
+                       f"(test accuracy {stored.get('test_accuracy', float('nan')):.4f}); --force retrains")
+            return
     test = datasets.load(p.dataset, "test", data_root)  # fail on missing data before training
     posterior = train_model(p, model, inference, seed, device, data_root, progress)
     n_draws = posterior.resolve_n_draws(eval_draws or p.eval_draws)
     acc = accuracy(posterior, test.x, test.y, n_draws, device=device)
     posterior.config.update(test_accuracy=acc, test_accuracy_draws=n_draws)
-    target = posterior.save(model_dir(out, p.name, model, inference))
+    posterior.save(target)
     what = "posterior predictive, " + f"{n_draws} draws" if posterior.kind != "deterministic" else "deterministic"
     click.echo(f"{model_tag(model, inference)} on {p.dataset}: test accuracy {acc:.4f} ({what}, "
                f"{len(test)} images); trained in {posterior.config['train_seconds']:.1f} s")
