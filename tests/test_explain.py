@@ -19,6 +19,7 @@ import pytest
 import torch
 import xarray as xr
 from torch import nn
+from zennit.rules import Epsilon
 
 from bayesrobust import store
 from bayesrobust.explain import (LRP, CaptumMethod, DrawReducer, check_attack, explain_attack, explain_posterior,
@@ -231,6 +232,21 @@ def test_epsilon_plus_on_a_fully_connected_net_is_the_epsilon_rule():
         with lrp.attached(net):
             maps.append(lrp(net, x, [0, 1, 2])[0])
     torch.testing.assert_close(maps[0], maps[1], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("arch", [FC, CONV, RESNET], ids=["fc2", "conv", "resnet20"])
+def test_our_epsilon_is_zennits_epsilon_rule(arch):
+    """'epsilon' runs as gradient × input (GradientEpsilon); it must equal zennit.rules.Epsilon."""
+    dtype = torch.float32 if arch is RESNET else torch.float64
+    net, x = tiny_net(arch, dtype=dtype), images(arch, 3, dtype=dtype)
+    layers = list(range(len(net.layers)))
+    maps = []
+    for lrp in (LRP("epsilon"), LRP(Epsilon(epsilon=0.1))):
+        with lrp.attached(net), lrp.draw(net):
+            maps.append(lrp(net, x, layers)[0])
+    tol = {"rtol": 1e-4, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-13}
+    torch.testing.assert_close(maps[0], maps[1], **tol)
+    assert n_hooks(net) == 0
 
 
 @pytest.mark.parametrize("composite", ["epsilon_gamma_box", "epsilon_alpha2_beta1_flat", "excitation_backprop"])

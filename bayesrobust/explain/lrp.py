@@ -29,7 +29,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any, Iterator, Sequence
 
 import torch
-from zennit.core import Composite
+from zennit.core import Composite, Hook
 
 from ..models.architectures import Network
 from .layers import argmax_seed, capture_outputs, check_initial
@@ -43,8 +43,8 @@ class LRP:
     Parameters
     ----------
     rule
-        ``'epsilon'`` (ε = 0.1), ``'gamma'`` (γ = 0.1) or ``'alpha1beta0'``; ignored when ``composite``
-        is given.
+        ``'epsilon'`` (ε = 0.1), ``'gamma'`` (γ = 0.1) or ``'alpha1beta0'``, or a Zennit rule instance
+        (named after its class); ignored when ``composite`` is given.
     composite
         A Zennit composite name (``'epsilon_plus'``, ``'epsilon_gamma_box'``, ...) instead of a rule.
     initial
@@ -59,10 +59,13 @@ class LRP:
         Unknown rule, composite, parameter or initial relevance (at construction).
     """
 
-    def __init__(self, rule: str = "epsilon", *, composite: str | None = None, initial: str = "one_hot",
+    def __init__(self, rule: str | Hook = "epsilon", *, composite: str | None = None, initial: str = "one_hot",
                  **params: Any):
         self.composite_name = check_composite(composite) if composite is not None else None
-        self.rule = None if composite is not None else check_rule(rule)
+        if composite is not None:
+            self.rule = None
+        else:
+            self.rule = rule if isinstance(rule, Hook) else check_rule(rule)
         self.initial = check_initial(initial)
         self.params = dict(params)
         if self.rule is not None:
@@ -74,11 +77,14 @@ class LRP:
     @property
     def name(self) -> str:
         """The rule or composite name (the ``rule`` coordinate of an explanation Dataset)."""
+        if isinstance(self.rule, Hook):
+            return type(self.rule).__name__.lower()
         return self.composite_name or self.rule  # type: ignore[return-value]
 
     def config(self) -> dict[str, Any]:
         """The settings as a flat dict (for result attributes)."""
-        return {"method": "lrp", "rule": self.rule or "", "composite": self.composite_name or "",
+        return {"method": "lrp", "rule": self.name if self.rule is not None else "",
+                "composite": self.composite_name or "",
                 "initial": self.initial, **self.params}
 
     def make_composite(self, net: Network) -> Composite:

@@ -8,7 +8,8 @@ from local explanations to global insights with Zennit, CoRelAy, and ViRelAy", a
 
    ``epsilon`` (ε = 0.1)
        LRP-ε (Bach et al. 2015): ``R_i = Σ_j a_i w_ij / (z_j + ε·sign(z_j)) · R_j`` with
-       ``z_j = Σ_i a_i w_ij + b_j`` and ``sign(0) = +1`` (:class:`zennit.rules.Epsilon`).
+       ``z_j = Σ_i a_i w_ij + b_j`` and ``sign(0) = +1``: :class:`zennit.rules.Epsilon`, computed as
+       gradient × input by :class:`GradientEpsilon` (same numbers, a third of the matrix products).
    ``gamma`` (γ = 0.1)
        Zennit's generalised LRP-γ (Montavon et al. 2019; Andéol et al. 2021,
        :class:`zennit.rules.Gamma`): the weights become ``w + γ·w⁺`` for the positive contributions
@@ -42,6 +43,7 @@ Residual blocks need no further canonizer: our blocks already add with a ``zenni
 from __future__ import annotations
 
 import inspect
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -50,14 +52,60 @@ from torch import nn
 from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
 from zennit.composites import COMPOSITES as _ZENNIT_COMPOSITES
 from zennit.composites import LayerMapComposite, layer_map_base
-from zennit.core import Composite, Hook
-from zennit.rules import Epsilon, Gamma, Pass, ZPlus
+from zennit.core import Composite, Hook, stabilize
+from zennit.rules import Gamma, Pass, ZPlus
 from zennit.types import BatchNorm, Convolution, Linear
 
 from ..models.architectures import Normalize
 
 #: Stabiliser of the denominators of every rule but ``epsilon`` (and of Sum/AvgPool redistribution).
 STABILIZER = 1e-6
+
+
+class GradientEpsilon(Hook):
+    """Zennit's LRP-ε rule (:class:`zennit.rules.Epsilon`) computed as *gradient × input*.
+
+    ``R_i = a_i · Σ_j w_ij · R_j / (z_j + ε·sign(z_j))`` (``sign(0) = +1``) is the input times the
+    module's own gradient applied to ``R / stab(z)``. So this hook divides the incoming relevance by the
+    stabilised output ``z`` of the forward pass (a pre-hook on the output's gradient node), lets autograd
+    run the module's ordinary backward, and multiplies the result by the input (Zennit's input hook).
+    Same rule, same numbers as ``zennit.rules.Epsilon`` (tested), but one ``Wᵀ`` product per layer
+    instead of Zennit's three (the engine's plain gradient, the forward recomputed by
+    :class:`zennit.core.BasicHook` and the modified gradient).
+
+    Parameters
+    ----------
+    epsilon
+        ε, added to the denominators with their sign (``sign(0) = +1``); ``0`` gives LRP-0.
+    """
+
+    def __init__(self, epsilon: float = 1e-6):
+        super().__init__()
+        self.epsilon = float(epsilon)
+
+    def copy(self) -> "GradientEpsilon":
+        return GradientEpsilon(self.epsilon)
+
+    def forward(self, module: nn.Module, input: tuple, output: torch.Tensor) -> None:
+        self.stored_tensors["input"] = input[0].detach()
+        self.stored_tensors["denominator"] = stabilize(output.detach(), self.epsilon)
+
+    def post_forward(self, module: nn.Module, input: tuple, output: Any) -> Any:
+        output = super().post_forward(module, input, output)
+        node = output.grad_fn if isinstance(output, torch.Tensor) else None
+        if node is not None:
+            hook_ref = weakref.ref(self)
+
+            def divide(grad_outputs: tuple) -> tuple | None:
+                hook = hook_ref()
+                if hook is None or not hook.active:
+                    return None
+                return (grad_outputs[0] / hook.stored_tensors["denominator"], *grad_outputs[1:])
+            self.tensor_handles.append(node.register_prehook(divide))
+        return output
+
+    def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple:
+        return (self.stored_tensors["input"] * grad_input[0], *grad_input[1:])
 
 
 @dataclass(frozen=True)
@@ -85,7 +133,7 @@ class RuleSpec:
 
 #: The paper's three rules with its parameters (ε = 0.1, γ = 0.1) as defaults.
 RULES: dict[str, RuleSpec] = {
-    "epsilon": RuleSpec(Epsilon, {"epsilon": 0.1}),
+    "epsilon": RuleSpec(GradientEpsilon, {"epsilon": 0.1}),
     "gamma": RuleSpec(Gamma, {"gamma": 0.1, "stabilizer": STABILIZER}),
     "alpha1beta0": RuleSpec(ZPlus, {"stabilizer": STABILIZER}),
 }
@@ -131,14 +179,14 @@ def _base_layer_map() -> list[tuple[Any, Hook]]:
     return [((Normalize,), Pass()), *layer_map_base(STABILIZER)]
 
 
-def uniform_composite(rule: str, **params: float) -> Composite:
+def uniform_composite(rule: str | Hook, **params: float) -> Composite:
     """A composite applying the rule ``rule`` to every Linear and Conv layer (no canonizers: see
     :func:`canonizers_for`).
 
     Parameters
     ----------
     rule
-        A name of :data:`RULES`.
+        A name of :data:`RULES`, or any Zennit rule instance (e.g. ``zennit.rules.Epsilon(0.1)``).
     **params
         Rule parameters overriding the defaults (``epsilon`` for ``epsilon``; ``gamma``, ``stabilizer``
         for ``gamma``; ``stabilizer`` for ``alpha1beta0``).
@@ -148,7 +196,12 @@ def uniform_composite(rule: str, **params: float) -> Composite:
     ValueError
         Unknown rule or parameter.
     """
-    hook = RULES[check_rule(rule)].make(rule, **params)
+    if isinstance(rule, Hook):
+        if params:
+            raise ValueError(f"parameters {sorted(params)} given with a rule instance; set them on the rule")
+        hook = rule
+    else:
+        hook = RULES[check_rule(rule)].make(rule, **params)
     return LayerMapComposite(layer_map=[*_base_layer_map(), ((Linear,), hook)])
 
 
