@@ -67,23 +67,23 @@ class DrawReducer:
     def __init__(self) -> None:
         self.count = 0
         self._mean: torch.Tensor | None = None
-        self._m2: torch.Tensor | None = None
-        self._pos: torch.Tensor | None = None
-        self._neg: torch.Tensor | None = None
 
     def add(self, maps: torch.Tensor) -> None:
-        """Fold one draw's maps in (any shape, the same every time)."""
+        """Fold one draw's maps in (any shape, the same every time). In-place updates on buffers allocated
+        once: fresh multi-megabyte temporaries per draw cost more (page faults) than the arithmetic."""
         if self._mean is None:
-            self._mean = torch.zeros_like(maps)
-            self._m2 = torch.zeros_like(maps)
+            self._mean, self._m2 = torch.zeros_like(maps), torch.zeros_like(maps)
+            self._delta, self._after = torch.empty_like(maps), torch.empty_like(maps)
             self._pos = torch.zeros(maps.shape, dtype=torch.int32, device=maps.device)
-            self._neg = torch.zeros(maps.shape, dtype=torch.int32, device=maps.device)
+            self._neg = torch.zeros_like(self._pos)
+            self._mask = torch.empty(maps.shape, dtype=torch.bool, device=maps.device)
         self.count += 1
-        delta = maps - self._mean
-        self._mean += delta / self.count
-        self._m2 += delta * (maps - self._mean)
-        self._pos += maps > 0
-        self._neg += maps < 0
+        torch.sub(maps, self._mean, out=self._delta)
+        self._mean.add_(self._delta, alpha=1.0 / self.count)
+        torch.sub(maps, self._mean, out=self._after)
+        self._m2.addcmul_(self._delta, self._after)
+        self._pos.add_(torch.gt(maps, 0, out=self._mask))
+        self._neg.add_(torch.lt(maps, 0, out=self._mask))
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(mean, std, sign_agreement)``, each of the maps' shape.
@@ -145,7 +145,7 @@ def default_batch_size(net: Network, n_images: int) -> int:
 def explain_posterior(posterior: Posterior, x: torch.Tensor, explainer: Explainer, *,
                       layers: LayerSelection = None, n_draws: int | None = None,
                       batch_size: int | None = None, seed: int = 0, net: Network | None = None,
-                      on_draw: DrawCallback | None = None,
+                      device: str | torch.device = "cpu", on_draw: DrawCallback | None = None,
                       progress: Callable[[int], object] | None = None) -> PosteriorExplanation:
     """Explain ``x`` with every draw of ``posterior`` and reduce over the draws.
 
@@ -169,8 +169,10 @@ def explain_posterior(posterior: Posterior, x: torch.Tensor, explainer: Explaine
     seed
         Seeds the random methods per draw (:func:`draw_seed`), so a draw always gives the same map.
     net
-        The module to load the draws into (default: a new ``posterior.network()``); it holds the last
-        draw afterwards, with no hook left on it.
+        The module to load the draws into (default: a new ``posterior.network()`` on ``device``); it holds
+        the last draw afterwards, with no hook left on it. ``x`` is moved to its device.
+    device
+        Where a new network lives (ignored when ``net`` is given).
     on_draw
         Called with ``(j, maps (L, N, C, H, W), units (L, N))`` after each draw (e.g. to stream the maps
         to disk). The tensors are reused for the next draw: copy what you keep.
@@ -188,7 +190,7 @@ def explain_posterior(posterior: Posterior, x: torch.Tensor, explainer: Explaine
         Invalid ``layers``, ``n_draws`` or ``batch_size``.
     """
     dtype = next(iter(posterior.params.values())).dtype
-    net = posterior.network() if net is None else net
+    net = posterior.network(device=device) if net is None else net
     net = net.to(dtype).eval()
     device = next(net.parameters()).device
     x = x.detach().to(device=device, dtype=dtype)

@@ -128,7 +128,8 @@ def explain_attack(posterior: Posterior, attack: xr.Dataset, explainers: Sequenc
                    layers: LayerSelection = None, n_draws: int | None = None, batch_size: int | None = None,
                    seed: int = 0, draws_path: str | Path | None = None, config: Mapping[str, Any] | None = None,
                    attack_run: str = "", expected: Mapping[str, Any] | None = None,
-                   progress: Callable[[int], object] | None = None) -> xr.Dataset:
+                   progress: Callable[[int], object] | None = None,
+                   device: str | torch.device = "cpu") -> xr.Dataset:
     """Explain the clean and adversarial images of ``attack`` with every draw of ``posterior``.
 
     Parameters
@@ -159,6 +160,8 @@ def explain_attack(posterior: Posterior, attack: xr.Dataset, explainers: Sequenc
         Attributes the attack must have (:func:`check_attack`), e.g. the model name.
     progress
         Called with 1 after each (rule, draw).
+    device
+        Where the network runs.
 
     Returns
     -------
@@ -182,7 +185,7 @@ def explain_attack(posterior: Posterior, attack: xr.Dataset, explainers: Sequenc
     if n_draws is None and "n_draws" in attack.attrs and posterior.kind != "deterministic":
         n_draws = int(attack.attrs["n_draws"])
     n = posterior.resolve_n_draws(n_draws)
-    net = posterior.network()
+    net = posterior.network(device=device)
     idx = resolve_layers(net, layers)
     both = torch.cat([x, x_adv])
     image_shape = tuple(x.shape[1:])
