@@ -119,5 +119,7 @@ def argmax_seed(output: torch.Tensor, initial: str = "one_hot") -> tuple[torch.T
     flat = output.detach().reshape(output.shape[0], -1)
     unit = flat.argmax(dim=1)
     value = flat.gather(1, unit[:, None]) if initial == "value" else torch.ones_like(flat[:, :1])
-    seed = torch.zeros_like(flat).scatter_(1, unit[:, None], value)
-    return seed.reshape(output.shape), unit
+    seed = torch.zeros_like(flat).scatter_(1, unit[:, None], value).reshape(output.shape)
+    if not output.is_contiguous():  # e.g. channels_last: keep the backward pass in the output's format
+        seed = torch.empty_like(output).copy_(seed)
+    return seed, unit
