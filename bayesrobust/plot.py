@@ -96,9 +96,10 @@ def _analysis_figures(out: Path, ds: Any, names: Sequence[str], options: dict) -
 @click.option("--topk", type=float, default=None, help="k of the heatmaps' top-k% (default the analysis's).")
 @click.option("--format", "formats", multiple=True, type=click.Choice(FORMATS), default=FORMATS,
               show_default=True, help="File formats (repeatable).")
+@click.option("--dpi", type=click.IntRange(min=20), default=200, show_default=True, help="Resolution of PNGs.")
 @cli.verbose_option
 @cli.friendly_errors
-def main(out, figures, analyses, preset, rule, layer, subset, model, topk, formats, verbose):
+def main(out, figures, analyses, preset, rule, layer, subset, model, topk, formats, dpi, verbose):
     """Draw the figures of the stored results under OUT into OUT/figures/."""
     cli.setup_logging(verbose)
     from . import paths, plots, results, store
@@ -143,7 +144,7 @@ def main(out, figures, analyses, preset, rule, layer, subset, model, topk, forma
                 raise ValueError(f"{stem}: {err}") from err
             skipped.append(f"{stem} ({err})")
             continue
-        written += save_figure(fig, paths.figures_dir(out) / stem, formats)
+        written += save_figure(fig, paths.figures_dir(out) / stem, formats, dpi)
     for path in written:
         click.echo(f"wrote {path}")
     for note in skipped:

@@ -44,11 +44,12 @@ from scipy import stats
 
 from . import metrics
 from .analysis import Run, model_name
+from .results import layer_names
 
 log = logging.getLogger(__name__)
 
 __all__ = ["FIGURES", "OKABE_ITO", "STYLE", "select_image", "fig1", "fig3", "fig4", "fig5", "fig6",
-           "robustness_table", "table_name", "significance_stars", "comparison_label", "rule_label", "layer_label"]
+           "robustness_table", "table_name", "default_layers", "significance_stars", "comparison_label", "rule_label", "layer_label"]
 
 #: The Okabe–Ito colour-blind-safe palette.
 OKABE_ITO = {"black": "#000000", "orange": "#E69F00", "sky_blue": "#56B4E9", "green": "#009E73",
@@ -91,13 +92,25 @@ def rule_label(rule: Any) -> str:
     return _RULE_LABELS.get(str(rule), str(rule))
 
 
+def _layer_modules(ds: xr.Dataset | xr.DataArray) -> list[str] | None:
+    """The module names of a string coordinate along ``layer`` (``layer_name``), if there is one."""
+    names = layer_names(ds)
+    return None if names is None else list(names.values())
+
+
 def layer_label(ds: xr.Dataset | xr.DataArray, layer: Any) -> str:
-    """The name of ``layer``: a string coordinate along ``layer`` (e.g. ``layer_name``) if ``ds`` has one,
-    else the coordinate value itself if it is a string, else ``'layer l'``."""
-    for name, coord in ds.coords.items():
-        if name != "layer" and coord.dims == ("layer",) and coord.dtype.kind in "UOS":
-            return str(coord.sel(layer=layer).item())
-    return str(layer) if isinstance(layer, str) else f"layer {layer}"
+    """How ``layer`` is titled: ``'layer l'`` for a layer index, with the module name of a string
+    coordinate along ``layer`` (e.g. ``layer_name``) when that name says more than a number
+    (``'layer 1 (4.conv1)'``, but not ``'layer 1 (3)'`` for a module of a ``Sequential``); a string layer
+    coordinate as it is."""
+    if isinstance(layer, str):
+        return layer
+    label = f"layer {layer}"
+    modules = _layer_modules(ds)
+    if modules is None:
+        return label
+    module = modules[ds["layer"].values.tolist().index(layer)]
+    return f"{label} ({module})" if any(c.isalpha() for c in module) else label
 
 
 def comparison_label(ds: xr.Dataset, comparison: str) -> str:
@@ -140,7 +153,10 @@ def _pick(ds: xr.Dataset | xr.DataArray, dim: str, value: Any, default: str = "f
     if value not in values:
         # layer given as a string on the command line, coordinate numeric (or the reverse)
         matches = [v for v in values if str(v) == str(value)]
-        names = {layer_label(ds, v): v for v in values} if dim == "layer" else {}
+        names = {}
+        if dim == "layer":  # by label ('layer 1 (4.conv1)') or module name ('4.conv1')
+            names = {layer_label(ds, v): v for v in values}
+            names.update({str(n): v for v, n in zip(values, _layer_modules(ds) or [])})
         if not matches and str(value) in names:  # a layer given by its name
             matches = [names[str(value)]]
         if not matches:
@@ -148,6 +164,20 @@ def _pick(ds: xr.Dataset | xr.DataArray, dim: str, value: Any, default: str = "f
             raise ValueError(f"no {dim} {value!r}; expected one of {listed}")
         value = matches[0]
     return value
+
+
+def _topk_text(ds: xr.Dataset) -> str:
+    topk = ds.attrs.get("topk")
+    return "?" if topk is None else f"{float(topk):g}"
+
+
+def default_layers(ds: xr.Dataset, most: int = 6) -> list[Any]:
+    """Every layer of ``ds``, or ``most`` of them evenly spaced (always the first and the last) when there
+    are more (e.g. the 20 of a ResNet-20), so that a figure stays readable."""
+    values = ds["layer"].values.tolist()
+    if len(values) <= most:
+        return values
+    return [values[i] for i in sorted(set(np.linspace(0, len(values) - 1, most).round().astype(int).tolist()))]
 
 
 def _check_subset(subset: str) -> str:
@@ -241,6 +271,13 @@ def _lrp_robustness(clean: xr.DataArray, adv: xr.DataArray, topk: float) -> floa
     return float(metrics.lrp_robustness(a, b, topk))
 
 
+def _outcome(attack: xr.Dataset) -> str:
+    """What the attack did to one image, in words."""
+    if bool(attack["success"]):
+        return "attack succeeded"
+    return "attack failed" if bool(attack["failed"]) else "misclassified before the attack"
+
+
 def _explained_images(run: Run) -> np.ndarray:
     return np.intersect1d(run.explanation.image.values, run.attack.image.values)
 
@@ -313,7 +350,10 @@ def fig1(det: Run, bay: Run, *, rule: str | None = None, layer: Any = None, topk
             axes[r, 2].set_title("R(x̃)")
     fig.colorbar(im, ax=axes[:, 1:], shrink=0.85, label=f"relevance (top {topk:g}%)")
     label = int(det.attack["label"].sel(image=image))
-    fig.suptitle(f"Test image {image} (label {label}): attack failed on both models\n"
+    outcomes = [_outcome(run.attack.sel(image=image)) for run in runs]
+    what = ("attack failed on both models" if outcomes == ["attack failed"] * 2
+            else f"Det: {outcomes[0]}; Bay: {outcomes[1]}")
+    fig.suptitle(f"Test image {image} (label {label}): {what}\n"
                  f"{rule_label(rule)}, {layer_label(det.explanation, layer)}", fontsize=9.5)
     return fig
 
@@ -340,7 +380,7 @@ def fig3(run: Run, *, rule: str | None = None, topk: float = 20, image: int | No
     image
         Test-set index to show instead of the selection rule's.
     layers
-        Layers to show (default all explained).
+        Layers to show (default :func:`default_layers`).
 
     Returns
     -------
@@ -357,7 +397,7 @@ def fig3(run: Run, *, rule: str | None = None, topk: float = 20, image: int | No
     if int(image) not in expl.image.values:
         raise ValueError(f"image {image} was not explained for {run.model}")
     rule = _pick(expl, "rule", rule)
-    layers = list(expl.layer.values) if layers is None else [_pick(expl, "layer", v) for v in layers]
+    layers = default_layers(expl) if layers is None else [_pick(expl, "layer", v) for v in layers]
     rel = expl["relevance"].sel(rule=rule, image=image)
     attack = run.attack.sel(image=image)
 
@@ -379,7 +419,7 @@ def fig3(run: Run, *, rule: str | None = None, topk: float = 20, image: int | No
         bar.ax.tick_params(labelsize=7)
         bar.ax.locator_params(nbins=3)
     label = int(attack["label"])
-    fig.suptitle(f"{run.model}: relevance per layer, test image {image} (label {label}), successful attack\n"
+    fig.suptitle(f"{run.model}: relevance per layer, test image {image} (label {label}), {_outcome(attack)}\n"
                  f"{rule_label(rule)}, top {topk:g}%", fontsize=9.5)
     return fig
 
@@ -410,7 +450,7 @@ def _density(ax: Axes, values: np.ndarray, colour: str, label: str) -> None:
         try:
             y = stats.gaussian_kde(values)(grid)
             ax.plot(grid, y, color=colour, label=label)
-            ax.fill_between(grid, y, color=colour, alpha=0.15, linewidth=0)
+            ax.fill_between(grid, y, color=colour, alpha=0.1, linewidth=0)
             return
         except (np.linalg.LinAlgError, ValueError):
             pass
@@ -455,7 +495,7 @@ def fig4(ds: xr.Dataset, *, rule: str | None = None, subset: str = "all",
         ``'all'`` images, or only those on which the attack was ``'successful'`` / ``'failed'`` for both
         models of a comparison.
     layers
-        Layers to show (default all).
+        Layers to show (default :func:`default_layers`).
 
     Returns
     -------
@@ -471,7 +511,7 @@ def fig4(ds: xr.Dataset, *, rule: str | None = None, subset: str = "all",
     if not comps:
         raise ValueError("the analysis has no Adv or Bay model to compare with Det")
     rule = _pick(ds, "rule", rule)
-    layers = list(ds.layer.values) if layers is None else [_pick(ds, "layer", v) for v in layers]
+    layers = default_layers(ds) if layers is None else [_pick(ds, "layer", v) for v in layers]
     colours = _model_colours(ds)
     fig = Figure(figsize=(1.0 + 2.3 * len(layers), 2.9), layout="constrained")
     axes = fig.subplots(1, len(layers), squeeze=False)[0]
@@ -496,7 +536,7 @@ def fig4(ds: xr.Dataset, *, rule: str | None = None, subset: str = "all",
                loc="outside right center", frameon=False)
     n = "/".join(str(c) for c in sorted(counts))
     fig.suptitle(f"Paired LRP robustness differences per layer: {rule_label(rule)}, "
-                 f"top {ds.attrs.get('topk', '?')}%, {_SUBSET_LABELS[subset]} (n = {n}); ▼ median")
+                 f"top {_topk_text(ds)}%, {_SUBSET_LABELS[subset]} (n = {n}); ▼ median")
     return fig
 
 
@@ -574,7 +614,6 @@ def fig5(analyses: xr.Dataset | Mapping[str, xr.Dataset], *, layer: Any = None, 
         ax.set_xticks(range(len(shown)), [rule_label(r) for r in shown])
         ax.set_xlim(-0.6, len(shown) - 0.4)
         name = layer_label(ds, lay)
-        name = name if name.startswith("layer") else f"layer {name}"
         ax.set_title(f"{title}, {name}" if title else name)
     # one row of stars above the highest box of all panels; the y range follows the data
     top = max(extremes) + 0.06
@@ -584,8 +623,8 @@ def fig5(analyses: xr.Dataset | Mapping[str, xr.Dataset], *, layer: Any = None, 
     axes[0].set_ylabel("paired LRP robustness difference")
     fig.legend(list(legend.values()), list(legend), loc="outside right center", frameon=False,
                title="model − Det")
-    topk = {ds.attrs.get("topk", "?") for ds in panels.values()}
-    fig.suptitle(f"Paired LRP robustness differences by rule, top {'/'.join(map(str, topk))}%, "
+    topk = dict.fromkeys(_topk_text(ds) for ds in panels.values())
+    fig.suptitle(f"Paired LRP robustness differences by rule, top {'/'.join(topk)}%, "
                  f"{_SUBSET_LABELS[subset]}\none-sided Mann–Whitney: * p<0.05, ** p<0.01, *** p<0.001")
     return fig
 
@@ -595,9 +634,11 @@ def fig6(ds: xr.Dataset, *, rule: str | None = None, subset: str = "all", models
          layers: Sequence[Any] | None = None) -> Figure:
     """Figure 6: LRP robustness against softmax robustness, per layer, Spearman ρ in the legend.
 
-    One panel per layer; one point per image and model (x: softmax robustness 1 − ‖p(x) − p(x̃)‖∞, y: LRP
-    robustness). The legend gives each model's Spearman ρ for that layer from the analysis
-    (``spearman_rho``; ``n/a`` when undefined, e.g. a constant sample).
+    A grid of scatter plots, a row per model and a column per layer, one point per image (x: softmax
+    robustness 1 − ‖p(x) − p(x̃)‖∞, y: LRP robustness); each panel's legend gives that model's Spearman ρ for
+    that layer from the analysis (``spearman_rho``; ``n/a`` when undefined, e.g. a constant sample). One
+    panel per model rather than one cloud per layer: with hundreds of images per model the clouds of
+    several models hide each other.
 
     Parameters
     ----------
@@ -610,7 +651,7 @@ def fig6(ds: xr.Dataset, *, rule: str | None = None, subset: str = "all", models
     models
         Models to show (default all, e.g. ``['baseNN', 'advNN', 'fullBNN_S100']``).
     layers
-        Layers to show (default all).
+        Layers to show (default :func:`default_layers`).
 
     Returns
     -------
@@ -623,28 +664,32 @@ def fig6(ds: xr.Dataset, *, rule: str | None = None, subset: str = "all", models
     """
     _check_subset(subset)
     rule = _pick(ds, "rule", rule)
-    layers = list(ds.layer.values) if layers is None else [_pick(ds, "layer", v) for v in layers]
+    layers = default_layers(ds) if layers is None else [_pick(ds, "layer", v) for v in layers]
     models = [str(m) for m in ds.model.values] if models is None else [_pick(ds, "model", m) for m in models]
     colours = _model_colours(ds)
-    fig = Figure(figsize=(0.6 + 2.6 * len(layers), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(layers), squeeze=False, sharex=True, sharey=True)[0]
-    for ax, layer in zip(axes, layers):
-        for i, m in enumerate(models):
-            keep = _subset_images(ds, [m], subset)
-            x = np.asarray(ds["softmax_robustness"].sel(model=m).values, float)[keep]
+    fig = Figure(figsize=(0.9 + 2.0 * len(layers), 0.9 + 1.75 * len(models)), layout="constrained")
+    axes = fig.subplots(len(models), len(layers), squeeze=False, sharex=True, sharey=True)
+    for i, m in enumerate(models):
+        keep = _subset_images(ds, [m], subset)
+        x = np.asarray(ds["softmax_robustness"].sel(model=m).values, float)[keep]
+        for j, layer in enumerate(layers):
+            ax = axes[i, j]
             y = np.asarray(ds["lrp_robustness"].sel(model=m, rule=rule, layer=layer).values, float)[keep]
             rho = float(ds["spearman_rho"].sel(model=m, subset=subset, rule=rule, layer=layer))
-            rho_text = f"ρ = {rho:.2f}" if np.isfinite(rho) else "ρ = n/a"
-            ax.scatter(x, y, s=12, color=colours[m], alpha=0.55, marker=_MARKERS[i % len(_MARKERS)],
-                       linewidths=0, label=f"{_model_label(ds, m)}: {rho_text}")
-        ax.set_title(layer_label(ds, layer))
-        ax.set_xlabel("softmax robustness")
-        ax.set_xlim(-0.03, 1.03)
-        ax.set_ylim(-0.03, 1.03)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, handletextpad=0.2,
-                  markerscale=1.5)
-    axes[0].set_ylabel("LRP robustness")
-    fig.suptitle(f"LRP robustness vs softmax robustness: {rule_label(rule)}, top {ds.attrs.get('topk', '?')}%, "
+            ax.scatter(x, y, s=10, color=colours[m], alpha=0.6, marker=_MARKERS[i % len(_MARKERS)],
+                       linewidths=0, label=f"ρ = {rho:.2f}" if np.isfinite(rho) else "ρ = n/a")
+            ax.set_xlim(-0.04, 1.04)
+            ax.set_ylim(-0.04, 1.04)
+            ax.set_xticks([0, 0.5, 1])
+            ax.set_yticks([0, 0.5, 1])
+            ax.grid(color="0.92", linewidth=0.6)
+            ax.legend(loc="best", handlelength=0.6, handletextpad=0.3, borderpad=0.3, framealpha=0.85,
+                      markerscale=1.4, fontsize=7.5)
+            if i == 0:
+                ax.set_title(layer_label(ds, layer))
+        axes[i, 0].set_ylabel(f"{_model_label(ds, m)}\nLRP robustness")
+    fig.supxlabel("softmax robustness", fontsize=9)
+    fig.suptitle(f"LRP robustness vs softmax robustness: {rule_label(rule)}, top {_topk_text(ds)}%, "
                  f"{_SUBSET_LABELS[subset]} (Spearman ρ)")
     return fig
 
@@ -706,6 +751,8 @@ def robustness_table(tables: xr.Dataset | Sequence[xr.Dataset] | Mapping[str, xr
         raise ValueError("robustness_table needs at least one robustness-table Dataset")
     tables = dict(sorted(tables.items(), key=lambda item: _table_order(*item)))
     norms = list(dict.fromkeys(str(n) for ds in tables.values() for n in ds.norm.values))
+    all_steps = sorted({int(v) for ds in tables.values() for v in ds.steps.values})
+    step_index = {v: i for i, v in enumerate(all_steps)}  # one line style per step count across models
     bay = iter(_BAY_COLOURS * len(tables))
     colours = {name: {0: _DET_COLOUR, 1: _ADV_COLOUR}.get(_table_order(name, ds)[0]) or next(bay)
                for name, ds in tables.items()}
@@ -717,7 +764,8 @@ def robustness_table(tables: xr.Dataset | Sequence[xr.Dataset] | Mapping[str, xr
             if norm not in ds.norm.values:
                 continue
             clean = float(ds["clean_accuracy"])
-            for s, steps in enumerate(ds.steps.values):
+            for steps in ds.steps.values:
+                s = step_index[int(steps)]
                 acc = ds["accuracy"].sel(norm=norm, steps=steps)
                 ok = np.isfinite(acc.values)
                 eps = np.concatenate([[0.0], ds.epsilon.values[ok]])

@@ -36,8 +36,9 @@ ATTACK_LINK_ATTRS = ("attack_run", "attack_path")
 #: Attack attributes that must agree between the runs of one analysis.
 ATTACK_SETTINGS = ("attack", "norm", "epsilon")
 
-ATTACK_COMMAND = "python -m bayesrobust.attack --out {out} --preset {preset} --model MODEL"
-EXPLAIN_COMMAND = "python -m bayesrobust.explain --out {out} --preset {preset} --model MODEL"
+ATTACK_COMMAND = "python -m bayesrobust.attack --out {out} --preset {preset} --model MODEL --attack fgsm"
+EXPLAIN_COMMAND = ("python -m bayesrobust.explain --out {out} --preset {preset} --model MODEL "
+                   "--attack-run RUN")
 ANALYZE_COMMAND = "python -m bayesrobust.analyze --out {out} --preset PRESET"
 
 
@@ -327,8 +328,9 @@ def _kind(path: Path) -> str | None:
     return kind.decode() if isinstance(kind, bytes) else None if kind is None else str(kind)
 
 
-def layer_names(explanation: xr.Dataset) -> dict[Any, str] | None:
-    """``{layer: name}`` from a string coordinate along ``layer`` of an explanation, if it has one."""
+def layer_names(explanation: xr.Dataset | xr.DataArray) -> dict[Any, str] | None:
+    """``{layer: module name}`` from a string coordinate along ``layer`` (the explanation's
+    ``layer_name``), if there is one."""
     for name, coord in explanation.coords.items():
         if name != "layer" and coord.dims == ("layer",) and coord.dtype.kind in "UOS":
             return {k: str(v) for k, v in zip(explanation.layer.values.tolist(), coord.values.tolist())}

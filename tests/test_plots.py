@@ -21,6 +21,7 @@ IMAGES = np.array([12, 40, 57, 101, 230, 311, 402, 555, 678, 790, 812, 903, 944,
                    1402, 1500, 1618, 1700, 1800, 1901, 2020])
 RULES = ["epsilon", "gamma", "alpha1beta0"]
 LAYER_NAMES = ["conv1", "conv2", "fc"]
+LAYER_LABELS = ["layer 0 (conv1)", "layer 1 (conv2)", "layer 2 (fc)"]
 #: (label, S, noise of the adversarial relevance)
 MODELS = [("baseNN", 1, 1.2), ("advNN", 1, 0.9), ("fullBNN", 10, 0.5), ("fullBNN", 50, 0.35)]
 #: images (by position) on which the attack failed for every model, and one that succeeded for baseNN
@@ -218,7 +219,7 @@ def test_fig1_panels(runs):
     image = plots.select_image([det.attack, bay.attack], "failed")
     assert len(fig.axes) == 7  # 2 x 3 panels + the shared colour bar
     assert [ax.get_title() for ax in fig.axes[:3]][1:] == ["R(x)", "R(x̃)"]
-    assert f"Test image {image} " in fig._suptitle.get_text() and "fc" in fig._suptitle.get_text()
+    assert f"Test image {image} " in fig._suptitle.get_text() and "layer 2 (fc)" in fig._suptitle.get_text()
     assert fig.axes[0].get_ylabel().startswith("Det") and fig.axes[3].get_ylabel().startswith("Bay (S=50)")
     # one colour scale, symmetric about 0, for all four maps
     limits = {ax.images[0].get_clim() for ax in fig.axes[:6] if ax.images and ax.images[0].get_cmap().name
@@ -226,6 +227,8 @@ def test_fig1_panels(runs):
     assert len(limits) == 1 and limits.pop()[0] < 0
     chosen = plots.fig1(det, bay, image=int(IMAGES[FAILED_ALL[2]]), rule="gamma", layer=0)
     assert f"Test image {IMAGES[FAILED_ALL[2]]} " in chosen._suptitle.get_text()
+    other = plots.fig1(det, bay, image=int(IMAGES[SUCCESS_DET]))  # the title says what the attacks did
+    assert "Det: attack succeeded; Bay: attack failed" in other._suptitle.get_text()
     with pytest.raises(ValueError, match="no rule 'z'"):
         plots.fig1(det, bay, rule="z")
 
@@ -234,13 +237,13 @@ def test_fig3_panels(runs):
     fig = plots.fig3(runs["baseNN"])
     assert len(fig.axes) == 2 * 4 + 3  # (image + 3 layers) x (clean, adversarial) + a colour bar per layer
     titles = [ax.get_title() for ax in fig.axes[:4]]
-    assert titles[0] == "input" and [t.split("\n")[0] for t in titles[1:]] == LAYER_NAMES
-    assert f"test image {IMAGES[SUCCESS_DET]} " in fig._suptitle.get_text()
+    assert titles[0] == "input" and [t.split("\n")[0] for t in titles[1:]] == LAYER_LABELS
+    assert f"test image {IMAGES[SUCCESS_DET]} (label 0), attack succeeded" in fig._suptitle.get_text()
 
 
 def test_fig4_panels(ds):
     fig = plots.fig4(ds)
-    assert len(fig.axes) == 3 and [ax.get_title() for ax in fig.axes] == LAYER_NAMES
+    assert len(fig.axes) == 3 and [ax.get_title() for ax in fig.axes] == LAYER_LABELS
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["Adv − Det", "Bay (S=10) − Det", "Bay (S=50) − Det"]
     assert len(plots.fig4(ds, subset="failed", layers=[2]).axes) == 1
@@ -255,15 +258,24 @@ def test_fig5_stars_from_p_values(ds):
     assert [t.get_text() for t in ax.texts] == [plots.significance_stars(v) for v in p]
     assert "*" in "".join(t.get_text() for t in ax.texts)
     two = plots.fig5({"MNIST": ds, "Fashion-MNIST": ds}, layer=0)
-    assert [ax.get_title() for ax in two.axes] == ["MNIST, layer conv1", "Fashion-MNIST, layer conv1"]
+    assert [ax.get_title() for ax in two.axes] == ["MNIST, layer 0 (conv1)", "Fashion-MNIST, layer 0 (conv1)"]
 
 
 def test_fig6_rho_in_legend(ds):
     fig = plots.fig6(ds)
-    assert len(fig.axes) == 3
-    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert len(fig.axes) == 4 * 3  # a row per model, a column per layer
+    assert [ax.get_title() for ax in fig.axes[:3]] == LAYER_LABELS
+    bay = fig.axes[3 * 3]  # fullBNN_S50, layer 0
     rho = float(ds.spearman_rho.sel(model="fullBNN_S50", subset="all", rule="epsilon", layer=0))
-    assert labels[0].startswith("Det: ρ = ") and labels[3] == f"Bay (S=50): ρ = {rho:.2f}"
+    assert bay.get_ylabel().startswith("Bay (S=50)")
+    assert [t.get_text() for t in bay.get_legend().get_texts()] == [f"ρ = {rho:.2f}"]
+    assert len(plots.fig6(ds, models=["baseNN", "fullBNN_S50"], layers=["conv2"]).axes) == 2
+
+
+def test_default_layers():
+    many = xr.Dataset(coords={"layer": np.arange(20)})
+    assert plots.default_layers(many) == [0, 4, 8, 11, 15, 19]
+    assert plots.default_layers(many.isel(layer=slice(0, 6))) == list(range(6))
 
 
 def test_colour_images(runs):
@@ -291,6 +303,11 @@ def test_robustness_table_panels(out):
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0", "8/255", "16/255"]
     assert len(fig.axes[0].lines) == 3 * 2  # a line per model and step count
     assert len(fig.legends[0].get_texts()) == 6
+    # a step count keeps its line style when a model lacks the other step counts
+    only100 = _table("fullBNN", 50, 0.9, 1.0).sel(steps=[100])
+    fig = plots.robustness_table({"a": _table("baseNN", 1, 0.9, 1.0), "b": only100})
+    styles = {line.get_label(): line.get_linestyle() for line in fig.axes[0].lines}
+    assert styles["b, 100 steps"] == styles["a, 100 steps"] != styles["a, 20 steps"]
 
 
 def test_significance_stars():
@@ -314,7 +331,8 @@ def test_degenerate_data():
     assert any(ax.patches for ax in fig.axes)  # the histograms
     assert [t.get_text() for t in fig.legends[0].get_texts()][0] == "Adv − Det"
     assert "no\ndata" in _texts(plots.fig5(ds))
-    assert "n/a" in "".join(t.get_text() for t in plots.fig6(ds, rule="gamma").axes[0].get_legend().get_texts())
+    legends = [t.get_text() for ax in plots.fig6(ds, rule="gamma").axes for t in ax.get_legend().get_texts()]
+    assert "ρ = n/a" in legends
     assert isinstance(plots.fig6(ds, subset="successful", layers=[0]), Figure)
     det = runs[0]
     nan_map = det.explanation.copy(deep=True)
@@ -355,7 +373,7 @@ def test_analyze_cli_errors(tmp_path, out):
 
 def test_plot_cli_all(out):
     assert CliRunner().invoke(analyze.main, ["--out", str(out)]).exit_code == 0
-    res = CliRunner().invoke(plot.main, ["--out", str(out), "--format", "png"])
+    res = CliRunner().invoke(plot.main, ["--out", str(out), "--format", "png", "--dpi", "40"])
     assert res.exit_code == 0, res.output
     stem = "quick_fgsm_linf_eps0.2_top20"
     for name in [f"{stem}_{f}" for f in ("fig1", "fig3", "fig4", "fig5", "fig6")] + ["robustness_table_quick"]:
