@@ -23,8 +23,8 @@ def _frame(da: xr.DataArray, row: str, fmt: str = ".3f") -> str:
     """``da`` (row, rule, layer) as a text table: a line per (row, layer), a column per rule."""
     import pandas as pd
 
-    from .plots import layer_label, rule_label
-    da = da.transpose(row, "layer", "rule")
+    from .plots import layer_label, ordered_rules, rule_label
+    da = da.transpose(row, "layer", "rule").sel(rule=ordered_rules(da.rule.values.tolist()))
     index = pd.MultiIndex.from_tuples([(str(r), layer_label(da, v)) for r in da[row].values
                                        for v in da.layer.values], names=[row, "layer"])
     df = pd.DataFrame(da.values.reshape(-1, da.sizes["rule"]), index=index,

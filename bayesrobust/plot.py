@@ -139,7 +139,7 @@ def main(out, figures, analyses, preset, rule, layer, subset, model, topk, forma
     for stem, build in jobs:
         try:
             fig = build()
-        except ValueError as err:
+        except (ValueError, FileNotFoundError) as err:
             if explicit:
                 raise ValueError(f"{stem}: {err}") from err
             skipped.append(f"{stem} ({err})")

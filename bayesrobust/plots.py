@@ -49,7 +49,8 @@ from .results import layer_names
 log = logging.getLogger(__name__)
 
 __all__ = ["FIGURES", "OKABE_ITO", "STYLE", "select_image", "fig1", "fig3", "fig4", "fig5", "fig6",
-           "robustness_table", "table_name", "default_layers", "significance_stars", "comparison_label", "rule_label", "layer_label"]
+           "robustness_table", "table_name", "default_layers", "significance_stars", "comparison_label",
+           "rule_label", "ordered_rules", "layer_label"]
 
 #: The Okabe–Ito colour-blind-safe palette.
 OKABE_ITO = {"black": "#000000", "orange": "#E69F00", "sky_blue": "#56B4E9", "green": "#009E73",
@@ -96,6 +97,12 @@ def _layer_modules(ds: xr.Dataset | xr.DataArray) -> list[str] | None:
     """The module names of a string coordinate along ``layer`` (``layer_name``), if there is one."""
     names = layer_names(ds)
     return None if names is None else list(names.values())
+
+
+def ordered_rules(rules: Sequence[Any]) -> list[Any]:
+    """``rules`` in the paper's order (ε, γ, α1β0), other names (composites, methods) after them as given."""
+    known = [r for r in _RULE_LABELS if r in rules]
+    return known + [r for r in rules if r not in _RULE_LABELS]
 
 
 def layer_label(ds: xr.Dataset | xr.DataArray, layer: Any) -> str:
@@ -561,7 +568,7 @@ def fig5(analyses: xr.Dataset | Mapping[str, xr.Dataset], *, layer: Any = None, 
         ``'all'``, ``'successful'`` or ``'failed'``: the images of the boxes (flag held for both models of
         a comparison) and the subset of the tests.
     rules
-        Rules to show (default all analysed).
+        Rules to show (default all analysed, in the order of :func:`ordered_rules`).
 
     Returns
     -------
@@ -588,7 +595,7 @@ def fig5(analyses: xr.Dataset | Mapping[str, xr.Dataset], *, layer: Any = None, 
         if not comps:
             raise ValueError(f"analysis {title!r} has no Adv or Bay model to compare with Det")
         lay = _pick(ds, "layer", layer, default="last")
-        shown = list(ds.rule.values) if rules is None else [_pick(ds, "rule", r) for r in rules]
+        shown = ordered_rules(ds.rule.values.tolist()) if rules is None else [_pick(ds, "rule", r) for r in rules]
         colours = _model_colours(ds)
         width = 0.8 / len(comps)
         for g, rule in enumerate(shown):
@@ -635,8 +642,8 @@ def fig6(ds: xr.Dataset, *, rule: str | None = None, subset: str = "all", models
     """Figure 6: LRP robustness against softmax robustness, per layer, Spearman ρ in the legend.
 
     A grid of scatter plots, a row per model and a column per layer, one point per image (x: softmax
-    robustness 1 − ‖p(x) − p(x̃)‖∞, y: LRP robustness); each panel's legend gives that model's Spearman ρ for
-    that layer from the analysis (``spearman_rho``; ``n/a`` when undefined, e.g. a constant sample). One
+    robustness 1 − ‖p(x) − p(x̃)‖∞, y: LRP robustness); each panel's legend gives that model's Spearman ρ
+    for that layer from the analysis (``spearman_rho``; ``n/a`` when undefined, e.g. a constant sample). One
     panel per model rather than one cloud per layer: with hundreds of images per model the clouds of
     several models hide each other.
 

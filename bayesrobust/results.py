@@ -378,5 +378,5 @@ def analyse_stored(out: str | Path, preset: str | None = None, topk: float = 20,
 def analysis_name(ds: xr.Dataset) -> str:
     """The default file name of an analysis: ``PRESET_ATTACK_NORM_epsEPS_topK``."""
     a = ds.attrs
-    return f"{a.get('preset', 'analysis')}_{a.get('attack', '')}_{a.get('norm', '')}_eps{float(a.get('epsilon', 0)):g}" \
-           f"_top{float(a.get('topk', 20)):g}"
+    eps, topk = float(a.get("epsilon", 0)), float(a.get("topk", 20))
+    return f"{a.get('preset', 'analysis')}_{a.get('attack', '')}_{a.get('norm', '')}_eps{eps:g}_top{topk:g}"

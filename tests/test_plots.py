@@ -7,6 +7,8 @@ deterministic net, so the Bayesian nets come out more robust (as in the paper).
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -330,7 +332,10 @@ def test_degenerate_data():
     fig = plots.fig4(ds, rule="gamma")
     assert any(ax.patches for ax in fig.axes)  # the histograms
     assert [t.get_text() for t in fig.legends[0].get_texts()][0] == "Adv − Det"
-    assert "no\ndata" in _texts(plots.fig5(ds))
+    fig = plots.fig5(ds)
+    assert "no\ndata" in _texts(fig)
+    # the outer join of the analysis sorted the rules; the figure keeps the paper's order
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["LRP-ε", "LRP-γ", "LRP-α1β0"]
     legends = [t.get_text() for ax in plots.fig6(ds, rule="gamma").axes for t in ax.get_legend().get_texts()]
     assert "ρ = n/a" in legends
     assert isinstance(plots.fig6(ds, subset="successful", layers=[0]), Figure)
@@ -347,9 +352,16 @@ def test_degenerate_data():
 # The commands
 
 
-def test_analyze_cli(out):
+@pytest.fixture(scope="module")
+def analysed(out):
+    """The output of ``python -m bayesrobust.analyze`` on the synthetic results (written under ``out``)."""
     res = CliRunner().invoke(analyze.main, ["--out", str(out), "--topk", "20"])
     assert res.exit_code == 0, res.output
+    return res
+
+
+def test_analyze_cli(out, analysed):
+    res = analysed
     assert "Median LRP robustness" in res.output and "Mann-Whitney p" in res.output
     assert "Spearman rho" in res.output and "fullBNN_S50-baseNN" in res.output and "conv2" in res.output
     assert (out / "analysis" / "quick_fgsm_linf_eps0.2_top20.nc").exists()
@@ -371,8 +383,7 @@ def test_analyze_cli_errors(tmp_path, out):
     assert res.exit_code == 1 and "k_percent" in res.output
 
 
-def test_plot_cli_all(out):
-    assert CliRunner().invoke(analyze.main, ["--out", str(out)]).exit_code == 0
+def test_plot_cli_all(out, analysed):
     res = CliRunner().invoke(plot.main, ["--out", str(out), "--format", "png", "--dpi", "40"])
     assert res.exit_code == 0, res.output
     stem = "quick_fgsm_linf_eps0.2_top20"
@@ -384,7 +395,7 @@ def test_plot_cli_all(out):
     assert not list((out / "figures").glob(".*"))  # no temporary file left behind
 
 
-def test_plot_cli_errors(tmp_path, out):
+def test_plot_cli_errors(tmp_path, out, analysed):
     runner = CliRunner()
     res = runner.invoke(plot.main, ["--out", str(out), "--figure", "fig2"])
     assert res.exit_code == 2 and "fig1" in res.output and "robustness_table" in res.output
@@ -394,3 +405,15 @@ def test_plot_cli_errors(tmp_path, out):
     assert res.exit_code == 1 and "no analysis nope" in res.output
     res = runner.invoke(plot.main, ["--out", str(out), "--figure", "fig4", "--rule", "z"])
     assert res.exit_code == 1 and "no rule 'z'" in res.output
+
+
+def test_plot_cli_missing_run_files(out, analysed, tmp_path):
+    """Without --figure, a figure whose inputs are gone is skipped with the reason; asked for, it is an error."""
+    copy = tmp_path / "out"
+    shutil.copytree(out / "analysis", copy / "analysis")
+    res = CliRunner().invoke(plot.main, ["--out", str(copy), "--format", "png", "--dpi", "30"])
+    assert res.exit_code == 0, res.output
+    assert "skipped quick_fgsm_linf_eps0.2_top20_fig1" in res.output and "is gone" in res.output
+    assert (copy / "figures" / "quick_fgsm_linf_eps0.2_top20_fig5.png").exists()
+    res = CliRunner().invoke(plot.main, ["--out", str(copy), "--figure", "fig3"])
+    assert res.exit_code == 1 and "is gone" in res.output
