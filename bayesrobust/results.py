@@ -83,13 +83,18 @@ def resolve_preset(out: str | Path, preset: str | None) -> str:
     Raises
     ------
     FileNotFoundError
-        No explanation of any preset under ``OUT`` (the message names the command to run).
+        No attack result or no explanation of any preset under ``OUT`` (the message names the command to
+        run).
     ValueError
         Several presets and none chosen (the message lists them).
     """
     if preset is not None:
         return preset
     found = presets_with(out)
+    if not found and not presets_with(out, "attacks"):
+        raise FileNotFoundError(f"no attack results under {Path(out) / 'attacks'}; run "
+                                f"`{ATTACK_COMMAND.format(out=out, preset='PRESET')}` (on a model trained with "
+                                f"`python -m bayesrobust.train --out {out} ...`) first")
     if not found:
         raise FileNotFoundError(f"no explanations under {Path(out) / 'explanations'}; run "
                                 f"`{EXPLAIN_COMMAND.format(out=out, preset='PRESET')}` first")

@@ -182,6 +182,24 @@ def test_attack_link_variants(out, tmp_path, link):
     assert again.attack_path == attack_path.resolve() and again.name == "baseNN"
 
 
+def test_ambiguous_runs(out, tmp_path):
+    """Two attacks of one model, or models attacked differently, must be told apart with the filters."""
+    def copy(found, epsilon, stem):
+        attack = found.attack.load().assign_attrs(epsilon=epsilon)
+        store.write_netcdf(attack, paths.attack_path(tmp_path, PRESET, stem), "attack")
+        expl = found.explanations[0][1].load().assign_attrs(attack_run=stem)
+        store.write_netcdf(expl, paths.explanation_path(tmp_path, PRESET, stem, "lrp"))
+    base, adv = results.find_runs(out, PRESET, models=["baseNN", "advNN"])
+    copy(base, 0.2, "base_a")
+    copy(adv, 0.1, "adv_b")
+    with pytest.raises(ValueError, match="attacked differently.*choose one attack"):
+        results.find_runs(tmp_path)
+    copy(base, 0.1, "base_b")
+    with pytest.raises(ValueError, match="several attack runs of baseNN match"):
+        results.find_runs(tmp_path)
+    assert [f.attack_path.stem for f in results.find_runs(tmp_path, epsilon=0.1)] == ["base_b", "adv_b"]
+
+
 def test_explanations_joined_along_rule(out, tmp_path):
     found = results.find_runs(out, PRESET, models=["baseNN"])[0]
     ds = found.explanations[0][1]
@@ -372,10 +390,15 @@ def test_analyze_cli(out, analysed):
 def test_analyze_cli_errors(tmp_path, out):
     runner = CliRunner()
     res = runner.invoke(analyze.main, ["--out", str(tmp_path)])
+    assert res.exit_code == 1 and "run `python -m bayesrobust.attack" in res.output
+    shutil.copytree(out / "attacks", tmp_path / "attacks")
+    res = runner.invoke(analyze.main, ["--out", str(tmp_path)])
     assert res.exit_code == 1 and "run `python -m bayesrobust.explain" in res.output
     (tmp_path / "explanations" / PRESET).mkdir(parents=True)
-    (tmp_path / "explanations" / PRESET / "x.nc").write_bytes(b"")
+    (tmp_path / "explanations" / PRESET / "x.nc").write_bytes(b"")  # not a result: ignored
     res = runner.invoke(analyze.main, ["--out", str(tmp_path), "--preset", PRESET])
+    assert res.exit_code == 1 and "no explanations under" in res.output
+    res = runner.invoke(analyze.main, ["--out", str(tmp_path), "--preset", "other"])
     assert res.exit_code == 1 and "no attack results" in res.output and "python -m bayesrobust.attack" in res.output
     res = runner.invoke(analyze.main, ["--out", str(out), "--attack", "pgd"])
     assert res.exit_code == 1 and "matches the filters" in res.output and "Traceback" not in res.output
