@@ -15,6 +15,7 @@ preset                  paper idx      dataset     architecture / fullBNN infere
 ``cifar_resnet20``      cifar          CIFAR-10    ResNet-20, SGD 0.1 200 epochs, SVI 200 epochs
 ``quick``               (quick conv)   mnist5k     conv h=32, few epochs, SVI — minutes on 2 CPU cores
 ``quick_fc2``           (quick fc2)    mnist5k     fc2 h=32, few epochs, NUTS on 1,000 images
+``tiny``                (smoke)        mnist5k     fc2 h=16, 2-3 epochs, 30 images — every stage in seconds
 ``quick_resnet20``      (smoke)        cifar10_test300  ResNet-20, a handful of steps (smoke runs only)
 ======================  =============  ==========  =====================================================
 """
@@ -152,6 +153,13 @@ PRESETS: dict[str, Preset] = {
         adv_optim=OptimConfig(epochs=10, batch_size=64), inference="hmc",
         svi=SVIConfig(epochs=20, lr=1e-2), hmc=HMCConfig(warmup=50, samples=50, chains=2, n_train=1000),
         n_inputs=100, eval_draws=50, description="quick fc2 on the embedded mnist5k, NUTS"),
+    "tiny": Preset(
+        "tiny", "mnist5k", ArchConfig("fc2", 16, MNIST),
+        base=OptimConfig(epochs=2, batch_size=64), adv=AdvConfig(),
+        adv_optim=OptimConfig(epochs=2, batch_size=64), inference="svi",
+        svi=SVIConfig(epochs=3, lr=1e-2), hmc=HMCConfig(warmup=10, samples=10, chains=2, n_train=200,
+                                                        max_tree_depth=5),
+        n_inputs=30, eval_draws=4, description="seconds-long smoke run of every stage (tests, CI)"),
     "quick_resnet20": Preset(
         "quick_resnet20", "cifar10_test300", ArchConfig("resnet20", 16, CIFAR),
         base=OptimConfig("sgd", 0.05, 50, 2, 0.9, 1e-4), adv=AdvConfig(epsilon=8 / 255),

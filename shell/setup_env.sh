@@ -16,7 +16,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.installed-$want"
 hash="$(cat requirements.txt requirements-test.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$hash" ]; then
+installed() { [ -f "$1" ] && [ "$(cat "$1")" = "$hash" ]; }
+# the test environment contains the run environment
+if ! installed "$stamp" && ! { [ "$want" = run ] && installed .venv/.installed-test; }; then
   echo "installing $req into .venv (the first time takes a few minutes: PyTorch is large)" >&2
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -r "$req"
