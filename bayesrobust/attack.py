@@ -102,8 +102,9 @@ def resolve_step_size(preset, epsilon: float, steps: int, step_size: float | Non
 @click.option("--step-size", type=float, default=None,
               help="PGD step size (default: the preset's for its ε and steps, otherwise 2.5·ε/steps).")
 @click.option("--random-start/--no-random-start", default=True, show_default=True, help="PGD random start.")
+@cli.force_option
 @common_options
-def main(model, preset, inference, attack_name, norm, epsilon, steps, step_size, random_start, n_inputs,
+def main(model, preset, inference, attack_name, norm, epsilon, steps, step_size, random_start, force, n_inputs,
          inputs_seed, n_draws, posterior_mode, chunk_size, seed, data_root, device, out, verbose):
     """Attack one trained model and write OUT/attacks/PRESET/RUN.nc."""
     cli.setup_logging(verbose)
@@ -122,10 +123,16 @@ def main(model, preset, inference, attack_name, norm, epsilon, steps, step_size,
                              step_size=resolve_step_size(t.preset, epsilon, steps, step_size))
     config = t.config(**attack.params(), posterior_mode=posterior_mode, inputs_seed=inputs_seed, seed=seed,
                       chunk_size=chunk_size)
+    run = attack_run_name(model, t.inference, attack_name, norm, epsilon, t.n_draws, posterior_mode)
+    target = attack_path(out, t.preset.name, run)
+    if target.is_file():
+        with store.open_result(target) as old:
+            if cli.up_to_date(store.config_of(old), config, force):
+                click.echo(f"{target} is up to date (same settings and model); --force redoes it")
+                return
     ds = run_attack(t.posterior, t.data, attack, mode=posterior_mode, n_draws=t.n_draws, seed=seed,
                     model_name=model, config=config, chunk_size=chunk_size, device=t.device)
-    run = attack_run_name(model, t.inference, attack_name, norm, epsilon, t.n_draws, posterior_mode)
-    path = store.write_netcdf(ds, attack_path(out, t.preset.name, run), "attack")
+    path = store.write_netcdf(ds, target, "attack")
     a = ds.attrs
     click.echo(f"{attack!r} on {model_tag(model, t.inference)} ({len(t.data)} {t.data.name} test images, "
                f"S={t.n_draws}{', ' + posterior_mode if t.n_draws > 1 else ''}): clean accuracy "

@@ -160,7 +160,7 @@ def main(model, preset, inference, attack_run, method, rules, composite, layers,
               "initial": initial, "n_draws": s, "batch_size": batch_size, "seed": seed, "keep_draws": keep_draws,
               "device": device, "model_config": posterior.config}
     if not force and up_to_date(target, draws_path, config):
-        click.echo(f"{target} exists with these settings; skipped (use --force to recompute)")
+        click.echo(f"{target} is up to date (same settings and attack run); --force redoes it")
         return
     with tqdm(total=s * len(explainers), desc=f"{method} draws", unit="draw", disable=not progress) as bar:
         ds = explain_attack(posterior, attack, explainers, layers=layer_sel, n_draws=s, batch_size=batch_size,
