@@ -486,7 +486,7 @@ def fig4(ds: xr.Dataset, *, rule: str | None = None, subset: str = "all",
          layers: Sequence[Any] | None = None) -> Figure:
     """Figure 4 (App. 7–9, 16): per layer, the density of the paired LRP robustness differences.
 
-    One panel per layer, one curve per comparison in the analysis (Adv − Det and Bay − Det for every S
+    One panel per layer (three per row), one curve per comparison in the analysis (Adv − Det and Bay − Det for every S
     available): a Gaussian KDE (:class:`scipy.stats.gaussian_kde`, Scott's bandwidth) of the per-image
     differences, or a histogram when the sample is constant or has fewer than two values. Mass right of 0:
     the model's explanations are more robust than the deterministic net's. The median of each comparison is
@@ -520,8 +520,13 @@ def fig4(ds: xr.Dataset, *, rule: str | None = None, subset: str = "all",
     rule = _pick(ds, "rule", rule)
     layers = default_layers(ds) if layers is None else [_pick(ds, "layer", v) for v in layers]
     colours = _model_colours(ds)
-    fig = Figure(figsize=(1.0 + 2.3 * len(layers), 2.9), layout="constrained")
-    axes = fig.subplots(1, len(layers), squeeze=False)[0]
+    ncols = min(len(layers), 3)
+    nrows = -(-len(layers) // ncols)
+    fig = Figure(figsize=(2.6 + 2.3 * ncols, 0.7 + 2.2 * nrows), layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in grid.ravel()[len(layers):]:
+        ax.set_visible(False)
+    axes = grid.ravel()[: len(layers)]
     counts = set()
     for ax, layer in zip(axes, layers):
         for comp in comps:
@@ -536,7 +541,8 @@ def fig4(ds: xr.Dataset, *, rule: str | None = None, subset: str = "all",
         ax.set_xlim(-1, 1)
         ax.set_ylim(bottom=0)
         ax.set_title(layer_label(ds, layer))
-    axes[0].set_ylabel("density")
+    for row in grid:
+        row[0].set_ylabel("density")
     fig.supxlabel("paired LRP robustness difference (model − Det)", fontsize=9)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, [lab.replace(" (histogram)", "").replace(" (no data)", "") for lab in labels],

@@ -267,6 +267,8 @@ def test_fig4_panels(ds):
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["Adv − Det", "Bay (S=10) − Det", "Bay (S=50) − Det"]
     assert len(plots.fig4(ds, subset="failed", layers=[2]).axes) == 1
+    wrapped = plots.fig4(ds, layers=[0, 1, 2, 2])  # more than three layers: rows of three panels
+    assert len(wrapped.axes) == 6 and sum(ax.get_visible() for ax in wrapped.axes) == 4
 
 
 def test_fig5_stars_from_p_values(ds):
