@@ -13,7 +13,6 @@ Example::
 from __future__ import annotations
 
 import click
-import numpy as np
 import xarray as xr
 
 from . import cli

@@ -330,6 +330,7 @@ def fig1(det: Run, bay: Run, *, rule: str | None = None, layer: Any = None, topk
     if image is None:
         shared = np.intersect1d(_explained_images(det), _explained_images(bay))
         image = select_image([det.attack, bay.attack], "failed", shared)
+        log.info("fig1: test image %d, the lowest index where both attacks failed", image)
     rule = _pick(det.explanation, "rule", rule)
     layer = _pick(det.explanation, "layer", layer, default="last")
     rows = []
@@ -401,6 +402,7 @@ def fig3(run: Run, *, rule: str | None = None, topk: float = 20, image: int | No
     expl = run.explanation
     if image is None:
         image = select_image([run.attack], "successful", _explained_images(run))
+        log.info("fig3: test image %d, the lowest index where the attack on %s succeeded", image, run.model)
     if int(image) not in expl.image.values:
         raise ValueError(f"image {image} was not explained for {run.model}")
     rule = _pick(expl, "rule", rule)

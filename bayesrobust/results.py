@@ -216,7 +216,9 @@ def find_runs(out: str | Path, preset: str | None = None, *, attack: str | None 
         listed = "; ".join(f"{f.name}: {f.settings()}" for f in kept)
         raise ValueError(f"the explained runs were attacked differently ({listed}); choose one attack with "
                          "--attack, --norm and --epsilon")
-    return sorted((fs[0] for fs in by_model.values()), key=_model_order)
+    chosen = sorted((fs[0] for fs in by_model.values()), key=_model_order)
+    log.info("explained attack runs of %s: %s", preset, ", ".join(f.attack_path.stem for f in chosen))
+    return chosen
 
 
 def _model_order(f: Found) -> tuple:
