@@ -7,7 +7,8 @@ For the paper's ``fc2`` and ``conv`` architectures (h = 512), S = 100 draws of a
 (a) a per-image, per-draw, per-layer Python loop like the reference code's (a fresh network per draw, the
     Zennit composite registered around every single-image explanation), timed on a small subset and
     extrapolated linearly to N images × S draws (it says so);
-(b) the GFLOP/s of a large float32 ``torch.matmul`` measured in the same run, with the same threads.
+(b) the GFLOP/s of a large float32 ``torch.matmul`` measured in the same run, with the same threads, just
+    before and after each timing (their mean).
 
 FLOPs are the *necessary* ones: the forward pass (2 × multiply-adds of every Linear/Conv) plus, for each
 explained layer l, one product with the transposed weights of every layer at or below l (the relevance
@@ -56,20 +57,22 @@ from bayesrobust.models.architectures import ArchConfig, build  # noqa: E402
 from bayesrobust.models.posterior import Posterior  # noqa: E402
 
 
-def timed(fn: Callable[[], object], repeat: int = 1) -> float:
-    """Best wall time of ``repeat`` calls, in seconds."""
-    best = float("inf")
+def timed(fn: Callable[[], object], repeat: int = 1) -> tuple[float, float]:
+    """Best ``(wall, cpu)`` seconds of ``repeat`` calls; CPU time is this process's, all threads."""
+    best = (float("inf"), float("inf"))
     for _ in range(repeat):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, (time.perf_counter() - wall, time.process_time() - cpu))
     return best
 
 
-def matmul_gflops(n: int = 4096, repeat: int = 5) -> float:
+def matmul_gflops(n: int = 4096, repeat: int = 5) -> tuple[float, float]:
+    """``(per wall second, per CPU second)`` GFLOP/s of a float32 n x n matmul."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    return 2 * n ** 3 / timed(lambda: a @ b, repeat) / 1e9
+    wall, cpu = timed(lambda: a @ b, repeat)
+    return 2 * n ** 3 / wall / 1e9, 2 * n ** 3 / cpu / 1e9
 
 
 def layer_macs(net: nn.Module, in_shape: tuple[int, ...]) -> list[float]:
@@ -170,9 +173,8 @@ def main() -> None:
     stock_draws = 3 if args.quick else 10
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
-          f"{os.getloadavg()[0]:.1f} (other processes on the machine slow every figure down)")
-    peak = matmul_gflops(2048 if args.quick else 4096)
-    print(f"(b) torch.matmul float32: {peak:.0f} GFLOP/s")
+          f"{os.getloadavg()[0]:.1f} (other processes on the machine slow every figure down; ratios are given "
+          f"per wall second and per CPU second of this process, the latter less sensitive to the load)")
     x = balanced_subset(load("mnist5k", "test"), n_images, seed=0).x
     print(f"setting: h={hidden}, N={n_images} images, S={n_draws} draws, 3 layers, rule epsilon (0.1)\n")
 
@@ -182,21 +184,27 @@ def main() -> None:
         total = per_image * n_images * n_draws
         print(f"== {name} (h={hidden}): {per_image / 1e6:.2f} MFLOP per image and draw for all 3 layers; "
               f"N x S = {total / 1e9:.0f} GFLOP")
-        t = timed(lambda: explain_posterior(posterior, x, LRP("epsilon"), n_draws=n_draws))
-        rate = total / t / 1e9
-        print(f"  explain_posterior: {t:.2f} s = {1e3 * t / n_draws:.0f} ms per draw; {rate:.0f} GFLOP/s = "
-              f"{100 * rate / peak:.0f}% of matmul")
+        peak = matmul_gflops(2048 if args.quick else 4096)
+        wall, cpu = timed(lambda: explain_posterior(posterior, x, LRP("epsilon"), n_draws=n_draws))
+        after = matmul_gflops(2048 if args.quick else 4096)
+        peak = ((peak[0] + after[0]) / 2, (peak[1] + after[1]) / 2)
+        print(f"  (b) torch.matmul float32 just before and after: {peak[0]:.0f} GFLOP/s per wall second, "
+              f"{peak[1]:.0f} per CPU second")
+        print(f"  explain_posterior: {wall:.2f} s wall ({1e3 * wall / n_draws:.0f} ms per draw), {cpu:.2f} s CPU; "
+              f"{total / wall / 1e9:.0f} GFLOP/s = {100 * total / wall / 1e9 / peak[0]:.0f}% of matmul per wall "
+              f"second, {100 * total / cpu / 1e9 / peak[1]:.0f}% per CPU second")
         from zennit.rules import Epsilon
-        t_stock = timed(lambda: explain_posterior(posterior, x, LRP(Epsilon(epsilon=0.1)), n_draws=stock_draws))
-        t_stock *= n_draws / stock_draws
+        stock = timed(lambda: explain_posterior(posterior, x, LRP(Epsilon(epsilon=0.1)), n_draws=stock_draws))
+        stock = tuple(v * n_draws / stock_draws for v in stock)
         print(f"  same loop with Zennit's stock Epsilon hook (timed on S={stock_draws}, extrapolated): "
-              f"{t_stock:.2f} s; {total / t_stock / 1e9:.0f} GFLOP/s")
+              f"{stock[0]:.2f} s wall, {stock[1]:.2f} s CPU; {total / stock[1] / 1e9:.0f} GFLOP per CPU second")
 
-        t_ref = timed(lambda: reference_loop(posterior, x[:ref_images], ref_draws))
+        ref = timed(lambda: reference_loop(posterior, x[:ref_images], ref_draws))
         scale = n_images * n_draws / (ref_images * ref_draws)
         print(f"  (a) reference-style loop, timed on {ref_images} images x {ref_draws} draws (x 3 layers) and "
-              f"extrapolated x{scale:.0f}: {1e3 * t_ref / (ref_images * ref_draws * 3):.1f} ms per "
-              f"image.draw.layer -> {t_ref * scale:.0f} s; speed-up {t_ref * scale / t:.0f}x\n")
+              f"extrapolated x{scale:.0f}: {1e3 * ref[0] / (ref_images * ref_draws * 3):.1f} ms per "
+              f"image.draw.layer -> {ref[0] * scale:.0f} s wall, {ref[1] * scale:.0f} s CPU; speed-up "
+              f"{ref[0] * scale / wall:.0f}x (wall), {ref[1] * scale / cpu:.0f}x (CPU)\n")
 
     print("(c) keep-draws path (explain_attack -> zarr, clean + adversarial, 3 layers), fresh process each:")
     idle = run_child("fc2", str(hidden), str(n_images), str(n_draws), "1")
