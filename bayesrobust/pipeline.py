@@ -107,7 +107,7 @@ def main(preset, inference, attack_name, draws, n_inputs, rules, topk, seed, dat
     name = f"{preset}_{attack_name}_top{topk:g}"
     _run("analyze", ["--out", str(out), "--preset", preset, "--attack", attack_name, "--topk", str(topk),
                      "--name", name])
-    _run("plot", ["--out", str(out), "--preset", preset, "--analysis", str(analysis_path(out, name))])
+    _run("plot", ["--out", str(out), "--preset", preset, "--analysis", name])
     import xarray as xr
     with xr.open_dataset(analysis_path(out, name)) as ds:
         click.echo("\n" + headline(ds))

@@ -159,7 +159,8 @@ PRESETS: dict[str, Preset] = {
         adv_optim=OptimConfig(epochs=2, batch_size=64), inference="svi",
         svi=SVIConfig(epochs=3, lr=1e-2), hmc=HMCConfig(warmup=10, samples=10, chains=2, n_train=200,
                                                         max_tree_depth=5),
-        n_inputs=30, eval_draws=4, description="seconds-long smoke run of every stage (tests, CI)"),
+        n_inputs=30, eval_draws=4, attack_epsilon=0.05,
+        description="seconds-long smoke run of every stage (tests, CI); small ε so some attacks fail"),
     "quick_resnet20": Preset(
         "quick_resnet20", "cifar10_test300", ArchConfig("resnet20", 16, CIFAR),
         base=OptimConfig("sgd", 0.05, 50, 2, 0.9, 1e-4), adv=AdvConfig(epsilon=8 / 255),
