@@ -88,8 +88,12 @@ def test_explain_fullbnn_rules_with_draws(out):
         np.testing.assert_allclose(draws.mean("draw").values, ds["relevance"].values, rtol=1e-5, atol=1e-7)
     again = ["--model", "fullBNN", "--preset", "quick", "--attack-run", BNN_RUN, "--rule", "epsilon", "--rule",
              "gamma", "--no-progress", "--out", str(out)]
-    assert "exists with these settings; skipped (use --force" in _run(explain_main, again)
+    assert "is up to date (same settings and attack run); --force redoes it" in _run(explain_main, again)
     assert "written to" in _run(explain_main, [*again, "--layers", "-1"])  # other settings: recomputed
+    with xr.open_dataset(out / "attacks" / "quick" / f"{BNN_RUN}.nc") as attack:
+        redone = attack.load().assign_attrs(created="2030-01-01T00:00:00+00:00")
+    store.write_netcdf(redone, out / "attacks" / "quick" / f"{BNN_RUN}.nc", "attack")
+    assert "written to" in _run(explain_main, [*again, "--layers", "-1"])  # the attack was redone: recomputed
 
 
 def test_explain_basenn_with_a_captum_method(out):

@@ -68,9 +68,10 @@ SETTINGS = ("preset", "model", "inference", "attack_run", "method", "rules", "co
             "n_draws", "seed")
 
 
-def up_to_date(target: Path, draws_path: Path | None, config: dict) -> bool:
-    """Whether ``target`` holds an explanation made with the same :data:`SETTINGS` (and the draws store
-    exists if one is asked for)."""
+def up_to_date(target: Path, draws_path: Path | None, config: dict, attack_created: str) -> bool:
+    """Whether ``target`` holds an explanation made with the same :data:`SETTINGS` of the same attack run
+    (its ``created`` time: a redone attack makes the explanation stale), and the draws store exists if one
+    is asked for."""
     import json
 
     import xarray as xr
@@ -79,9 +80,9 @@ def up_to_date(target: Path, draws_path: Path | None, config: dict) -> bool:
     if not target.is_file() or (draws_path is not None and not draws_path.is_dir()):
         return False
     with xr.open_dataset(target, engine="h5netcdf") as ds:
-        stored = store.config_of(ds)
+        stored, stored_attack = store.config_of(ds), str(ds.attrs.get("attack_created", ""))
     same = json.loads(json.dumps({k: config.get(k) for k in SETTINGS}, default=str))
-    return all(stored.get(k) == v for k, v in same.items())
+    return stored_attack == str(attack_created) and all(stored.get(k) == v for k, v in same.items())
 
 
 @click.command(name="explain", context_settings={"help_option_names": ["-h", "--help"]})
@@ -159,7 +160,7 @@ def main(model, preset, inference, attack_run, method, rules, composite, layers,
               "method": method, "rules": list(rules), "composite": composite, "layers": layer_sel,
               "initial": initial, "n_draws": s, "batch_size": batch_size, "seed": seed, "keep_draws": keep_draws,
               "device": device, "model_config": posterior.config}
-    if not force and up_to_date(target, draws_path, config):
+    if not force and up_to_date(target, draws_path, config, attack.attrs.get("created", "")):
         click.echo(f"{target} is up to date (same settings and attack run); --force redoes it")
         return
     with tqdm(total=s * len(explainers), desc=f"{method} draws", unit="draw", disable=not progress) as bar:
