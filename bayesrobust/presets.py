@@ -59,13 +59,19 @@ class AdvConfig:
 
 @dataclass(frozen=True)
 class SVIConfig:
-    """Mean-field Normal SVI (Trace_ELBO, Adam), likelihood scaled by N/B."""
+    """Mean-field Normal SVI (Trace_ELBO, Adam).
+
+    ``likelihood_scaling='full'`` scales a minibatch's likelihood by N/B (the correct ELBO);
+    ``'reference'`` leaves it unscaled as the paper's code does (its KL term weighs N/B times too much),
+    to reproduce the paper's setting.
+    """
 
     epochs: int = 5
     lr: float = 1e-2
     batch_size: int = 128
     init_scale: float = 1e-3
     num_particles: int = 1
+    likelihood_scaling: str = "full"
 
 
 @dataclass(frozen=True)
@@ -189,7 +195,8 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
                       batch_size: int | None = None, warmup: int | None = None, samples: int | None = None,
                       chains: int | None = None, n_train: int | None = None, prior_scale: float | None = None,
                       adv_attack: str | None = None, adv_norm: str | None = None,
-                      adv_epsilon: float | None = None, adv_ratio: float | None = None) -> Preset:
+                      adv_epsilon: float | None = None, adv_ratio: float | None = None,
+                      likelihood_scaling: str | None = None) -> Preset:
     """``preset`` with command-line overrides applied to the settings ``model`` trains with.
 
     ``epochs``/``lr``/``batch_size`` go to the optimiser of baseNN or advNN, or to SVI for a fullBNN;
@@ -225,6 +232,8 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
         p = replace(p, adv_optim=replace(p.adv_optim, **optim),
                     adv=replace(p.adv, **{k: v for k, v in adv.items() if v is not None}))
     else:
+        if likelihood_scaling is not None:
+            optim["likelihood_scaling"] = likelihood_scaling
         p = replace(p, svi=replace(p.svi, **optim))
         hmc = {"warmup": warmup, "samples": samples, "chains": chains, "n_train": n_train}
         p = replace(p, hmc=replace(p.hmc, **{k: v for k, v in hmc.items() if v is not None}))

@@ -36,6 +36,9 @@ from .presets import get_preset, override_training
 @click.option("--adv-norm", type=click.Choice(["linf", "l2"]), default=None, help="advNN attack norm.")
 @click.option("--adv-epsilon", type=float, default=None, help="advNN attack radius (paper: 0.2).")
 @click.option("--adv-ratio", type=float, default=None, help="Share of adversarial images per batch (paper: 1).")
+@click.option("--likelihood-scaling", type=click.Choice(["full", "reference"]), default=None,
+              help="SVI: scale the minibatch likelihood by N/B (full, correct; default) or not (reference: "
+                   "the paper code's setting, KL N/B times too strong).")
 @click.option("--eval-draws", type=int, default=None, help="Draws for the test accuracy of a fullBNN.")
 @cli.seed_option
 @cli.device_option
@@ -45,7 +48,7 @@ from .presets import get_preset, override_training
 @cli.verbose_option
 @cli.friendly_errors
 def main(model, preset, inference, dataset, data_root, epochs, lr, batch_size, hidden, warmup, samples, chains,
-         n_train, prior_scale, adv_attack, adv_norm, adv_epsilon, adv_ratio, eval_draws, seed, device, out,
+         n_train, prior_scale, adv_attack, adv_norm, adv_epsilon, adv_ratio, likelihood_scaling, eval_draws, seed, device, out,
          progress, force, verbose):
     """Train one model and write it under OUT/models/PRESET/MODEL/."""
     cli.setup_logging(verbose)
@@ -55,7 +58,8 @@ def main(model, preset, inference, dataset, data_root, epochs, lr, batch_size, h
     p = override_training(get_preset(preset), model, inference, dataset=dataset, epochs=epochs, lr=lr,
                           hidden=hidden, batch_size=batch_size, warmup=warmup, samples=samples, chains=chains,
                           n_train=n_train, prior_scale=prior_scale, adv_attack=adv_attack, adv_norm=adv_norm,
-                          adv_epsilon=adv_epsilon, adv_ratio=adv_ratio)
+                          adv_epsilon=adv_epsilon, adv_ratio=adv_ratio,
+                          likelihood_scaling=likelihood_scaling)
     inference = resolve_inference(p, model, inference)
     target = model_dir(out, p.name, model, inference)
     if (target / "config.json").is_file():

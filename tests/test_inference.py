@@ -21,17 +21,22 @@ D, N, NOISE, PRIOR = 3, 200, 0.5, 1.0
 ARCH = ArchConfig("linear", 1, (1, 1, D), n_classes=1)
 
 
+def conjugate(x, y, noise):
+    """Mean and marginal std of the exact posterior of (w, b) given noise std ``noise``."""
+    X = torch.cat([x, torch.ones(len(x), 1)], 1).double()
+    cov = torch.linalg.inv(X.T @ X / noise**2 + torch.eye(D + 1, dtype=torch.float64) / PRIOR**2)
+    mean = cov @ X.T @ y.double() / noise**2
+    return mean.float(), cov.diagonal().sqrt().float()
+
+
 @pytest.fixture(scope="module")
 def regression():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(N, D, generator=g)
     w_true, b_true = torch.tensor([1.5, -2.0, 0.5]), 0.3
     y = x @ w_true + b_true + NOISE * torch.randn(N, generator=g)
-    X = torch.cat([x, torch.ones(N, 1)], 1).double()
-    cov = torch.linalg.inv(X.T @ X / NOISE**2 + torch.eye(D + 1, dtype=torch.float64) / PRIOR**2)
-    mean = cov @ X.T @ y.double() / NOISE**2
     data = Data(x.view(N, 1, 1, D), y, torch.arange(N), "regression", "train")
-    return data, mean.float(), cov.diagonal().sqrt().float()
+    return (data, *conjugate(x, y, NOISE))
 
 
 def _flat(params):
@@ -45,6 +50,21 @@ def test_svi_recovers_conjugate_posterior(regression):
     assert post.kind == "svi"
     torch.testing.assert_close(_flat(post.params), mean, atol=0.02, rtol=0)
     # mean-field on a nearly diagonal posterior: marginal stds within 15%
+    ratio = _flat(post.scales) / std
+    assert torch.all((ratio > 0.85) & (ratio < 1.15)), ratio
+
+
+def test_reference_scaling_fits_a_tempered_posterior(regression):
+    """Without the N/B factor each step sees a likelihood tempered by B/N: the fit is the conjugate posterior
+    with noise variance σ²·N/B — what the reference code computes instead of the posterior."""
+    data, _, _ = regression
+    x, y = data.x.view(N, D), data.y
+    batch = 50
+    mean, std = conjugate(x, y, NOISE * math.sqrt(N / batch))
+    post = train_svi(ARCH, data, SVIConfig(epochs=400, lr=0.02, batch_size=batch, init_scale=0.1, num_particles=4,
+                                           likelihood_scaling="reference"),
+                     prior_scale=PRIOR, seed=0, likelihood="normal", noise_scale=NOISE)
+    torch.testing.assert_close(_flat(post.params), mean, atol=0.03, rtol=0)
     ratio = _flat(post.scales) / std
     assert torch.all((ratio > 0.85) & (ratio < 1.15)), ratio
 
@@ -68,3 +88,5 @@ def test_bad_likelihood_is_rejected():
         BayesianNetwork(ARCH, likelihood="poisson")
     with pytest.raises(ValueError, match="prior_scale must be positive, got -1"):
         BayesianNetwork(ARCH, prior_scale=-1)
+    with pytest.raises(ValueError, match="unknown likelihood_scaling 'half'; expected one of full, reference"):
+        train_svi(ARCH, None, SVIConfig(likelihood_scaling="half"))
