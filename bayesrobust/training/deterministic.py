@@ -110,7 +110,7 @@ def train_network(arch: ArchConfig, data: Data, cfg: OptimConfig, adv: AdvConfig
             opt.step()
             if sched is not None:
                 sched.step()
-            total += float(loss) * len(xb)
+            total += float(loss.detach()) * len(xb)
             count += len(xb)
             bar.set_postfix(loss=f"{total / count:.4f}")
         history.loss.append(total / max(count, 1))
