@@ -84,12 +84,12 @@ class Evaluation:
     @property
     def accuracy(self) -> float:
         """Clean accuracy of the predictive."""
-        return float((self.pred == self.label).float().mean())
+        return int((self.pred == self.label).sum()) / len(self.label)
 
     @property
     def adversarial_accuracy(self) -> float:
         """Accuracy of the predictive under attack."""
-        return float((self.pred_adv == self.label).float().mean())
+        return int((self.pred_adv == self.label).sum()) / len(self.label)
 
     @property
     def success_rate(self) -> float:
