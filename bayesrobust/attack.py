@@ -123,7 +123,8 @@ def main(model, preset, inference, attack_name, norm, epsilon, steps, step_size,
                              step_size=resolve_step_size(t.preset, epsilon, steps, step_size))
     config = t.config(**attack.params(), posterior_mode=posterior_mode, inputs_seed=inputs_seed, seed=seed,
                       chunk_size=chunk_size)
-    run = attack_run_name(model, t.inference, attack_name, norm, epsilon, t.n_draws, posterior_mode)
+    run = attack_run_name(model, t.inference, attack_name, norm, epsilon, t.n_draws, posterior_mode,
+                          steps if attack_name == "pgd" else None)
     target = attack_path(out, t.preset.name, run)
     if target.is_file():
         with store.open_result(target) as old:

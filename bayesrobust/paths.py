@@ -26,8 +26,10 @@ def model_dir(out: str | Path, preset: str, model: str, inference: str | None = 
 
 
 def attack_run_name(model: str, inference: str | None, attack: str, norm: str, epsilon: float,
-                    n_draws: int, mode: str) -> str:
-    name = f"{model_tag(model, inference)}_{attack}_{norm}_eps{epsilon:g}_S{n_draws}"
+                    n_draws: int, mode: str, steps: int | None = None) -> str:
+    """E.g. ``fullBNN_svi_pgd_l2_eps0.5_steps20_S100_mean_grad``; PGD runs name their step count."""
+    steps_part = f"_steps{steps}" if attack == "pgd" and steps is not None else ""
+    name = f"{model_tag(model, inference)}_{attack}_{norm}_eps{epsilon:g}{steps_part}_S{n_draws}"
     return name if model != "fullBNN" else f"{name}_{mode}"
 
 

@@ -101,7 +101,7 @@ def main(preset, inference, attack_name, draws, n_inputs, rules, topk, seed, dat
         inf = ["--inference", inference] if model == "fullBNN" else []
         rule_args = [a for r in rules for a in ("--rule", r)]
         run = attack_run_name(model, inference if model == "fullBNN" else None, attack_name, "linf",
-                              p.attack_epsilon, s, "mean_grad")
+                              p.attack_epsilon, s, "mean_grad", p.attack_steps)
         _run("explain", ["--model", model, *inf, "--attack-run", run, *rule_args, "--layers", "all",
                        "--n-draws", str(s), *common, *force_flag])
     name = f"{preset}_{attack_name}_top{topk:g}"

@@ -53,7 +53,7 @@ def test_attack_fullbnn(out):
                                     "--norm", "l2", "--epsilon", "1", "--steps", "2", "--n-inputs", "10",
                                     "--n-draws", "3", "--posterior-mode", "predictive", "--out", str(out)])
     assert "clean accuracy" in output and "adversarial accuracy" in output and "success rate" in output
-    path = out / "attacks" / "quick" / "fullBNN_svi_pgd_l2_eps1_S3_predictive.nc"
+    path = out / "attacks" / "quick" / "fullBNN_svi_pgd_l2_eps1_steps2_S3_predictive.nc"
     with xr.open_dataset(path) as ds:
         store.validate(ds, "attack")
         assert ds.sizes == {"image": 10, "channel": 1, "height": 28, "width": 28, "class": 10, "draw": 3}
