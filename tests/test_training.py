@@ -96,3 +96,34 @@ def test_load_model_names_the_train_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m bayesrobust.train --model fullBNN --preset quick "
                                                 "--inference svi --out"):
         load_model(tmp_path, QUICK, "fullBNN")
+
+
+def test_pgd_l2_adversarial_training_with_a_clean_share(mnist5k_train):
+    from bayesrobust.presets import AdvConfig, OptimConfig
+    from bayesrobust.training import train_network
+    small = mnist5k_train.subset(torch.arange(256))
+    net, hist = train_network(ArchConfig("fc2", 8), small, OptimConfig(epochs=1, batch_size=64),
+                              AdvConfig(attack="pgd", norm="l2", epsilon=1.0, steps=3, adv_ratio=0.5))
+    assert len(hist.loss) == 1 and math.isfinite(hist.loss[0])
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_bad_training_settings_are_named():
+    from bayesrobust.presets import AdvConfig
+    from bayesrobust.training.deterministic import make_attack
+    with pytest.raises(ValueError, match=r"adv_ratio must be in \[0, 1\], got 1.5"):
+        make_attack(AdvConfig(adv_ratio=1.5))
+    with pytest.raises(ValueError, match="FGSM is an Linf attack; got norm 'l2'"):
+        make_attack(AdvConfig(norm="l2"))
+    with pytest.raises(ValueError, match="unknown attack 'cw'"):
+        make_attack(AdvConfig(attack="cw"))
+    with pytest.raises(ValueError, match="unknown preset 'mnist'; expected one of mnist_conv"):
+        get_preset("mnist")
+    with pytest.raises(ValueError, match="lr must be positive, got 0"):
+        override_training(QUICK, "baseNN", lr=0)
+    with pytest.raises(ValueError, match="unknown model 'BNN'"):
+        override_training(QUICK, "BNN")
+    with pytest.raises(ValueError, match="unknown inference 'vi'; expected one of svi, hmc"):
+        train_model(QUICK, "fullBNN", "vi")
+    with pytest.raises(ValueError, match="need warmup >= 0, samples > 0 and chains > 0"):
+        train_hmc(ArchConfig("fc2", 4), None, HMCConfig(samples=0))
