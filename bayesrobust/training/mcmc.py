@@ -22,9 +22,9 @@ import torch
 from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide.initialization import init_to_value
 
-from ..data import Data
+from ..data import Data, balanced_subset
 from ..models.architectures import ArchConfig
-from ..models.bayesian import BayesianNetwork, initial_values, site_to_param
+from ..models.bayesian import SITE_PREFIX, BayesianNetwork, initial_values, site_to_param
 from ..models.posterior import Posterior
 from ..presets import HMCConfig
 
@@ -61,6 +61,19 @@ def diagnostics(samples: dict[str, np.ndarray], divergences: list[int]) -> dict[
             "draws_per_chain": int(next(iter(samples.values())).shape[1])}
 
 
+def _chain_start(arch: ArchConfig, data: Data, cfg: HMCConfig, seed: int,
+                 device: str | torch.device) -> dict[str, torch.Tensor]:
+    """Sample-site values a chain starts from: a fresh initialisation (overdispersed across chains), moved
+    by ``cfg.init_epochs`` epochs of Adam on the cross-entropy when that is positive."""
+    if cfg.init_epochs <= 0:
+        return {k: v.to(device) for k, v in initial_values(arch, seed).items()}
+    from ..presets import OptimConfig
+    from .deterministic import train_network
+    net, _ = train_network(arch, data, OptimConfig(epochs=cfg.init_epochs, batch_size=64), seed=seed,
+                           device=device)
+    return {SITE_PREFIX + k: v.detach().clone() for k, v in net.named_parameters()}
+
+
 def train_hmc(arch: ArchConfig, data: Data, cfg: HMCConfig, prior_scale: float = 1.0, seed: int = 0,
               device: str | torch.device = "cpu", progress: bool = False,
               likelihood: str = "categorical", noise_scale: float = 1.0) -> Posterior:
@@ -72,13 +85,15 @@ def train_hmc(arch: ArchConfig, data: Data, cfg: HMCConfig, prior_scale: float =
     of :func:`diagnostics` are in ``config['diagnostics']``, per-chain wall time in ``extra``. A
     ``RuntimeWarning`` is issued when R-hat > 1.1 or any transition diverged.
     """
-    if cfg.warmup < 0 or cfg.samples <= 0 or cfg.chains <= 0:
-        raise ValueError(f"need warmup >= 0, samples > 0 and chains > 0; got warmup={cfg.warmup}, "
-                         f"samples={cfg.samples}, chains={cfg.chains}")
+    if cfg.warmup < 0 or cfg.samples <= 0 or cfg.chains <= 0 or cfg.init_epochs < 0:
+        raise ValueError(f"need warmup >= 0, samples > 0 and chains > 0 (init_epochs >= 0); got "
+                         f"warmup={cfg.warmup}, samples={cfg.samples}, chains={cfg.chains}, "
+                         f"init_epochs={cfg.init_epochs}")
     if cfg.n_train is not None:
         if cfg.n_train <= 0:
             raise ValueError(f"n_train must be positive, got {cfg.n_train}")
-        data = data.subset(torch.arange(min(cfg.n_train, len(data))))
+        if cfg.n_train < len(data):  # class-balanced: the datasets are often stored sorted by class
+            data = balanced_subset(data, cfg.n_train, seed=seed)
     x, y = data.x.to(device), data.y.to(device)
     chains: list[dict[str, torch.Tensor]] = []
     divergences, seconds = [], []
@@ -86,7 +101,7 @@ def train_hmc(arch: ArchConfig, data: Data, cfg: HMCConfig, prior_scale: float =
     for chain in range(cfg.chains):
         pyro.clear_param_store()
         pyro.set_rng_seed(seed + 1000 * chain)
-        init = {k: v.to(device) for k, v in initial_values(arch, seed + 1000 * chain).items()}  # overdispersed starts
+        init = _chain_start(arch, data, cfg, seed + 1000 * chain, device)
         kernel = NUTS(model, jit_compile=cfg.jit, ignore_jit_warnings=True, max_tree_depth=cfg.max_tree_depth,
                       target_accept_prob=cfg.target_accept, init_strategy=init_to_value(values=init))
         mcmc = MCMC(kernel, num_samples=cfg.samples, warmup_steps=cfg.warmup, num_chains=1,
