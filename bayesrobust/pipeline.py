@@ -66,6 +66,9 @@ def headline(ds) -> str:
 @click.option("--n-inputs", type=int, default=None, help="Test images (default: the preset's).")
 @click.option("--rule", "rules", multiple=True, default=RULES, show_default=True, help="LRP rules.")
 @click.option("--topk", type=float, default=20, show_default=True, help="k of the top-k% selection.")
+@click.option("--likelihood-scaling", type=click.Choice(["full", "reference"]), default=None,
+              help="fullBNN SVI: N/B-scaled likelihood (full, default) or the reference code's unscaled one; "
+                   "use another --out to keep both.")
 @cli.seed_option
 @cli.data_root_option
 @cli.device_option
@@ -73,7 +76,7 @@ def headline(ds) -> str:
 @click.option("--force", is_flag=True, help="Redo stages whose results exist.")
 @cli.verbose_option
 @cli.friendly_errors
-def main(preset, inference, attack_name, draws, n_inputs, rules, topk, seed, data_root, device, out, force,
+def main(preset, inference, attack_name, draws, n_inputs, rules, topk, likelihood_scaling, seed, data_root, device, out, force,
          verbose):
     """Train, attack, explain, analyse and plot one preset under OUT."""
     from .presets import get_preset
@@ -89,6 +92,8 @@ def main(preset, inference, attack_name, draws, n_inputs, rules, topk, seed, dat
     force_flag = ["--force"] if force else []
     for model in ("baseNN", "advNN", "fullBNN"):
         inf = ["--inference", inference] if model == "fullBNN" else []
+        if model == "fullBNN" and likelihood_scaling:
+            inf += ["--likelihood-scaling", likelihood_scaling]
         _run("train", ["--model", model, *inf, *common, "--no-progress", *force_flag])
     runs = []
     for model, s in [("baseNN", 1), ("advNN", 1)] + [("fullBNN", s) for s in draws]:
