@@ -22,7 +22,7 @@ preset                  paper idx      dataset     architecture / fullBNN infere
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from .models.architectures import ArchConfig

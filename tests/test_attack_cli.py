@@ -2,44 +2,20 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
-import torch
 import xarray as xr
 from click.testing import CliRunner
 
 from bayesrobust import attack as attack_cli
-from bayesrobust import data as datasets
 from bayesrobust import robustness_table as table_cli
 from bayesrobust import store
-from bayesrobust.models.architectures import build
-from bayesrobust.models.posterior import Posterior, deterministic
-from bayesrobust.paths import model_dir
-from bayesrobust.presets import get_preset
+from helpers import save_untrained_quick_models
 
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
     """An output folder holding an (untrained) quick baseNN and a quick SVI fullBNN."""
-    root = tmp_path_factory.mktemp("results")
-    torch.manual_seed(0)
-    net = build(get_preset("quick").arch)
-    deterministic(net, {"dataset": "mnist5k"}).save(model_dir(root, "quick", "baseNN"))
-    params = {k: v.detach().clone() for k, v in net.named_parameters()}
-    Posterior(net.arch, "svi", params, {k: torch.full_like(v, 0.01) for k, v in params.items()},
-              config={"dataset": "mnist5k"}).save(model_dir(root, "quick", "fullBNN", "svi"))
-    return root
-
-
-@pytest.fixture(autouse=True)
-def cached_data(monkeypatch):
-    monkeypatch.setattr(datasets, "load", _cached_load)
-
-
-@functools.lru_cache(maxsize=None)
-def _cached_load(name, split, data_root=None):
-    return datasets.DATASETS[name].loader(split, data_root)
+    return save_untrained_quick_models(tmp_path_factory.mktemp("results"), svi_scale=0.01)
 
 
 def _run(main, args):

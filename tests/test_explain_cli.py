@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
@@ -11,13 +9,9 @@ import xarray as xr
 from click.testing import CliRunner
 
 from bayesrobust import attack as attack_cli
-from bayesrobust import data as datasets
 from bayesrobust import store
 from bayesrobust.explain.__main__ import main as explain_main
-from bayesrobust.models.architectures import build
-from bayesrobust.models.posterior import Posterior, deterministic
-from bayesrobust.paths import model_dir
-from bayesrobust.presets import get_preset
+from helpers import save_untrained_quick_models
 
 BNN_RUN = "fullBNN_svi_fgsm_linf_eps0.2_S3_mean_grad"
 DET_RUN = "baseNN_fgsm_linf_eps0.2_S1"
@@ -31,29 +25,13 @@ def _threads():
     torch.set_num_threads(before)
 
 
-@functools.lru_cache(maxsize=None)
-def _cached_load(name, split, data_root=None):
-    return datasets.DATASETS[name].loader(split, data_root)
-
-
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
     """A quick (untrained) baseNN and SVI fullBNN, each attacked with FGSM on 6 test images."""
-    root = tmp_path_factory.mktemp("results")
-    torch.manual_seed(0)
-    net = build(get_preset("quick").arch)
-    deterministic(net, {"dataset": "mnist5k"}).save(model_dir(root, "quick", "baseNN"))
-    params = {k: v.detach().clone() for k, v in net.named_parameters()}
-    Posterior(net.arch, "svi", params, {k: torch.full_like(v, 0.05) for k, v in params.items()},
-              config={"dataset": "mnist5k"}).save(model_dir(root, "quick", "fullBNN", "svi"))
-    mp = pytest.MonkeyPatch()
-    mp.setattr(datasets, "load", _cached_load)
-    try:
-        for model, draws in (("fullBNN", "3"), ("baseNN", "1")):
-            _run(attack_cli.main, ["--model", model, "--preset", "quick", "--attack", "fgsm", "--n-inputs", "6",
-                                   "--n-draws", draws, "--out", str(root)])
-    finally:
-        mp.undo()
+    root = save_untrained_quick_models(tmp_path_factory.mktemp("results"), svi_scale=0.05)
+    for model, draws in (("fullBNN", "3"), ("baseNN", "1")):
+        _run(attack_cli.main, ["--model", model, "--preset", "quick", "--attack", "fgsm", "--n-inputs", "6",
+                               "--n-draws", draws, "--out", str(root)])
     return root
 
 

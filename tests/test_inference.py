@@ -7,7 +7,6 @@ The inputs are nearly orthogonal so the posterior is nearly diagonal and a mean-
 
 import math
 
-import numpy as np
 import pytest
 import torch
 

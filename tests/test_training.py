@@ -8,7 +8,6 @@ from click.testing import CliRunner
 
 from bayesrobust.attacks import FGSM
 from bayesrobust.models.architectures import ArchConfig
-from bayesrobust.models.posterior import Posterior
 from bayesrobust.models.predict import accuracy
 from bayesrobust.presets import HMCConfig, get_preset, override_training
 from bayesrobust.train import main as train_cli
