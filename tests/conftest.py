@@ -36,5 +36,11 @@ def shared_root():
 
 
 @pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(2)
+def _threads(request):
+    """Two torch threads (the machine's cores), or as many as a ``@pytest.mark.threads(n)`` asks for:
+    tiny networks run faster on one thread (no thread start-up, no contention). Restored afterwards."""
+    marker = request.node.get_closest_marker("threads")
+    before = torch.get_num_threads()
+    torch.set_num_threads(marker.args[0] if marker else 2)
+    yield
+    torch.set_num_threads(before)

@@ -33,13 +33,7 @@ RESNET = ArchConfig("resnet20", hidden=16, in_shape=(3, 8, 8), n_classes=4)
 RULES = ("epsilon", "gamma", "alpha1beta0")
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    """Tiny networks: one thread avoids thread start-up and contention on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.threads(1)  # tiny networks: one thread is faster
 
 
 def tiny_net(arch: ArchConfig, seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Module:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 from click.testing import CliRunner
 
@@ -17,12 +16,7 @@ BNN_RUN = "fullBNN_svi_fgsm_linf_eps0.2_S3_mean_grad"
 DET_RUN = "baseNN_fgsm_linf_eps0.2_S1"
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.threads(1)  # tiny networks: one thread is faster
 
 
 @pytest.fixture(scope="module")
