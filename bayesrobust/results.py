@@ -2,7 +2,7 @@
 
 The analysis and the figures start from whatever the earlier stages wrote under ``OUT``:
 
-- :func:`find_runs`: every attack run of a preset with its explanation(s), as :class:`~.analysis.Run`
+- :func:`find_runs`: every attack run of a preset with its explanation(s), as :class:`~.stability.Run`
   (model label and S from the attack Dataset's ``model`` and ``n_draws`` attributes, the attack settings
   from ``attack``, ``norm``, ``epsilon``, ``posterior_mode``, the explanation method from ``method``);
 - :func:`load_runs`: the runs an analysis was built from, by the paths recorded in its config;
@@ -27,7 +27,7 @@ import numpy as np
 import xarray as xr
 
 from . import paths, store
-from .analysis import Run, model_name
+from .stability import Run, model_name
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def join_explanations(datasets: Sequence[xr.Dataset]) -> xr.Dataset:
 
 
 def to_run(found: Found) -> Run:
-    """The :class:`~.analysis.Run` of a found attack run (explanations joined along ``rule``)."""
+    """The :class:`~.stability.Run` of a found attack run (explanations joined along ``rule``)."""
     a = found.attack.attrs
     return Run(str(a["model"]), int(a.get("n_draws", 1)), found.attack,
                join_explanations([ds for _, ds in found.explanations]))
@@ -348,19 +348,19 @@ def analyse_stored(out: str | Path, preset: str | None = None, topk: float = 20,
                    norm: str | None = None, epsilon: float | None = None, mode: str | None = None,
                    method: str | None = None, models: Sequence[str] | None = None, det: str = "baseNN",
                    adv: str = "advNN") -> xr.Dataset:
-    """The analysis (:func:`~.analysis.analyse`) of the explained attack runs of a preset stored under ``OUT``.
+    """The analysis (:func:`~.stability.analyse`) of the explained attack runs of a preset stored under ``OUT``.
 
     The runs are chosen by :func:`find_runs` (same filters); the analysis records the preset, the filters and
     each run's files (relative to ``OUT``) in its config, so :func:`load_runs` finds them again, and gets a
     ``layer_name`` coordinate when the explanations name their layers. Write it with
-    :func:`~.analysis.write`.
+    :func:`~.stability.write`.
 
     Raises
     ------
     FileNotFoundError, ValueError
-        As :func:`find_runs` and :func:`~.analysis.analyse`.
+        As :func:`find_runs` and :func:`~.stability.analyse`.
     """
-    from .analysis import analyse
+    from .stability import analyse
     preset = resolve_preset(out, preset)
     found = find_runs(out, preset, attack=attack, norm=norm, epsilon=epsilon, mode=mode, method=method,
                       models=models)

@@ -5,7 +5,7 @@ import pytest
 import xarray as xr
 from scipy import stats
 
-from bayesrobust import analysis, metrics, store
+from bayesrobust import metrics, stability, store
 
 IMAGES = [7, 3, 42, 11, 5]
 RULES = ["epsilon", "gamma"]
@@ -45,7 +45,7 @@ def _run(model, n_draws, order=None, images=IMAGES, label_shift=0):
          "success": ("image", success), "failed": ("image", ~success),
          "softmax_robustness": ("image", 1 - rob / 2 + 0.01 * np.arange(len(img)))},
         coords={"image": img}, attrs=store.provenance("attack", {"model": model}, model=model, n_draws=n_draws))
-    return analysis.Run(model, n_draws, attack, expl)
+    return stability.Run(model, n_draws, attack, expl)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def runs():
 
 @pytest.fixture(scope="module")
 def ds(runs):
-    return analysis.analyse(runs, topk=20)
+    return stability.analyse(runs, topk=20)
 
 
 def test_known_robustness(ds):
@@ -64,10 +64,10 @@ def test_known_robustness(ds):
     assert list(ds.role.values) == ["Det", "Adv", "Bay", "Bay"] and list(ds.n_draws.values) == [1, 1, 10, 50]
     assert list(ds.image.values) == IMAGES  # the reference model's order; other runs realigned by index
     for (model, s), rob in KNOWN.items():
-        got = ds.lrp_robustness.sel(model=analysis.model_name(model, s))
+        got = ds.lrp_robustness.sel(model=stability.model_name(model, s))
         np.testing.assert_array_equal(got.sel(layer=0).transpose("rule", "image").values, [rob, rob])
         np.testing.assert_array_equal(got.sel(layer=1).values, 1.0)
-        np.testing.assert_array_equal(ds.success.sel(model=analysis.model_name(model, s)).values,
+        np.testing.assert_array_equal(ds.success.sel(model=stability.model_name(model, s)).values,
                                       np.array(SUCCESS[model, s], bool))
     assert ds.lrp_robustness.dims == ("model", "rule", "layer", "image")
     np.testing.assert_allclose(ds.softmax_robustness.sel(model="baseNN"), 1 - np.array(KNOWN["baseNN", 1]) / 2
@@ -80,7 +80,7 @@ def test_paired_differences(ds):
     det = np.array(KNOWN["baseNN", 1])
     for (model, s), rob in KNOWN.items():
         if model != "baseNN":
-            diff = ds.lrp_robustness_diff.sel(comparison=f"{analysis.model_name(model, s)}-baseNN", layer=0)
+            diff = ds.lrp_robustness_diff.sel(comparison=f"{stability.model_name(model, s)}-baseNN", layer=0)
             np.testing.assert_array_equal(diff.values, [np.array(rob) - det] * 2)
     np.testing.assert_array_equal(ds.lrp_robustness_diff.sel(layer=1).values, 0.0)
 
@@ -111,7 +111,7 @@ def test_attrs_and_round_trip(ds, tmp_path):
     assert ds.attrs["kind"] == "analysis" and ds.attrs["topk"] == 20
     cfg = store.config_of(ds)
     assert cfg["topk"] == 20 and [r["model"] for r in cfg["runs"]][2] == "fullBNN_S10"
-    path = analysis.write(ds, tmp_path)
+    path = stability.write(ds, tmp_path)
     assert path == tmp_path / "analysis" / "analysis_top20.nc"
     back = store.open_result(path, "analysis")
     xr.testing.assert_allclose(back.lrp_robustness.load(), ds.lrp_robustness)
@@ -120,32 +120,32 @@ def test_attrs_and_round_trip(ds, tmp_path):
 
 def test_missing_rule_is_nan(runs):
     partial = runs[1]._replace(explanation=runs[1].explanation.sel(rule=["epsilon"]))
-    ds = analysis.analyse([runs[0], partial], topk=20)
+    ds = stability.analyse([runs[0], partial], topk=20)
     assert np.isnan(ds.lrp_robustness.sel(model="advNN", rule="gamma")).all()
     assert np.isnan(ds.mannwhitney_p.sel(rule="gamma")).all()
 
 
 def test_errors(runs):
     with pytest.raises(ValueError, match="deterministic reference 'baseNN'"):
-        analysis.analyse(runs[1:])
+        stability.analyse(runs[1:])
     with pytest.raises(ValueError, match="share a model name"):
-        analysis.analyse(runs + [runs[2]])
+        stability.analyse(runs + [runs[2]])
     other = _run("advNN", 1, images=[7, 3, 42, 11, 6])
     with pytest.raises(ValueError, match="other images"):
-        analysis.analyse([runs[0], other])
+        stability.analyse([runs[0], other])
     with pytest.raises(ValueError, match="other labels"):
-        analysis.analyse([runs[0], _run("advNN", 1, label_shift=1)])
+        stability.analyse([runs[0], _run("advNN", 1, label_shift=1)])
     with pytest.raises(ValueError, match="lacks variable.*softmax_robustness"):
-        analysis.analyse([runs[0]._replace(attack=runs[0].attack.drop_vars("softmax_robustness"))])
+        stability.analyse([runs[0]._replace(attack=runs[0].attack.drop_vars("softmax_robustness"))])
     with pytest.raises(ValueError, match="input = 'clean' and 'adversarial'"):
-        analysis.analyse([runs[0]._replace(explanation=runs[0].explanation.sel(input=["clean"]))])
+        stability.analyse([runs[0]._replace(explanation=runs[0].explanation.sel(input=["clean"]))])
     with pytest.raises(ValueError, match="k_percent"):
-        analysis.analyse(runs, topk=0)
+        stability.analyse(runs, topk=0)
 
 
 def test_reference_only_and_lazy_relevance(runs):
     det = runs[0]._replace(explanation=runs[0].explanation.chunk(image=2))
-    ds = analysis.analyse([det], topk=20)
+    ds = stability.analyse([det], topk=20)
     assert ds.sizes["comparison"] == 0 and ds.lrp_robustness_diff.dims[0] == "comparison"
     np.testing.assert_array_equal(ds.lrp_robustness.sel(model="baseNN", layer=0, rule="gamma"),
                                   KNOWN["baseNN", 1])

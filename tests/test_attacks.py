@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 
-from bayesrobust.attacks import (FGSM, MODES, PGD, DrawSet, PosteriorAverage, evaluate, make_attack,
+from bayesrobust.adversarial import (FGSM, MODES, PGD, DrawSet, PosteriorAverage, evaluate, make_attack,
                                  perturbation_norm, robustness_table, run_attack)
-from bayesrobust.attacks.posterior import mean_grad_gradient, predictive_gradient
+from bayesrobust.adversarial.posterior import mean_grad_gradient, predictive_gradient
 from bayesrobust.data import Data, balanced_subset, load
 from bayesrobust.models.architectures import ArchConfig, build
 from bayesrobust.models.posterior import Posterior, deterministic

@@ -1,4 +1,4 @@
-"""The figures (bayesrobust.plots) and the analyze / plot commands on small synthetic results in the store format.
+"""The figures (bayesrobust.figures) and the analyze / plot commands on small synthetic results in the store format.
 
 The synthetic results mimic a quick run: 3 models + a Bayesian net with two S, 3 LRP rules, 3 layers,
 digit-like 28×28 images; the adversarial relevance is the clean one plus smooth noise, largest for the
@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from matplotlib.figure import Figure
 from scipy import ndimage
 
-from bayesrobust import analysis, analyze, paths, plot, plots, results, store
+from bayesrobust import analyze, figures, paths, plot, results, stability, store
 
 PRESET = "quick"
 IMAGES = np.array([12, 40, 57, 101, 230, 311, 402, 555, 678, 790, 812, 903, 944, 1020, 1111, 1234, 1300,
@@ -218,15 +218,15 @@ def test_select_image_rules(runs):
     det, bay = runs["baseNN"], runs["fullBNN_S50"]
     expected = min(int(IMAGES[i]) for i in range(len(IMAGES))
                    if det.attack.failed.values[i] and bay.attack.failed.values[i])
-    assert plots.select_image([det.attack, bay.attack], "failed") == expected
+    assert figures.select_image([det.attack, bay.attack], "failed") == expected
     assert expected == IMAGES[min(FAILED_ALL)] or expected < IMAGES[min(FAILED_ALL)]
-    assert plots.select_image([det.attack], "successful") == IMAGES[SUCCESS_DET]
-    assert plots.select_image([det.attack, bay.attack], "failed", images=IMAGES[FAILED_ALL[1:]]) == \
+    assert figures.select_image([det.attack], "successful") == IMAGES[SUCCESS_DET]
+    assert figures.select_image([det.attack, bay.attack], "failed", images=IMAGES[FAILED_ALL[1:]]) == \
         IMAGES[FAILED_ALL[1]]
     with pytest.raises(ValueError, match="no explained image where the attack succeeded"):
-        plots.select_image([det.attack], "successful", images=IMAGES[FAILED_ALL])
+        figures.select_image([det.attack], "successful", images=IMAGES[FAILED_ALL])
     with pytest.raises(ValueError, match="unknown outcome"):
-        plots.select_image([det.attack], "won")
+        figures.select_image([det.attack], "won")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -235,8 +235,8 @@ def test_select_image_rules(runs):
 
 def test_fig1_panels(runs):
     det, bay = runs["baseNN"], runs["fullBNN_S50"]
-    fig = plots.fig1(det, bay, topk=30)
-    image = plots.select_image([det.attack, bay.attack], "failed")
+    fig = figures.fig1(det, bay, topk=30)
+    image = figures.select_image([det.attack, bay.attack], "failed")
     assert len(fig.axes) == 7  # 2 x 3 panels + the shared colour bar
     assert [ax.get_title() for ax in fig.axes[:3]][1:] == ["R(x)", "R(x̃)"]
     assert f"Test image {image} " in fig._suptitle.get_text() and "layer 2 (fc)" in fig._suptitle.get_text()
@@ -245,16 +245,16 @@ def test_fig1_panels(runs):
     limits = {ax.images[0].get_clim() for ax in fig.axes[:6] if ax.images and ax.images[0].get_cmap().name
               .startswith("RdBu")}
     assert len(limits) == 1 and limits.pop()[0] < 0
-    chosen = plots.fig1(det, bay, image=int(IMAGES[FAILED_ALL[2]]), rule="gamma", layer=0)
+    chosen = figures.fig1(det, bay, image=int(IMAGES[FAILED_ALL[2]]), rule="gamma", layer=0)
     assert f"Test image {IMAGES[FAILED_ALL[2]]} " in chosen._suptitle.get_text()
-    other = plots.fig1(det, bay, image=int(IMAGES[SUCCESS_DET]))  # the title says what the attacks did
+    other = figures.fig1(det, bay, image=int(IMAGES[SUCCESS_DET]))  # the title says what the attacks did
     assert "Det: attack succeeded; Bay: attack failed" in other._suptitle.get_text()
     with pytest.raises(ValueError, match="no rule 'z'"):
-        plots.fig1(det, bay, rule="z")
+        figures.fig1(det, bay, rule="z")
 
 
 def test_fig3_panels(runs):
-    fig = plots.fig3(runs["baseNN"])
+    fig = figures.fig3(runs["baseNN"])
     assert len(fig.axes) == 2 * 4 + 3  # (image + 3 layers) x (clean, adversarial) + a colour bar per layer
     titles = [ax.get_title() for ax in fig.axes[:4]]
     assert titles[0] == "input" and [t.split("\n")[0] for t in titles[1:]] == LAYER_LABELS
@@ -262,42 +262,42 @@ def test_fig3_panels(runs):
 
 
 def test_fig4_panels(ds):
-    fig = plots.fig4(ds)
+    fig = figures.fig4(ds)
     assert len(fig.axes) == 3 and [ax.get_title() for ax in fig.axes] == LAYER_LABELS
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["Adv − Det", "Bay (S=10) − Det", "Bay (S=50) − Det"]
-    assert len(plots.fig4(ds, subset="failed", layers=[2]).axes) == 1
-    wrapped = plots.fig4(ds, layers=[0, 1, 2, 2])  # more than three layers: rows of three panels
+    assert len(figures.fig4(ds, subset="failed", layers=[2]).axes) == 1
+    wrapped = figures.fig4(ds, layers=[0, 1, 2, 2])  # more than three layers: rows of three panels
     assert len(wrapped.axes) == 6 and sum(ax.get_visible() for ax in wrapped.axes) == 4
 
 
 def test_fig5_stars_from_p_values(ds):
-    fig = plots.fig5(ds)
+    fig = figures.fig5(ds)
     assert len(fig.axes) == 1
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["LRP-ε", "LRP-γ", "LRP-α1β0"]
     p = ds.mannwhitney_p.sel(subset="all", layer=2).transpose("rule", "comparison").values.ravel()
-    assert [t.get_text() for t in ax.texts] == [plots.significance_stars(v) for v in p]
+    assert [t.get_text() for t in ax.texts] == [figures.significance_stars(v) for v in p]
     assert "*" in "".join(t.get_text() for t in ax.texts)
-    two = plots.fig5({"MNIST": ds, "Fashion-MNIST": ds}, layer=0)
+    two = figures.fig5({"MNIST": ds, "Fashion-MNIST": ds}, layer=0)
     assert [ax.get_title() for ax in two.axes] == ["MNIST, layer 0 (conv1)", "Fashion-MNIST, layer 0 (conv1)"]
 
 
 def test_fig6_rho_in_legend(ds):
-    fig = plots.fig6(ds)
+    fig = figures.fig6(ds)
     assert len(fig.axes) == 4 * 3  # a row per model, a column per layer
     assert [ax.get_title() for ax in fig.axes[:3]] == LAYER_LABELS
     bay = fig.axes[3 * 3]  # fullBNN_S50, layer 0
     rho = float(ds.spearman_rho.sel(model="fullBNN_S50", subset="all", rule="epsilon", layer=0))
     assert bay.get_ylabel().startswith("Bay (S=50)")
     assert [t.get_text() for t in bay.get_legend().get_texts()] == [f"ρ = {rho:.2f}"]
-    assert len(plots.fig6(ds, models=["baseNN", "fullBNN_S50"], layers=["conv2"]).axes) == 2
+    assert len(figures.fig6(ds, models=["baseNN", "fullBNN_S50"], layers=["conv2"]).axes) == 2
 
 
 def test_default_layers():
     many = xr.Dataset(coords={"layer": np.arange(20)})
-    assert plots.default_layers(many) == [0, 4, 8, 11, 15, 19]
-    assert plots.default_layers(many.isel(layer=slice(0, 6))) == list(range(6))
+    assert figures.default_layers(many) == [0, 4, 8, 11, 15, 19]
+    assert figures.default_layers(many.isel(layer=slice(0, 6))) == list(range(6))
 
 
 def test_colour_images(runs):
@@ -312,28 +312,28 @@ def test_colour_images(runs):
         expl = xr.Dataset({"relevance": (rel.dims, np.repeat(rel.values, 3, axis=rel.dims.index("channel")))},
                           coords={k: rel.coords[k] for k in ("input", "rule", "layer", "layer_name", "image")})
         return run._replace(attack=attack, explanation=expl)
-    fig = plots.fig1(rgb(det), rgb(bay))
+    fig = figures.fig1(rgb(det), rgb(bay))
     assert fig.axes[0].images[0].get_array().shape == (28, 28, 3)
-    assert plots.fig3(rgb(det)).axes[1].images[0].get_array().shape == (28, 28)
+    assert figures.fig3(rgb(det)).axes[1].images[0].get_array().shape == (28, 28)
 
 
 def test_robustness_table_panels(out):
     tables = results.find_tables(out, PRESET)
     assert len(tables) == 3
-    fig = plots.robustness_table(list(tables.values()))
+    fig = figures.robustness_table(list(tables.values()))
     assert [ax.get_title() for ax in fig.axes] == ["PGD L∞", "PGD L2"]
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0", "8/255", "16/255"]
     assert len(fig.axes[0].lines) == 3 * 2  # a line per model and step count
     assert len(fig.legends[0].get_texts()) == 6
     # a step count keeps its line style when a model lacks the other step counts
     only100 = _table("fullBNN", 50, 0.9, 1.0).sel(steps=[100])
-    fig = plots.robustness_table({"a": _table("baseNN", 1, 0.9, 1.0), "b": only100})
+    fig = figures.robustness_table({"a": _table("baseNN", 1, 0.9, 1.0), "b": only100})
     styles = {line.get_label(): line.get_linestyle() for line in fig.axes[0].lines}
     assert styles["b, 100 steps"] == styles["a, 100 steps"] != styles["a, 20 steps"]
 
 
 def test_significance_stars():
-    assert [plots.significance_stars(p) for p in (1e-4, 5e-3, 0.04, 0.5, np.nan)] == \
+    assert [figures.significance_stars(p) for p in (1e-4, 5e-3, 0.04, 0.5, np.nan)] == \
         ["***", "**", "*", "n.s.", ""]
 
 
@@ -344,28 +344,28 @@ def test_significance_stars():
 def test_degenerate_data():
     # the Bayesian nets explain exactly like baseNN: zero-variance differences (histograms, not KDEs);
     # advNN lacks two rules: NaN differences and p-values; an all-NaN map is an empty panel
-    runs = [analysis.Run(str(a.attrs["model"]), int(a.attrs["n_draws"]), a, e)
+    runs = [stability.Run(str(a.attrs["model"]), int(a.attrs["n_draws"]), a, e)
             for a, e in _make_results(same_as_det="fullBNN").values()]
     runs[1] = runs[1]._replace(explanation=runs[1].explanation.sel(rule=["epsilon"]))
-    ds = analysis.analyse(runs, 20)
+    ds = stability.analyse(runs, 20)
     assert float(ds.lrp_robustness_diff.sel(comparison="fullBNN_S10-baseNN").std()) == 0
-    fig = plots.fig4(ds, rule="gamma")
+    fig = figures.fig4(ds, rule="gamma")
     assert any(ax.patches for ax in fig.axes)  # the histograms
     assert [t.get_text() for t in fig.legends[0].get_texts()][0] == "Adv − Det"
-    fig = plots.fig5(ds)
+    fig = figures.fig5(ds)
     assert "no\ndata" in _texts(fig)
     # the outer join of the analysis sorted the rules; the figure keeps the paper's order
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["LRP-ε", "LRP-γ", "LRP-α1β0"]
-    legends = [t.get_text() for ax in plots.fig6(ds, rule="gamma").axes for t in ax.get_legend().get_texts()]
+    legends = [t.get_text() for ax in figures.fig6(ds, rule="gamma").axes for t in ax.get_legend().get_texts()]
     assert "ρ = n/a" in legends
-    assert isinstance(plots.fig6(ds, subset="successful", layers=[0]), Figure)
+    assert isinstance(figures.fig6(ds, subset="successful", layers=[0]), Figure)
     det = runs[0]
     nan_map = det.explanation.copy(deep=True)
     nan_map["relevance"][:] = np.nan
-    fig = plots.fig3(det._replace(explanation=nan_map))
+    fig = figures.fig3(det._replace(explanation=nan_map))
     assert "no map" in _texts(fig) and "LRP rob. nan" in fig.axes[1].get_title()
     with pytest.raises(ValueError, match="no Adv or Bay model"):
-        plots.fig4(ds.sel(model=["baseNN"]).isel(comparison=[]))
+        figures.fig4(ds.sel(model=["baseNN"]).isel(comparison=[]))
 
 
 # --------------------------------------------------------------------------------------------------------

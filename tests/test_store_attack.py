@@ -7,7 +7,7 @@ import torch
 import xarray as xr
 
 from bayesrobust import store
-from bayesrobust.attacks import FGSM, robustness_table, run_attack
+from bayesrobust.adversarial import FGSM, robustness_table, run_attack
 from bayesrobust.data import balanced_subset, load
 from bayesrobust.models.architectures import ArchConfig, build
 from bayesrobust.models.posterior import Posterior

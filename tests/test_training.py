@@ -6,13 +6,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bayesrobust.attacks import FGSM
+from bayesrobust.adversarial import FGSM
 from bayesrobust.models.architectures import ArchConfig
 from bayesrobust.models.predict import accuracy
 from bayesrobust.presets import HMCConfig, get_preset, override_training
 from bayesrobust.train import main as train_cli
-from bayesrobust.training import load_model, train_model
-from bayesrobust.training.mcmc import train_hmc
+from bayesrobust.inference import load_model, train_model
+from bayesrobust.inference.mcmc import train_hmc
 
 QUICK = get_preset("quick")
 
@@ -99,7 +99,7 @@ def test_load_model_names_the_train_command(tmp_path):
 
 def test_pgd_l2_adversarial_training_with_a_clean_share(mnist5k_train):
     from bayesrobust.presets import AdvConfig, OptimConfig
-    from bayesrobust.training import train_network
+    from bayesrobust.inference import train_network
     small = mnist5k_train.subset(torch.arange(256))
     net, hist = train_network(ArchConfig("fc2", 8), small, OptimConfig(epochs=1, batch_size=64),
                               AdvConfig(attack="pgd", norm="l2", epsilon=1.0, steps=3, adv_ratio=0.5))
@@ -109,7 +109,7 @@ def test_pgd_l2_adversarial_training_with_a_clean_share(mnist5k_train):
 
 def test_bad_training_settings_are_named():
     from bayesrobust.presets import AdvConfig
-    from bayesrobust.training.deterministic import make_attack
+    from bayesrobust.inference.deterministic import make_attack
     with pytest.raises(ValueError, match=r"adv_ratio must be in \[0, 1\], got 1.5"):
         make_attack(AdvConfig(adv_ratio=1.5))
     with pytest.raises(ValueError, match="FGSM is an Linf attack; got norm 'l2'"):

@@ -1,7 +1,7 @@
 """The Bayesian counterpart of an architecture, built from the same module with Pyro (SPEC 1.3).
 
 Following TyXe's split, a Bayesian network is *architecture + prior + likelihood*; the inference (mean-field
-SVI guide or NUTS kernel) is chosen in :mod:`bayesrobust.training`. Every weight and bias gets an
+SVI guide or NUTS kernel) is chosen in :mod:`bayesrobust.inference`. Every weight and bias gets an
 independent ``Normal(0, prior_scale)`` prior (the paper: scale 1); the likelihood is Categorical on the
 logits. For minibatch SVI the likelihood is scaled by ``N / B`` (the reference code forgets this and so
 weighs its KL term about 470 times too strongly).

@@ -15,7 +15,7 @@ import torch
 from bayesrobust import data
 from bayesrobust.models.predict import accuracy
 from bayesrobust.presets import get_preset
-from bayesrobust.training import train_model
+from bayesrobust.inference import train_model
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ Every attack is untargeted: it increases the cross-entropy of the logits with th
 returns images clipped to [0, 1] inside the ε-ball around ``x`` in the attack's norm. Each subclass only
 writes its steps (:meth:`Attack.perturb`), against a *loss gradient*: a function ``(x_adv, y) -> ∇ₓ Σᵢ Lᵢ``.
 For a plain module that is :func:`module_gradient`; the posterior-average wrapper
-(:mod:`bayesrobust.attacks.posterior`) passes a gradient averaged over posterior draws instead, so the same
+(:mod:`bayesrobust.adversarial.posterior`) passes a gradient averaged over posterior draws instead, so the same
 FGSM/PGD code attacks deterministic and Bayesian models.
 
 The loss is the *sum* over images of the per-image cross-entropy, so each image's gradient does not depend
@@ -108,7 +108,7 @@ def accumulate_gradient(out: torch.Tensor, net: nn.Module, x: torch.Tensor, y: t
 
 def module_gradient(model: nn.Module, chunk_size: int | None = None) -> LossGradient:
     """The loss gradient of a plain module, ∇ₓ Σᵢ CE(model(x)ᵢ, yᵢ); the module is read at every call, so
-    a module whose weights are swapped in place (a :class:`~bayesrobust.attacks.draws.DrawSet`) gives the
+    a module whose weights are swapped in place (a :class:`~bayesrobust.adversarial.draws.DrawSet`) gives the
     gradient of its current draw."""
     def gradient(x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return accumulate_gradient(torch.zeros_like(x_adv), model, x_adv, y, chunk_size=chunk_size)

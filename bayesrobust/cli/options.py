@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 import click
 
-from .data import DataNotFoundError
-from .presets import INFERENCES, MODELS, PRESETS
+from ..data import DataNotFoundError
+from ..presets import INFERENCES, MODELS, PRESETS
 
 USER_ERRORS = (ValueError, FileNotFoundError, DataNotFoundError, KeyError, IndexError)
 

@@ -16,7 +16,7 @@ attack on the posterior predictive, in one of three named modes.
     arXiv:2102.11010). The average stays in the ε-ball and in [0, 1] (both convex).
 
 A deterministic model is the S = 1 case of the same code: all three modes then equal the plain attack.
-The draws are those of a :class:`~bayesrobust.attacks.draws.DrawSet` (its ``indices`` record which).
+The draws are those of a :class:`~bayesrobust.adversarial.draws.DrawSet` (its ``indices`` record which).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class PosteriorAverage:
     Parameters
     ----------
     attack
-        Any :class:`~bayesrobust.attacks.base.Attack` (FGSM, PGD), used unchanged.
+        Any :class:`~bayesrobust.adversarial.base.Attack` (FGSM, PGD), used unchanged.
     mode
         ``'mean_grad'`` (default), ``'predictive'`` or ``'mean_image'`` (see the module docstring).
     n_draws

@@ -25,7 +25,7 @@ def draw_probabilities(model: Posterior | DrawSet | nn.Module, *inputs: torch.Te
                        n_draws: int | None = None, chunk_size: int | None = None) -> list[torch.Tensor]:
     """softmax f_s(x) for every draw s and every input batch, each (S, N, classes); one pass over draws.
 
-    ``model`` as in :class:`~bayesrobust.attacks.posterior.PosteriorAverage` (a module is one draw).
+    ``model`` as in :class:`~bayesrobust.adversarial.posterior.PosteriorAverage` (a module is one draw).
     """
     device = inputs[0].device if inputs else "cpu"
     draws = DrawSet.of(model, n_draws, device=device)

@@ -28,7 +28,7 @@ class FGSM(Attack):
     Raises
     ------
     ValueError
-        ``epsilon < 0``; at call time, invalid inputs (see :func:`~bayesrobust.attacks.base.check_inputs`).
+        ``epsilon < 0``; at call time, invalid inputs (see :func:`~bayesrobust.adversarial.base.check_inputs`).
 
     Examples
     --------

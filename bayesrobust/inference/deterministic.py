@@ -36,21 +36,21 @@ class History:
 
 
 def make_attack(cfg: AdvConfig):
-    """The attack that makes advNN's training examples (built by :func:`bayesrobust.attacks.make_attack`).
+    """The attack that makes advNN's training examples (built by :func:`bayesrobust.adversarial.make_attack`).
 
     Raises
     ------
     ValueError
         A ratio outside [0, 1], FGSM with a norm other than Linf, or an unknown attack.
     """
-    from .. import attacks
+    from .. import adversarial
     if not 0.0 <= cfg.adv_ratio <= 1.0:
         raise ValueError(f"adv_ratio must be in [0, 1], got {cfg.adv_ratio}")
     if cfg.attack == "fgsm":
         if cfg.norm != "linf":
             raise ValueError(f"FGSM is an Linf attack; got norm {cfg.norm!r} (use --adv-attack pgd for l2)")
-        return attacks.make_attack("fgsm", epsilon=cfg.epsilon)
-    return attacks.make_attack(cfg.attack, norm=cfg.norm, epsilon=cfg.epsilon, steps=cfg.steps,
+        return adversarial.make_attack("fgsm", epsilon=cfg.epsilon)
+    return adversarial.make_attack(cfg.attack, norm=cfg.norm, epsilon=cfg.epsilon, steps=cfg.steps,
                                step_size=cfg.step_size, random_start=True)
 
 

@@ -43,7 +43,7 @@ from matplotlib.patches import Patch
 from scipy import stats
 
 from . import metrics
-from .analysis import Run, model_name
+from .stability import Run, model_name
 from .results import layer_names
 
 log = logging.getLogger(__name__)
@@ -306,7 +306,7 @@ def fig1(det: Run, bay: Run, *, rule: str | None = None, layer: Any = None, topk
     Parameters
     ----------
     det, bay
-        The deterministic and the Bayesian runs (:class:`bayesrobust.analysis.Run`: label, S, attack and
+        The deterministic and the Bayesian runs (:class:`bayesrobust.stability.Run`: label, S, attack and
         explanation Datasets).
     rule
         LRP rule (default ``'epsilon'`` if explained, else the first rule).
@@ -380,7 +380,7 @@ def fig3(run: Run, *, rule: str | None = None, topk: float = 20, image: int | No
     Parameters
     ----------
     run
-        One model's :class:`bayesrobust.analysis.Run` (paper: baseNN).
+        One model's :class:`bayesrobust.stability.Run` (paper: baseNN).
     rule
         LRP rule (default ``'epsilon'`` if explained, else the first rule).
     topk
@@ -497,7 +497,7 @@ def fig4(ds: xr.Dataset, *, rule: str | None = None, subset: str = "all",
     Parameters
     ----------
     ds
-        An analysis Dataset (:func:`bayesrobust.analysis.analyse`).
+        An analysis Dataset (:func:`bayesrobust.stability.analyse`).
     rule
         LRP rule (default ``'epsilon'`` if analysed, else the first).
     subset
@@ -746,7 +746,7 @@ def robustness_table(tables: xr.Dataset | Sequence[xr.Dataset] | Mapping[str, xr
     Parameters
     ----------
     tables
-        ``robustness_table`` Datasets (:func:`bayesrobust.attacks.table.robustness_table`): one, a sequence
+        ``robustness_table`` Datasets (:func:`bayesrobust.adversarial.table.robustness_table`): one, a sequence
         (named by their ``model``/``n_draws`` attributes) or a mapping name → Dataset.
 
     Returns
