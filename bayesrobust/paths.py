@@ -14,7 +14,28 @@ File names only make results easy to find; every parameter is also in the Datase
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+#: The preset every command and :class:`bayesrobust.Experiment` use when none is named.
+DEFAULT_PRESET = "quick"
+#: Environment variable naming the output folder when none is given (default ``./results``).
+OUT_ENV = "BAYESROBUST_OUT"
+DEFAULT_OUT = "results"
+
+
+def resolve_out(out: str | Path | None = None) -> Path:
+    """``out`` if given, else ``$BAYESROBUST_OUT`` if set, else ``./results``.
+
+    Raises
+    ------
+    ValueError
+        The folder is an existing file.
+    """
+    path = Path(out if out is not None else os.environ.get(OUT_ENV) or DEFAULT_OUT)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"output folder {str(path)!r} is a file; expected a folder (or a path to create)")
+    return path
 
 
 def model_tag(model: str, inference: str | None = None) -> str:

@@ -25,10 +25,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from .choices import Inference, Model
 from .models.architectures import ArchConfig
 
-MODELS = ("baseNN", "advNN", "fullBNN")
-INFERENCES = ("svi", "hmc")
+MODELS = Model.values()
+INFERENCES = Inference.values()
 
 
 @dataclass(frozen=True)
@@ -194,9 +195,8 @@ def get_preset(name: str) -> Preset:
 
 
 def check_model(model: str) -> str:
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
-    return model
+    """``model`` if it is one of :class:`~bayesrobust.choices.Model`; ``ValueError`` listing them otherwise."""
+    return Model.parse(model, "model").value
 
 
 def override_training(preset: Preset, model: str, inference: str | None = None, *, dataset: str | None = None,

@@ -31,10 +31,11 @@ import numpy as np
 import xarray as xr
 
 from . import metrics, paths, store
+from .choices import Subset
 
 log = logging.getLogger(__name__)
 
-SUBSETS = ("all", "successful", "failed")
+SUBSETS = Subset.values()
 ROLES = ("Det", "Adv", "Bay")
 
 

@@ -25,10 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import Norm
+
 #: ``(x_adv, y) -> ∇ₓ Σᵢ L(f(x_adv)ᵢ, yᵢ)``, shaped like ``x_adv``; must not write any parameter's ``.grad``.
 LossGradient = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-NORMS = ("linf", "l2")
+NORMS = Norm.values()
 
 #: Added to per-image L2 norms before dividing (as torchattacks' ``eps_for_division``).
 L2_TINY = 1e-10

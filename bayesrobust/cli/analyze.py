@@ -1,4 +1,5 @@
-"""``python -m bayesrobust.analyze``: the stability analysis of a preset's stored attacks and explanations.
+"""``bayesrobust analyze`` (also ``python -m bayesrobust.analyze``): the stability analysis of a preset's
+stored attacks and explanations.
 
 Finds the explained attack runs of a preset under ``OUT`` (by the Datasets' attributes:
 :func:`bayesrobust.results.find_runs`), builds the analysis (:func:`bayesrobust.stability.analyse`), writes it
@@ -7,7 +8,7 @@ the median paired differences, the one-sided Mann–Whitney p-values and Spearma
 
 Example::
 
-    python -m bayesrobust.analyze --out results --preset quick --attack fgsm --topk 20
+    python -m bayesrobust.analyze --attack fgsm --topk 20
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import click
 import xarray as xr
 
+from .. import stages
+from ..choices import AttackName, Norm, PosteriorMode
 from . import options
 
 
@@ -47,15 +50,15 @@ def summary(ds: xr.Dataset) -> str:
     return "\n".join(parts)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=options.CONTEXT)
 @options.out_option
-@click.option("--preset", default=None, help="Preset whose results to analyse (default: the only one under OUT).")
+@options.preset_option
 @click.option("--topk", type=float, default=20, show_default=True, help="k of the top-k% selection.")
-@click.option("--attack", type=click.Choice(["fgsm", "pgd"]), default=None,
+@click.option("--attack", type=click.Choice(AttackName.values()), default=None,
               help="Attack to analyse (needed when the runs were attacked in several ways).")
-@click.option("--norm", type=click.Choice(["linf", "l2"]), default=None, help="Attack norm.")
+@click.option("--norm", type=click.Choice(Norm.values()), default=None, help="Attack norm.")
 @click.option("--epsilon", type=float, default=None, help="Attack radius.")
-@click.option("--mode", type=click.Choice(["mean_grad", "predictive", "mean_image"]), default=None,
+@click.option("--mode", type=click.Choice(PosteriorMode.values()), default=None,
               help="Posterior-averaging mode of the Bayesian attacks.")
 @click.option("--method", default=None, help="Explanation method (the explanations' 'method' attribute).")
 @click.option("--name", default=None, help="File name of the analysis (default PRESET_ATTACK_NORM_epsE_topK).")
@@ -64,13 +67,7 @@ def summary(ds: xr.Dataset) -> str:
 def main(out, preset, topk, attack, norm, epsilon, mode, method, name, verbose):
     """Analyse the explained attack runs of one preset under OUT and write OUT/analysis/NAME.nc."""
     options.setup_logging(verbose)
-    from .. import results, stability
-    ds = results.analyse_stored(out, preset, topk, attack=attack, norm=norm, epsilon=epsilon, mode=mode,
-                                method=method)
-    path = stability.write(ds, out, name or results.analysis_name(ds))
-    click.echo(summary(ds))
-    click.echo(f"\nanalysis written to {path}")
-
-
-if __name__ == "__main__":
-    main()
+    done = stages.analyze(out, preset, topk=topk, attack=attack, norm=norm, epsilon=epsilon, mode=mode,
+                          method=method, name=name)
+    click.echo(summary(done.details["dataset"]))
+    click.echo(f"\n{done.summary}")

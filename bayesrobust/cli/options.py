@@ -1,8 +1,8 @@
-"""Shared pieces of the command-line entry points (``python -m bayesrobust.train`` and its siblings).
+"""What the commands share: their common options (defined once, with the same defaults everywhere), the
+translation of library input errors into a one-line ``Error: ...`` and exit status 1, and logging set-up.
 
-The library never parses arguments, prints or exits; each entry point parses with click, builds a config,
-makes one library call and writes. This module holds what they share: the common options, the translation
-of library errors into a one-line message and a non-zero exit, and logging/progress set-up.
+Every command parses its options, makes one call to :mod:`bayesrobust.stages` (or
+:class:`bayesrobust.Experiment`) and prints the summary it returns.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ from typing import Any, Callable
 
 import click
 
+from ..choices import AttackName, Inference, Model, Norm, PosteriorMode
 from ..data import DataNotFoundError
-from ..presets import INFERENCES, MODELS, PRESETS
+from ..paths import DEFAULT_OUT, DEFAULT_PRESET, OUT_ENV
+from ..presets import PRESETS
 
 USER_ERRORS = (ValueError, FileNotFoundError, DataNotFoundError, KeyError, IndexError)
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 def friendly_errors(func: Callable) -> Callable:
@@ -39,27 +42,21 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("pyro").setLevel(logging.WARNING)
 
 
-def resolve_device(device: str) -> str:
-    """``'cpu'``, ``'cuda'`` or ``'cuda:N'``; a CUDA request on a machine without CUDA is an error."""
-    import torch
-    if device == "cpu":
-        return device
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device} requested but CUDA is not available on this machine; "
-                             f"use --device cpu")
-        return device
-    raise ValueError(f"unknown device {device!r}; expected cpu, cuda or cuda:N")
-
-
-preset_option = click.option("--preset", required=True, type=click.Choice(list(PRESETS)),
-                              help="Named experiment settings (bayesrobust.presets).")
-model_option = click.option("--model", required=True, type=click.Choice(list(MODELS)),
+preset_option = click.option("--preset", default=DEFAULT_PRESET, show_default=True, type=click.Choice(list(PRESETS)),
+                             help="Named experiment settings (bayesrobust.presets).")
+model_option = click.option("--model", required=True, type=click.Choice(Model.values()),
                             help="baseNN (deterministic), advNN (adversarially trained) or fullBNN (Bayesian).")
-inference_option = click.option("--inference", type=click.Choice(list(INFERENCES)), default=None,
+inference_option = click.option("--inference", type=click.Choice(Inference.values()), default=None,
                                 help="fullBNN inference: svi or hmc (NUTS). Default: the preset's.")
-out_option = click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-                          help="Output folder; models/, attacks/, explanations/, ... live below it.")
+out_option = click.option("--out", default=DEFAULT_OUT, show_default=True, envvar=OUT_ENV, show_envvar=True,
+                          type=click.Path(file_okay=False, path_type=Path),
+                          help="Output folder; models/, attacks/, explanations/, analysis/, figures/ live below it.")
+attack_option = click.option("--attack", "attack_name", type=click.Choice(AttackName.values()), default="fgsm",
+                             show_default=True, help="FGSM (Linf) or PGD (Linf or L2).")
+norm_option = click.option("--norm", type=click.Choice(Norm.values()), default="linf", show_default=True,
+                           help="Attack norm (PGD; FGSM is Linf).")
+mode_option = click.option("--posterior-mode", type=click.Choice(PosteriorMode.values()), default="mean_grad",
+                           show_default=True, help="How the attack averages over posterior draws.")
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 device_option = click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 data_root_option = click.option("--data-root", type=click.Path(path_type=Path), default=None,
@@ -67,16 +64,5 @@ data_root_option = click.option("--data-root", type=click.Path(path_type=Path), 
                                      "(e.g. ../shared/datasets). Not needed for mnist5k.")
 force_option = click.option("--force", is_flag=True,
                             help="Redo the stage even if its result exists with the same settings.")
-
-
-def up_to_date(stored: dict | None, wanted: dict, force: bool) -> bool:
-    """Whether a stage can be skipped: its stored settings equal ``wanted`` on every key of ``wanted``
-    (JSON-normalised, so tuples and lists compare equal) and ``--force`` was not given."""
-    import json
-    if force or stored is None:
-        return False
-    normal = lambda v: json.loads(json.dumps(v, sort_keys=True, default=str))  # noqa: E731
-    return all(normal(stored.get(k)) == normal(v) for k, v in wanted.items())
-
-
+progress_option = click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
 verbose_option = click.option("-v", "--verbose", is_flag=True, help="Debug logging.")

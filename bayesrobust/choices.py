@@ -1,0 +1,89 @@
+"""Every named choice of the library, defined once: models, inferences, attacks, norms, posterior modes,
+likelihood scalings, image subsets.
+
+Each is a ``str`` Enum, so a member compares equal to its value (``Model.BAYES == "fullBNN"``) and is
+stored as that value. Command-line options take their choices from here (``click.Choice(Norm.values())``)
+and library functions validate with :meth:`Choice.parse`, so a new value is added in one place. LRP rules,
+Zennit composites and Captum methods are tables of implementations (:data:`bayesrobust.explain.rules.RULES`,
+:data:`~bayesrobust.explain.rules.COMPOSITES`, :data:`bayesrobust.explain.captum_methods.METHODS`); their keys
+are the choices.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Choice(str, Enum):
+    """A named choice: ``str(member)`` is its value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        """The valid values, in definition order."""
+        return tuple(m.value for m in cls)
+
+    @classmethod
+    def parse(cls, value: str | Choice, what: str | None = None) -> Choice:
+        """The member whose value is ``value``.
+
+        Raises
+        ------
+        ValueError
+            ``value`` is not valid; the message names it and lists the valid values.
+        """
+        try:
+            return cls(value)
+        except ValueError:
+            label = what or cls.__name__.lower()
+            raise ValueError(f"unknown {label} {value!r}; expected one of {', '.join(cls.values())}") from None
+
+
+class Model(Choice):
+    """The three model kinds of the paper: deterministic, adversarially trained, Bayesian."""
+
+    BASE = "baseNN"
+    ADV = "advNN"
+    BAYES = "fullBNN"
+
+
+class Inference(Choice):
+    """How a fullBNN's posterior is inferred (``hmc`` runs NUTS)."""
+
+    SVI = "svi"
+    HMC = "hmc"
+
+
+class AttackName(Choice):
+    FGSM = "fgsm"
+    PGD = "pgd"
+
+
+class Norm(Choice):
+    LINF = "linf"
+    L2 = "l2"
+
+
+class PosteriorMode(Choice):
+    """How an attack averages over posterior draws (docs/method.md §4.2)."""
+
+    MEAN_GRAD = "mean_grad"
+    PREDICTIVE = "predictive"
+    MEAN_IMAGE = "mean_image"
+
+
+class LikelihoodScaling(Choice):
+    """SVI minibatch likelihood: scaled to the full data (correct) or unscaled as the reference code."""
+
+    FULL = "full"
+    REFERENCE = "reference"
+
+
+class Subset(Choice):
+    """Images of an analysis: all, the successful attacks, the failed attacks."""
+
+    ALL = "all"
+    SUCCESSFUL = "successful"
+    FAILED = "failed"

@@ -1,0 +1,199 @@
+"""One preset's experiment, stage by stage, from Python: the paper's comparison of a deterministic (baseNN),
+an adversarially trained (advNN) and a Bayesian (fullBNN) network.
+
+::
+
+    from bayesrobust import Experiment
+    exp = Experiment("quick", out="results")
+    analysis = exp.run()                      # train → attack → explain → analyze → plot
+    analysis.lrp_robustness_diff.median("image")
+
+Each stage is also a method (:meth:`Experiment.train`, :meth:`~Experiment.attack`, ...) that returns what it
+wrote and skips what is up to date (``force=True`` redoes it), so a notebook can run, inspect and resume
+them one at a time. The ``pipeline`` command and the shell drivers call :meth:`Experiment.run`. The stages
+themselves are :mod:`bayesrobust.stages`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import xarray as xr
+
+from . import paths, stages
+from .choices import AttackName, LikelihoodScaling, Model, Norm, PosteriorMode
+from .explain.rules import RULES
+from .inference import resolve_inference
+from .presets import Preset, get_preset
+
+log = logging.getLogger(__name__)
+
+#: The LRP rules of the paper, in its order.
+PAPER_RULES = ("epsilon", "gamma", "alpha1beta0")
+
+
+@dataclass
+class Experiment:
+    """The settings of one experiment; every stage method uses them.
+
+    Parameters
+    ----------
+    preset
+        A preset name (:data:`bayesrobust.presets.PRESETS`) or a :class:`~bayesrobust.presets.Preset`.
+    out
+        Output folder (default ``$BAYESROBUST_OUT`` or ``./results``).
+    inference
+        fullBNN inference, ``svi`` or ``hmc`` (default: the preset's).
+    attack, norm, epsilon, steps, mode
+        The attack of every model (default FGSM, Linf, the preset's ε and steps, ``mean_grad``).
+    draws
+        The fullBNN's numbers of posterior draws S, each attacked and explained (default: the preset's).
+    n_inputs
+        Test images (default: the preset's).
+    rules, topk
+        LRP rules explained, and k of the top-k% of the analysis.
+    likelihood_scaling
+        fullBNN SVI: ``full`` (N/B-scaled minibatch likelihood, default) or ``reference`` (the paper code's).
+    report
+        Called with each stage's one-line summaries (default: the ``logging`` INFO level).
+    """
+
+    preset: str | Preset = paths.DEFAULT_PRESET
+    out: str | Path | None = None
+    inference: str | None = None
+    attack: str = "fgsm"
+    norm: str = "linf"
+    epsilon: float | None = None
+    steps: int | None = None
+    mode: str = "mean_grad"
+    draws: Sequence[int] = ()
+    n_inputs: int | None = None
+    rules: Sequence[str] = PAPER_RULES
+    topk: float = 20
+    likelihood_scaling: str | None = None
+    seed: int = 0
+    data_root: str | Path | None = None
+    device: str = "cpu"
+    force: bool = False
+    progress: bool = False
+    report: Callable[[str], object] | None = None
+    models: Sequence[str] = field(default=tuple(Model.values()))
+
+    def __post_init__(self) -> None:
+        """Check every setting of every stage before any work (a bad value is a ``ValueError`` naming it)."""
+        self.preset = self.preset if isinstance(self.preset, Preset) else get_preset(self.preset)
+        self.out = paths.resolve_out(self.out)
+        self.inference = resolve_inference(self.preset, Model.BAYES, self.inference)
+        self.attack = AttackName.parse(self.attack, "attack").value
+        self.norm = Norm.parse(self.norm, "norm").value
+        self.mode = PosteriorMode.parse(self.mode, "posterior mode").value
+        if self.likelihood_scaling is not None:
+            self.likelihood_scaling = LikelihoodScaling.parse(self.likelihood_scaling, "likelihood scaling").value
+        self.models = tuple(Model.parse(m, "model").value for m in self.models)
+        if Model.BASE not in self.models:
+            raise ValueError(f"the analysis compares against baseNN; models {list(self.models)} lack it")
+        self.draws = tuple(int(s) for s in self.draws) or (self.preset.eval_draws,)
+        for name, values in (("draws", self.draws), ("n_inputs", [self.n_inputs]), ("steps", [self.steps]),
+                             ("epsilon", [self.epsilon])):
+            bad = [v for v in values if v is not None and not v > 0]
+            if bad:
+                raise ValueError(f"{name} must be positive, got {bad[0]}")
+        if not self.rules:
+            raise ValueError(f"at least one LRP rule is needed; expected some of {', '.join(RULES)}")
+        for rule in self.rules:
+            if rule not in RULES:
+                raise ValueError(f"unknown LRP rule {rule!r}; expected one of {', '.join(RULES)}")
+        if not 0 < self.topk <= 100:
+            raise ValueError(f"topk is a percentage of pixels in (0, 100], got {self.topk}")
+        stages.make_attack_for(self.preset, self.attack, self.norm, self.epsilon, self.steps, None, True)
+        stages.resolve_device(self.device)
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    def _say(self, done: stages.Done) -> stages.Done:
+        (self.report or log.info)(done.summary)
+        return done
+
+    def _inference(self, model: str) -> str | None:
+        return self.inference if model == Model.BAYES else None
+
+    @property
+    def analysis_name(self) -> str:
+        """The file stem of this experiment's analysis under ``OUT/analysis``."""
+        return f"{self.preset.name}_{self.attack}_top{self.topk:g}"
+
+    def runs(self) -> list[tuple[str, int]]:
+        """``(model, S)`` of every attack run: one per deterministic model, one per S for the fullBNN."""
+        return [(m, s) for m in self.models for s in (self.draws if m == Model.BAYES else (1,))]
+
+    # -- stages --------------------------------------------------------------------------------------------
+    def train(self) -> dict[str, Path]:
+        """Train every model; returns model → checkpoint folder."""
+        found = {}
+        for model in self.models:
+            overrides = {"likelihood_scaling": self.likelihood_scaling} if model == Model.BAYES else {}
+            done = self._say(stages.train(self.preset, model, inference=self._inference(model), out=self.out,
+                                          overrides=overrides, seed=self.seed, device=self.device,
+                                          data_root=self.data_root, progress=self.progress, force=self.force))
+            found[model] = done.path
+        return found
+
+    def attack_runs(self) -> list[Path]:
+        """Attack every model (the fullBNN once per S); returns the attack files in :meth:`runs` order."""
+        return [self._say(stages.attack(self.preset, model, inference=self._inference(model), out=self.out,
+                                        attack=self.attack, norm=self.norm, epsilon=self.epsilon,
+                                        steps=self.steps, n_inputs=self.n_inputs, n_draws=s, mode=self.mode,
+                                        seed=self.seed, data_root=self.data_root, device=self.device,
+                                        force=self.force)).path
+                for model, s in self.runs()]
+
+    def explain(self, attack_runs: Sequence[Path] | None = None) -> list[Path]:
+        """Explain the clean and adversarial images of every attack run with every rule at every layer."""
+        attack_runs = self.attack_runs() if attack_runs is None else attack_runs
+        return [self._say(stages.explain(self.preset, model, run, inference=self._inference(model),
+                                         out=self.out, rules=self.rules, layers="all", n_draws=s,
+                                         seed=self.seed, device=self.device, force=self.force)).path
+                for (model, s), run in zip(self.runs(), attack_runs)]
+
+    def analyze(self) -> xr.Dataset:
+        """The stability analysis of the explained runs (written to ``OUT/analysis``); returns the Dataset."""
+        done = stages.analyze(self.out, self.preset.name, topk=self.topk, attack=self.attack, norm=self.norm,
+                              epsilon=self.epsilon if self.epsilon is not None else self.preset.attack_epsilon,
+                              mode=self.mode, method="lrp", name=self.analysis_name)
+        self._say(done)
+        return done.details["dataset"]
+
+    def plot(self) -> list[Path]:
+        """Draw the figures of this experiment's analysis; returns the files written."""
+        done = stages.plot(self.out, analyses=[self.analysis_name], preset=self.preset.name)
+        self._say(done)
+        return done.details["written"]
+
+    def run(self) -> xr.Dataset:
+        """Every stage in order; returns the analysis Dataset."""
+        self.train()
+        self.explain(self.attack_runs())
+        analysis = self.analyze()
+        self.plot()
+        return analysis
+
+
+def headline(ds: xr.Dataset) -> str:
+    """The headline numbers of an analysis: per rule, the median paired Bay−Det and Adv−Det LRP robustness at
+    the last layer, and Spearman ρ(LRP robustness, softmax robustness) per model there."""
+    last = ds.layer.values[-1]
+    diff = ds.lrp_robustness_diff.sel(layer=last).median("image")
+    lines = [f"Headline (last layer, top {ds.attrs.get('topk', '?')}%, {ds.sizes['image']} images): "
+             f"median paired LRP robustness difference"]
+    for comparison in ds.comparison.values:
+        values = ", ".join(f"{rule} {float(diff.sel(comparison=comparison, rule=rule)):+.3f}"
+                           for rule in ds.rule.values)
+        lines.append(f"  {comparison:>22}: {values}")
+    rho = ds.spearman_rho.sel(layer=last, subset="all")
+    lines.append("Spearman rho(LRP robustness, softmax robustness), last layer")
+    for model in ds.model.values:
+        values = ", ".join(f"{rule} {float(rho.sel(model=model, rule=rule)):+.2f}" for rule in ds.rule.values)
+        lines.append(f"  {model:>22}: {values}")
+    return "\n".join(lines)

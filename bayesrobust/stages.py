@@ -1,0 +1,540 @@
+"""The stages of an experiment as library calls: train, attack, explain, analyze, plot (and the robust-accuracy
+table). Each takes settings, writes its result under an output folder ``out`` (layout: :mod:`.paths`) and
+returns a :class:`Done` naming the file; a result that exists with the same settings is skipped (``force``
+redoes it). The commands (:mod:`bayesrobust.cli`) and :class:`bayesrobust.Experiment` call these and nothing
+else, so a stage behaves the same from the shell, a script or a notebook.
+
+All arguments are checked before any work starts; bad values raise ``ValueError`` (or
+``FileNotFoundError`` for missing inputs) with a message naming the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import paths
+from .choices import AttackName, Model, Norm, PosteriorMode, Subset
+from .inference import resolve_inference
+from .presets import Preset, get_preset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Done:
+    """What a stage did: the file or folder it wrote (or found up to date) and a one-line summary."""
+
+    path: Path
+    skipped: bool
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def up_to_date(stored: dict | None, wanted: dict) -> bool:
+    """Whether ``stored`` settings equal ``wanted`` on every key of ``wanted`` (JSON-normalised, so tuples
+    and lists, enums and their values compare equal)."""
+    if stored is None:
+        return False
+
+    def normal(v: Any) -> Any:
+        return json.loads(json.dumps(v, sort_keys=True, default=str))
+    return all(normal(stored.get(k)) == normal(v) for k, v in wanted.items())
+
+
+def resolve_device(device: str) -> str:
+    """``'cpu'``, ``'cuda'`` or ``'cuda:N'``; a CUDA request on a machine without CUDA is an error."""
+    import torch
+    if device == "cpu":
+        return device
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available on this machine; use cpu")
+        return device
+    raise ValueError(f"unknown device {device!r}; expected cpu, cuda or cuda:N")
+
+
+def _preset(preset: str | Preset) -> Preset:
+    return preset if isinstance(preset, Preset) else get_preset(preset)
+
+
+def _positive(**values: Any) -> None:
+    for name, value in values.items():
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+
+
+# -- train -------------------------------------------------------------------------------------------------
+def train(preset: str | Preset, model: str, *, inference: str | None = None, out: str | Path | None = None,
+          overrides: dict[str, Any] | None = None, eval_draws: int | None = None, seed: int = 0,
+          device: str = "cpu", data_root: str | Path | None = None, progress: bool = False,
+          force: bool = False) -> Done:
+    """Train ``model`` with ``preset`` (plus ``overrides``: see :func:`bayesrobust.presets.override_training`)
+    and write it to ``OUT/models/PRESET/MODEL_TAG/``; its test accuracy (posterior predictive over
+    ``eval_draws`` draws, default the preset's) is stored in its config."""
+    from . import data as datasets
+    from .inference import train_model
+    from .models.draws import predictive_accuracy
+    from .models.posterior import Posterior
+    from .presets import override_training
+    out = paths.resolve_out(out)
+    base = _preset(preset)
+    Model.parse(model)
+    _positive(eval_draws=eval_draws)
+    device = resolve_device(device)
+    p = override_training(base, model, inference, **(overrides or {}))
+    inference = resolve_inference(p, model, inference)
+    target = paths.model_dir(out, p.name, model, inference)
+    tag = paths.model_tag(model, inference)
+    wanted = {"preset": p.to_dict(), "model": model, "inference": inference, "seed": seed}
+    if not force and (target / "config.json").is_file():
+        stored = Posterior.load(target).config
+        if up_to_date(stored, wanted):
+            acc = float(stored.get("test_accuracy", float("nan")))
+            return Done(target, True, f"{tag} for preset {p.name!r} is up to date in {target} "
+                                      f"(test accuracy {acc:.4f}); force (--force) retrains",
+                        {"test_accuracy": acc})
+    test = datasets.load(p.dataset, "test", data_root)  # fail on missing data before training
+    posterior = train_model(p, model, inference, seed, device, data_root, progress)
+    n_draws = posterior.resolve_n_draws(eval_draws or p.eval_draws)
+    acc = predictive_accuracy(posterior, test.x, test.y, n_draws, device=device)
+    posterior.config.update(test_accuracy=acc, test_accuracy_draws=n_draws)
+    posterior.save(target)
+    what = "deterministic" if posterior.kind == "deterministic" else f"posterior predictive, {n_draws} draws"
+    lines = [f"{tag} on {p.dataset}: test accuracy {acc:.4f} ({what}, {len(test)} images); trained in "
+             f"{posterior.config['train_seconds']:.1f} s"]
+    diag = posterior.config.get("diagnostics")
+    if diag:
+        lines.append(f"NUTS diagnostics: max R-hat {diag['rhat_max']:.3f}, min bulk ESS {diag['ess_bulk_min']:.1f}, "
+                     f"min tail ESS {diag['ess_tail_min']:.1f}, divergences {diag['divergences']}")
+    lines.append(f"model written to {target}")
+    return Done(target, False, "\n".join(lines), {"test_accuracy": acc})
+
+
+# -- attack ------------------------------------------------------------------------------------------------
+@dataclass
+class Target:
+    """What the attack stages work on: the preset, the loaded model, its evaluation images and S."""
+
+    preset: Preset
+    model: str
+    inference: str | None
+    posterior: Any
+    data: Any
+    n_draws: int
+    device: str
+
+    @classmethod
+    def load(cls, preset: str | Preset, model: str, inference: str | None, n_inputs: int | None,
+             inputs_seed: int, n_draws: int | None, data_root: str | Path | None, device: str,
+             out: str | Path) -> Target:
+        """Load the trained model (a missing one names its train command) and the class-balanced subset of
+        the test split it was trained for (docs/method.md §1)."""
+        from .data import balanced_subset, load
+        from .inference import load_model
+        _positive(n_inputs=n_inputs, n_draws=n_draws)
+        device = resolve_device(device)
+        p = _preset(preset)
+        inference = resolve_inference(p, model, inference)
+        posterior = load_model(out, p, model, inference)
+        dataset = posterior.config.get("dataset", p.dataset)
+        data = balanced_subset(load(dataset, "test", data_root), n_inputs or p.n_inputs, seed=inputs_seed)
+        return cls(p, model, inference, posterior, data, posterior.resolve_n_draws(n_draws or p.eval_draws),
+                   device)
+
+    def config(self, **settings: Any) -> dict[str, Any]:
+        """The config stored with a result: the settings plus the model's own training config."""
+        return {"preset": self.preset.name, "model": self.model, "inference": self.inference, **settings,
+                "n_draws": self.n_draws, "n_inputs": len(self.data), "dataset": self.data.name,
+                "device": self.device, "model_config": self.posterior.config}
+
+
+def make_attack_for(preset: Preset, attack: str, norm: str, epsilon: float | None, steps: int | None,
+                    step_size: float | None, random_start: bool):
+    """The FGSM or PGD attack of an attack run: ε, steps and step size default to the preset's (the step
+    size only when ε and steps are the preset's; otherwise 2.5·ε/steps)."""
+    from .adversarial import make_attack
+    attack, norm = AttackName.parse(attack, "attack").value, Norm.parse(norm, "norm").value
+    epsilon = preset.attack_epsilon if epsilon is None else epsilon
+    if attack == AttackName.FGSM:
+        if norm != Norm.LINF:
+            raise ValueError(f"FGSM is an Linf attack, got norm {norm!r}; use attack pgd for l2")
+        return make_attack("fgsm", epsilon=epsilon)
+    steps = preset.attack_steps if steps is None else steps
+    if step_size is None and epsilon == preset.attack_epsilon and steps == preset.attack_steps:
+        step_size = preset.attack_step_size
+    return make_attack("pgd", norm=norm, epsilon=epsilon, steps=steps, random_start=random_start,
+                       step_size=step_size)
+
+
+def attack(preset: str | Preset, model: str, *, inference: str | None = None, out: str | Path | None = None,
+           attack: str = "fgsm", norm: str = "linf", epsilon: float | None = None, steps: int | None = None,
+           step_size: float | None = None, random_start: bool = True, n_inputs: int | None = None,
+           inputs_seed: int = 0, n_draws: int | None = None, mode: str = "mean_grad",
+           chunk_size: int | None = None, seed: int = 0, data_root: str | Path | None = None,
+           device: str = "cpu", force: bool = False) -> Done:
+    """Attack a trained model on the preset's class-balanced test subset (a fullBNN through ``n_draws``
+    posterior draws averaged by ``mode``) and write ``OUT/attacks/PRESET/RUN.nc`` (an ``attack`` Dataset,
+    :func:`bayesrobust.adversarial.run_attack`)."""
+    from . import store
+    from .adversarial import run_attack
+    out = paths.resolve_out(out)
+    p = _preset(preset)
+    mode = PosteriorMode.parse(mode, "posterior mode").value
+    _positive(chunk_size=chunk_size)
+    made = make_attack_for(p, attack, norm, epsilon, steps, step_size, random_start)  # validates ε, steps
+    t = Target.load(p, model, inference, n_inputs, inputs_seed, n_draws, data_root, device, out)
+    config = t.config(**made.params(), posterior_mode=mode, inputs_seed=inputs_seed, seed=seed,
+                      chunk_size=chunk_size)
+    params = made.params()
+    run = paths.attack_run_name(model, t.inference, params["attack"], params["norm"], params["epsilon"],
+                                t.n_draws, mode, params.get("steps"))
+    target = paths.attack_path(out, p.name, run)
+    if not force and target.is_file():
+        with store.open_result(target) as old:
+            if up_to_date(store.config_of(old), config):
+                return Done(target, True, f"{target} is up to date (same settings and model); force (--force) "
+                                          f"redoes it")
+    ds = run_attack(t.posterior, t.data, made, mode=mode, n_draws=t.n_draws, seed=seed, model_name=model,
+                    config=config, chunk_size=chunk_size, device=t.device)
+    path = store.write_netcdf(ds, target, "attack")
+    a = ds.attrs
+    summary = (f"{made!r} on {paths.model_tag(model, t.inference)} ({len(t.data)} {t.data.name} test images, "
+               f"S={t.n_draws}{', ' + mode if t.n_draws > 1 else ''}): clean accuracy {a['accuracy']:.4f}, "
+               f"adversarial accuracy {a['adversarial_accuracy']:.4f}, success rate {a['success_rate']:.4f}"
+               f"\nattack written to {path}")
+    return Done(path, False, summary, {k: a[k] for k in ("accuracy", "adversarial_accuracy", "success_rate")})
+
+
+def table(preset: str | Preset, model: str, *, inference: str | None = None, out: str | Path | None = None,
+          epsilons: dict[str, Sequence[float]] | None = None, steps: Sequence[int] = (20, 100),
+          random_start: bool = True, n_inputs: int | None = None, inputs_seed: int = 0,
+          n_draws: int | None = None, mode: str = "mean_grad", chunk_size: int | None = None, seed: int = 0,
+          data_root: str | Path | None = None, device: str = "cpu", force: bool = False) -> Done:
+    """The robust-accuracy table of a trained model (PGD over norm × ε × steps, step size 2.5·ε/steps),
+    written to ``OUT/attacks/PRESET/MODEL_TAG_robustness_table_S{S}[_MODE].nc``."""
+    from . import store
+    from .adversarial import SEED000_EPSILONS, robustness_table
+    out = paths.resolve_out(out)
+    p = _preset(preset)
+    mode = PosteriorMode.parse(mode, "posterior mode").value
+    epsilons = {Norm.parse(k, "norm").value: tuple(float(e) for e in v)
+                for k, v in (SEED000_EPSILONS if epsilons is None else epsilons).items() if len(v)}
+    if not epsilons or not steps:
+        raise ValueError("the table needs at least one norm with an epsilon and one step count")
+    for values in epsilons.values():
+        _positive(**{"epsilon": min(values)})
+    _positive(steps=min(steps), chunk_size=chunk_size)
+    t = Target.load(p, model, inference, n_inputs, inputs_seed, n_draws, data_root, device, out)
+    config = t.config(epsilons=epsilons, steps=[int(s) for s in steps], random_start=random_start, seed=seed,
+                      posterior_mode=mode, inputs_seed=inputs_seed, chunk_size=chunk_size)
+    run = f"{paths.model_tag(model, t.inference)}_robustness_table_S{t.n_draws}"
+    run = run if t.n_draws == 1 else f"{run}_{mode}"
+    target = paths.attack_path(out, p.name, run)
+    if not force and target.is_file():
+        with store.open_result(target) as old:
+            if up_to_date(store.config_of(old), config):
+                return Done(target, True, f"{target} is up to date (same settings and model); force (--force) "
+                                          f"redoes it")
+    ds = robustness_table(t.posterior, t.data, epsilons=epsilons, steps=steps, random_start=random_start,
+                          mode=mode, n_draws=t.n_draws, seed=seed, model_name=model, config=config,
+                          chunk_size=chunk_size, device=t.device)
+    path = store.write_netcdf(ds, target, "robustness_table")
+    return Done(path, False, f"robust accuracy of {paths.model_tag(model, t.inference)} ({p.name}), PGD step size "
+                             f"2.5*eps/steps\n{format_table(ds)}\ntable written to {path}")
+
+
+def format_table(ds) -> str:
+    """A robust-accuracy table as text: one block per norm, a row per ε, a column per step count."""
+    lines = [f"clean accuracy {float(ds.clean_accuracy):.4f} ({ds.attrs['n_images']} images, "
+             f"S={ds.attrs['n_draws']})"]
+    for norm in ds.norm.values:
+        acc = ds.accuracy.sel(norm=norm).dropna("epsilon", how="all")
+        header = "".join(f"{f'{int(s)} steps':>12}" for s in ds.steps.values)
+        lines.append(f"{'PGD ' + str(norm):<16}{header}")
+        for eps in acc.epsilon.values:
+            row = "".join(f"{float(v):>12.4f}" for v in acc.sel(epsilon=eps).values)
+            lines.append(f"  eps {eps:<10.4g}{row}")
+    return "\n".join(lines)
+
+
+# -- explain -----------------------------------------------------------------------------------------------
+#: Config entries that must match for an existing explanation to be reused.
+EXPLAIN_SETTINGS = ("preset", "model", "inference", "attack_run", "method", "rules", "composite", "layers",
+                    "initial", "n_draws", "seed")
+
+
+def resolve_attack_run(out: Path, preset: str, model: str, inference: str | None, run: str | Path | None) -> Path:
+    """The attack file to explain: a path to a ``.nc`` file, a run name under ``OUT/attacks/PRESET``, or —
+    when ``run`` is ``None`` — the only attack run of ``model`` there.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file (the message lists the runs that exist and the attack command).
+    ValueError
+        ``run`` is ``None`` and the model has several attack runs (the message lists them).
+    """
+    folder = paths.attack_path(out, preset, "x").parent
+    found = sorted(p.stem for p in folder.glob("*.nc") if "_robustness_table_" not in p.stem) \
+        if folder.is_dir() else []
+    listing = ", ".join(found) if found else f"none under {folder}"
+    command = f"bayesrobust attack --model {model} --preset {preset} --out {out}"
+    if run is None:
+        tag = paths.model_tag(model, inference)
+        mine = [name for name in found if name.startswith(tag + "_")]
+        if not mine:
+            raise FileNotFoundError(f"no attack run of {tag} under {folder}; run `{command}` first")
+        if len(mine) > 1:
+            raise ValueError(f"{tag} has several attack runs ({', '.join(mine)}); choose one with --attack-run")
+        return paths.attack_path(out, preset, mine[0])
+    given = Path(run)
+    path = given if given.suffix == ".nc" or len(given.parts) > 1 else paths.attack_path(out, preset, str(run))
+    if not path.is_file():
+        raise FileNotFoundError(f"no attack run {str(run)!r} (looked for {path}); available runs: {listing}. "
+                                f"Run `{command}` first")
+    return path
+
+
+def explain(preset: str | Preset, model: str, attack_run: str | Path | None = None, *,
+            inference: str | None = None, out: str | Path | None = None, method: str = "lrp",
+            rules: Sequence[str] = (), composite: str | None = None, layers: str | Sequence[int] = "all",
+            initial: str = "one_hot", n_draws: int | None = None, keep_draws: bool = False,
+            batch_size: int | None = None, seed: int = 0, device: str = "cpu", force: bool = False,
+            progress: Callable[[int], object] | None = None,
+            on_start: Callable[[int], object] | None = None) -> Done:
+    """Explain an attack run's clean and adversarial images with every draw (docs/method.md §5) and write
+    ``OUT/explanations/PRESET/RUN_METHOD.nc`` (with ``keep_draws`` also every draw's maps to
+    ``RUN_METHOD_draws.zarr``). ``n_draws`` defaults to the attack run's, so each image is explained by the
+    networks that attacked it. ``on_start(total)`` is called once the work is known (total draw passes) and
+    ``progress(1)`` after each."""
+    import xarray as xr
+
+    from . import store
+    from .explain.captum_methods import METHODS
+    from .explain.explanation import explain_attack, make_explainers
+    from .explain.layers import resolve_layers
+    from .explain.rules import COMPOSITES, RULES
+    from .inference import load_model
+    out = paths.resolve_out(out)
+    p = _preset(preset)
+    device = resolve_device(device)
+    if method != "lrp" and method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected lrp or one of {', '.join(METHODS)}")
+    if method != "lrp" and (rules or composite):
+        raise ValueError(f"rules and composites choose LRP rules; they do not apply to method {method!r}")
+    for rule in rules:
+        if rule not in RULES:
+            raise ValueError(f"unknown LRP rule {rule!r}; expected one of {', '.join(RULES)}")
+    if composite is not None and composite not in COMPOSITES:
+        raise ValueError(f"unknown composite {composite!r}; expected one of {', '.join(COMPOSITES)}")
+    if method == "lrp" and not rules and composite is None:
+        rules = ("epsilon",)
+    _positive(n_draws=n_draws, batch_size=batch_size)
+    inference = resolve_inference(p, model, inference)
+    path = resolve_attack_run(out, p.name, model, inference, attack_run)
+    run = path.stem
+    target = paths.explanation_path(out, p.name, run, method)
+    draws_path = paths.explanation_draws_path(out, p.name, run, method) if keep_draws else None
+    posterior = load_model(out, p, model, inference)
+    resolve_layers(posterior.network(), layers)  # fail on a bad layer before any work
+    explainers = make_explainers(method, tuple(rules), composite, initial)
+    attack_ds = xr.load_dataset(path, engine="h5netcdf")
+    attack_preset = store.config_of(attack_ds).get("preset")
+    if attack_preset not in (None, p.name):
+        raise ValueError(f"attack run {run} was made with preset {attack_preset!r}, not {p.name!r}")
+    expected = {"model": model, "inference": posterior.kind, "arch": posterior.arch.name,
+                "hidden": posterior.arch.hidden}
+    attack_draws = int(attack_ds.attrs.get("n_draws", 1))
+    s = posterior.resolve_n_draws(n_draws if n_draws is not None else attack_draws)
+    if posterior.kind != "deterministic" and s != attack_draws:
+        log.warning("explaining with S=%d draws; the attack used S=%d (draw j is the same network in both)",
+                    s, attack_draws)
+    link = run if path.resolve() == paths.attack_path(out, p.name, run).resolve() else str(path)
+    layer_sel = layers if isinstance(layers, str) else [int(v) for v in layers]
+    config = {"preset": p.name, "model": model, "inference": inference, "attack_run": str(path),
+              "method": method, "rules": list(rules), "composite": composite, "layers": layer_sel,
+              "initial": initial, "n_draws": s, "batch_size": batch_size, "seed": seed, "keep_draws": keep_draws,
+              "device": device, "model_config": posterior.config}
+    if not force and _explanation_up_to_date(target, draws_path, config, attack_ds.attrs.get("created", "")):
+        return Done(target, True, f"{target} is up to date (same settings and attack run); force (--force) "
+                                  f"redoes it")
+    if on_start is not None:
+        on_start(s * len(explainers))
+    ds = explain_attack(posterior, attack_ds, explainers, layers=layer_sel, n_draws=s, batch_size=batch_size,
+                        seed=seed, draws_path=draws_path, config=config, attack_run=link, expected=expected,
+                        progress=progress, device=device)
+    written = store.write_netcdf(ds, target, "explanation")
+    stale = paths.explanation_draws_path(out, p.name, run, method)
+    lines = []
+    if draws_path is None and stale.is_dir():
+        shutil.rmtree(stale)
+        lines.append(f"removed {stale}: its draws belonged to the previous explanation")
+    names = ", ".join(str(r) for r in ds["rule"].values)
+    lines.append(f"explained {ds.sizes['image']} clean + {ds.sizes['image']} adversarial images of {run} with "
+                 f"S={s} draw(s), {method} ({names}), layers "
+                 + ", ".join(f"{i} ({n})" for i, n in zip(ds["layer"].values, ds["layer_name"].values)))
+    lines.append(f"explanation written to {written}" + (f" (every draw: {draws_path})" if draws_path else ""))
+    return Done(written, False, "\n".join(lines))
+
+
+def _explanation_up_to_date(target: Path, draws_path: Path | None, config: dict, attack_created: str) -> bool:
+    """Whether ``target`` holds an explanation made with the same :data:`EXPLAIN_SETTINGS` of the same attack
+    run (its ``created`` time: a redone attack makes the explanation stale), and the draws store exists if
+    one is asked for."""
+    import xarray as xr
+
+    from . import store
+    if not target.is_file() or (draws_path is not None and not draws_path.is_dir()):
+        return False
+    with xr.open_dataset(target, engine="h5netcdf") as ds:
+        stored, stored_attack = store.config_of(ds), str(ds.attrs.get("attack_created", ""))
+    same = json.loads(json.dumps({k: config.get(k) for k in EXPLAIN_SETTINGS}, default=str))
+    return stored_attack == str(attack_created) and all(stored.get(k) == v for k, v in same.items())
+
+
+# -- analyze and plot --------------------------------------------------------------------------------------
+def analyze(out: str | Path | None = None, preset: str | None = None, *, topk: float = 20,
+            attack: str | None = None, norm: str | None = None, epsilon: float | None = None,
+            mode: str | None = None, method: str | None = None, name: str | None = None) -> Done:
+    """The stability analysis (docs/method.md §6) of a preset's explained attack runs under ``out``, written
+    to ``OUT/analysis/NAME.nc``; ``Done.details['dataset']`` is the analysis Dataset."""
+    from . import results, stability
+    out = paths.resolve_out(out)
+    if not 0 < topk <= 100:
+        raise ValueError(f"topk is a percentage of pixels in (0, 100], got {topk}")
+    attack = None if attack is None else AttackName.parse(attack, "attack").value
+    norm = None if norm is None else Norm.parse(norm, "norm").value
+    mode = None if mode is None else PosteriorMode.parse(mode, "posterior mode").value
+    ds = results.analyse_stored(out, preset, topk, attack=attack, norm=norm, epsilon=epsilon, mode=mode,
+                                method=method)
+    path = stability.write(ds, out, name or results.analysis_name(ds))
+    return Done(path, False, f"analysis written to {path}", {"dataset": ds})
+
+
+FIGURE_NAMES = ("fig1", "fig3", "fig4", "fig5", "fig6", "robustness_table")
+FORMATS = ("png", "pdf")
+
+
+def plot(out: str | Path | None = None, *, figures: Sequence[str] = (), analyses: Sequence[str] = (),
+         preset: str | None = None, rule: str | None = None, layer: str | None = None, subset: str = "all",
+         model: str | None = None, topk: float | None = None, formats: Sequence[str] = FORMATS,
+         dpi: int = 200) -> Done:
+    """Draw the paper's figures from the stored results under ``out`` into ``OUT/figures/``.
+
+    Without ``figures`` every figure the stored results allow is drawn and the others are listed in
+    ``Done.details['skipped']`` with the reason; a figure named in ``figures`` that cannot be drawn is an
+    error. ``Done.details['written']`` lists the files.
+    """
+    from . import results, store
+    from .figures import table_name
+    explicit = bool(figures)
+    wanted = list(dict.fromkeys(figures or FIGURE_NAMES))
+    settings = {"rule": rule, "layer": layer, "subset": subset, "model": model, "topk": topk}
+    jobs: list[tuple[str, Callable[[], Any]]] = []
+    if set(wanted) - {"robustness_table"}:
+        stored = results.find_analyses(out)
+        if analyses:
+            unknown = [a for a in analyses if a not in stored]
+            if unknown:
+                raise ValueError(f"no analysis {', '.join(unknown)} under {out / 'analysis'}; stored: "
+                                 f"{', '.join(stored) or 'none'}")
+            stored = {a: stored[a] for a in analyses}
+        opened = {name: store.open_result(path, "analysis") for name, path in stored.items()}
+        if preset is not None:
+            opened = {n: ds for n, ds in opened.items() if ds.attrs.get("preset") == preset}
+        if not opened and (explicit or "robustness_table" not in wanted or not results.find_tables(out, preset)):
+            raise FileNotFoundError(f"no analysis{f' of preset {preset}' if preset else ''} under "
+                                    f"{out / 'analysis'}; run `bayesrobust analyze --out {out}` first")
+        for name, ds in opened.items():
+            jobs += [(f"{name}_{fig}", build) for fig, build in _analysis_figures(out, ds, wanted, settings).items()]
+    if "robustness_table" in wanted:
+        groups: dict[str, dict] = {}
+        for path, ds in results.find_tables(out, preset).items():
+            groups.setdefault(path.parent.name, {})[table_name(ds, path.stem)] = ds
+        if not groups and explicit:
+            raise FileNotFoundError(f"no robust-accuracy table (a result of kind robustness_table) under {out}; "
+                                    "compute one with `bayesrobust table` first")
+        for group, tables in groups.items():
+            jobs.append((f"robustness_table_{group}", functools.partial(_table_figure, tables)))
+    written, skipped = [], []
+    for stem, build in jobs:
+        try:
+            fig = build()
+        except (ValueError, FileNotFoundError) as err:
+            if explicit:
+                raise ValueError(f"{stem}: {err}") from err
+            skipped.append(f"{stem} ({err})")
+            continue
+        written += save_figure(fig, paths.figures_dir(out) / stem, formats, dpi)
+    if not written:
+        raise ValueError("no figure could be drawn from the stored results"
+                         + (f" ({'; '.join(skipped)})" if skipped else ""))
+    lines = [f"wrote {p}" for p in written] + [f"skipped {s}" for s in skipped]
+    return Done(paths.figures_dir(out), False, "\n".join(lines), {"written": written, "skipped": skipped})
+
+
+def _table_figure(tables: dict) -> Any:
+    from .figures import robustness_table
+    return robustness_table(tables)
+
+
+def _analysis_figures(out: Path, ds: Any, names: Sequence[str], settings: dict) -> dict[str, Callable[[], Any]]:
+    """Builders (figure name → no-argument function) of the figures of one analysis."""
+    from . import figures, results
+    topk = settings["topk"] if settings["topk"] is not None else float(ds.attrs.get("topk", 20))
+    det = str(ds.attrs.get("det", "baseNN"))
+    common = {"rule": settings["rule"]}
+
+    @functools.cache
+    def runs():
+        return results.load_runs(out, ds)
+
+    def fig1():
+        loaded = runs()
+        bay = [m for m in ds.model.values.tolist() if str(ds.role.sel(model=m).item()) == "Bay"]
+        if not bay:
+            raise ValueError("fig1 needs a Bayesian model in the analysis")
+        best = max(bay, key=lambda m: int(ds.n_draws.sel(model=m)))
+        return figures.fig1(loaded[det], loaded[best], layer=settings["layer"], topk=topk, **common)
+
+    def fig3():
+        loaded = runs()
+        model = settings["model"] or det
+        if model not in loaded:
+            raise ValueError(f"no model {model!r} in this analysis; expected one of {', '.join(loaded)}")
+        return figures.fig3(loaded[model], topk=topk, **common)
+
+    layers = None if settings["layer"] is None else [settings["layer"]]
+    builders = {
+        "fig1": fig1, "fig3": fig3,
+        "fig4": lambda: figures.fig4(ds, subset=settings["subset"], layers=layers, **common),
+        "fig5": lambda: figures.fig5(ds, subset=settings["subset"], layer=settings["layer"]),
+        "fig6": lambda: figures.fig6(ds, subset=settings["subset"], layers=layers, **common),
+    }
+    return {n: builders[n] for n in names if n in builders}
+
+
+def save_figure(fig: Any, stem: Path, formats: Sequence[str] = FORMATS, dpi: int = 200) -> list[Path]:
+    """Write ``fig`` to ``STEM.FORMAT`` for each format, each through a temporary file and a rename."""
+    import os
+    import tempfile
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            fig.savefig(name, format=fmt, dpi=dpi, bbox_inches="tight", pad_inches=0.04)
+            os.replace(name, path)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+        written.append(path)
+    return written
