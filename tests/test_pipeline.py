@@ -67,3 +67,33 @@ def test_notebook_reproduces_the_headline(tiny_results):
         del os.environ["BAYESROBUST_RESULTS"]
     outputs = "".join(str(o) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "median_difference" in outputs and "image/png" in outputs
+
+
+def test_experiment_from_python_returns_the_analysis(tiny_results):
+    """The library entry point: the whole experiment in a few lines, every stage skipped when up to date, the
+    analysis Dataset returned (equal to the stored one)."""
+    from bayesrobust import Experiment
+    out, _ = tiny_results
+    said = []
+    analysis = Experiment("tiny", out=out, rules=["epsilon"], draws=[5, 10, 20], report=said.append).run()
+    assert sum("up to date" in s for s in said) == 3 + 5 + 5
+    with xr.open_dataset(out / "analysis" / "tiny_fgsm_top20.nc") as stored:
+        xr.testing.assert_allclose(analysis.lrp_robustness, stored.lrp_robustness)
+    assert list(analysis.model.values) == ["baseNN", "advNN", "fullBNN_S5", "fullBNN_S10", "fullBNN_S20"]
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"rules": ["epsilon", "nope"]}, "unknown LRP rule 'nope'"),
+    ({"draws": [5, 0]}, "draws must be positive, got 0"),
+    ({"topk": 0}, r"topk is a percentage of pixels in \(0, 100\], got 0"),
+    ({"attack": "fgsm", "norm": "l2"}, "FGSM is an Linf attack"),
+    ({"epsilon": float("nan")}, "epsilon must be positive, got nan"),
+    ({"inference": "vi"}, "unknown inference 'vi'"),
+    ({"mode": "mean"}, "unknown posterior mode 'mean'"),
+    ({"device": "tpu"}, "unknown device 'tpu'"),
+])
+def test_experiment_checks_every_stage_before_any_work(tmp_path, settings, message):
+    from bayesrobust import Experiment
+    with pytest.raises(ValueError, match=message):
+        Experiment("tiny", out=tmp_path / "out", **settings)
+    assert not (tmp_path / "out").exists()
