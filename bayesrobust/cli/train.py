@@ -12,7 +12,7 @@ import click
 from . import options
 from ..data import DATASETS
 from ..models.posterior import Posterior
-from ..models.predict import accuracy
+from ..models.draws import predictive_accuracy
 from ..paths import model_dir, model_tag
 from ..presets import get_preset, override_training
 
@@ -71,7 +71,7 @@ def main(model, preset, inference, dataset, data_root, epochs, lr, batch_size, h
     test = datasets.load(p.dataset, "test", data_root)  # fail on missing data before training
     posterior = train_model(p, model, inference, seed, device, data_root, progress)
     n_draws = posterior.resolve_n_draws(eval_draws or p.eval_draws)
-    acc = accuracy(posterior, test.x, test.y, n_draws, device=device)
+    acc = predictive_accuracy(posterior, test.x, test.y, n_draws, device=device)
     posterior.config.update(test_accuracy=acc, test_accuracy_draws=n_draws)
     posterior.save(target)
     what = "posterior predictive, " + f"{n_draws} draws" if posterior.kind != "deterministic" else "deterministic"
