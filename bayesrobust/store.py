@@ -26,6 +26,9 @@ import xarray as xr
 SCHEMAS: dict[str, dict[str, tuple[str, ...]]] = {}
 #: Required attributes of every result.
 COMMON_ATTRS = ("kind", "created", "git_revision", "versions", "config")
+#: Coordinates every result with a ``draw`` dimension must have along it: each draw's chain and sample in
+#: the posterior (chain −1 and sample = draw index for SVI and deterministic draws).
+DRAW_COORDS = ("chain", "sample")
 
 
 def _git_revision() -> str:
@@ -78,10 +81,12 @@ def config_of(ds: xr.Dataset) -> dict:
 def validate(ds: xr.Dataset, kind: str | None = None) -> xr.Dataset:
     """Check that ``ds`` is a complete result of ``kind`` (default: its own ``kind`` attribute).
 
+    Every result with a ``draw`` dimension must also have the coordinates :data:`DRAW_COORDS` along it.
+
     Raises
     ------
     ValueError
-        Unknown kind, or a missing variable, dimension or attribute — named in the message.
+        Unknown kind, or a missing variable, dimension, coordinate or attribute — named in the message.
     """
     kind = kind or ds.attrs.get("kind")
     if kind not in SCHEMAS:
@@ -95,6 +100,11 @@ def validate(ds: xr.Dataset, kind: str | None = None) -> xr.Dataset:
         if tuple(ds[name].dims) != dims:
             raise ValueError(f"{kind} result variable {name!r} has dims {tuple(ds[name].dims)}, "
                              f"expected {dims}")
+    if "draw" in ds.dims:
+        for name in DRAW_COORDS:
+            if name not in ds.coords or tuple(ds[name].dims) != ("draw",):
+                raise ValueError(f"{kind} result has a draw dimension but no coordinate {name!r} along it "
+                                 f"(each draw's {name} in the posterior; see DrawSet.coords)")
     return ds
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bayesrobust.models.architectures import ArchConfig, build, explained_layers
+from bayesrobust.models.draws import DrawSet
 from bayesrobust.models.posterior import Posterior, deterministic
 
 ARCHS = [ArchConfig("fc2", 8), ArchConfig("conv", 4), ArchConfig("resnet20", 16, (3, 32, 32)),
@@ -49,8 +50,9 @@ def test_deterministic_model_is_a_one_draw_posterior():
     net = build(ARCHS[0])
     post = deterministic(net)
     assert post.max_draws == 1 and post.resolve_n_draws(100) == 1
-    clone = post.network()
-    assert len(list(post.iter_draws(clone, 10))) == 1
+    draws = DrawSet(post, 10)
+    assert len(list(draws)) == 1
+    clone = draws.net
     x = torch.rand(2, 1, 28, 28)
     torch.testing.assert_close(clone(x), net.eval()(x), rtol=0, atol=0)
     with pytest.raises(IndexError, match="only draw 0"):
@@ -73,12 +75,13 @@ def test_draw_j_is_fixed_by_the_posterior_alone(tmp_path):
             torch.testing.assert_close(v, post.draw_params(j)[k], rtol=0, atol=0)
 
 
-def test_iter_draws_swaps_weights_in_place():
+def test_drawset_swaps_weights_in_place():
     post = _svi_posterior()
-    net = post.network()
+    draws = DrawSet(post, 3)
+    net = draws.net
     ids = [id(p) for p in net.parameters()]
     x = torch.rand(4, 1, 28, 28)
-    outs = [net(x).detach().clone() for _ in post.iter_draws(net, 3)]
+    outs = [net(x).detach().clone() for _ in draws]
     assert [id(p) for p in net.parameters()] == ids
     for j in range(3):
         torch.testing.assert_close(outs[j], post.network(j)(x), rtol=0, atol=0)
@@ -88,7 +91,7 @@ def test_mcmc_draws_are_a_fixed_subset_without_replacement():
     arch = ARCHS[3]
     samples = {"1.weight": torch.arange(2 * 5 * 10 * 784, dtype=torch.float32).view(2, 5, 10, 784),
                "1.bias": torch.arange(2 * 5 * 10, dtype=torch.float32).view(2, 5, 10)}
-    post = Posterior(arch, "mcmc", samples, seed=1)
+    post = Posterior(arch, "hmc", samples, seed=1)
     assert post.max_draws == 10
     firsts = {float(post.draw_params(j)["1.bias"][0]) for j in range(10)}
     assert len(firsts) == 10

@@ -92,7 +92,8 @@ def _make_results(rng_seed=0, same_as_det=None):
              "probs": (("image", "class"), probs), "probs_adv": (("image", "class"), probs),
              "draw_pred": (("draw", "image"), np.tile(pred, (s, 1))),
              "draw_pred_adv": (("draw", "image"), np.tile(pred_adv, (s, 1)))},
-            coords={"image": IMAGES, "class": np.arange(10), "draw": np.arange(s)},
+            coords={"image": IMAGES, "class": np.arange(10), "draw": np.arange(s),
+                    "chain": ("draw", np.full(s, -1)), "sample": ("draw", np.arange(s))},
             attrs=store.provenance("attack", attrs, **attrs))
         dims = ("input", "rule", "layer", "image", "channel", "height", "width")
         expl = xr.Dataset(

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from bayesrobust.adversarial import FGSM
 from bayesrobust.models.architectures import ArchConfig
-from bayesrobust.models.predict import accuracy
+from bayesrobust.models.draws import predictive_accuracy as accuracy
 from bayesrobust.presets import HMCConfig, get_preset, override_training
 from bayesrobust.train import main as train_cli
 from bayesrobust.inference import load_model, train_model
@@ -56,7 +56,7 @@ def test_short_nuts_reports_finite_diagnostics(mnist5k_train):
     post = train_hmc(ArchConfig("fc2", 4), mnist5k_train,
                      HMCConfig(warmup=10, samples=10, chains=2, max_tree_depth=4, n_train=100, jit=False))
     d = post.config["diagnostics"]
-    assert post.kind == "mcmc" and post.max_draws == 20
+    assert post.kind == "hmc" and post.max_draws == 20
     assert math.isfinite(d["rhat_max"]) and math.isfinite(d["ess_bulk_min"]) and math.isfinite(d["ess_tail_min"])
     assert len(d["divergences_per_chain"]) == 2
 

@@ -4,7 +4,7 @@
 :class:`FGSM`          one signed-gradient step, Linf (``fgsm.py``)
 :class:`PGD`           projected gradient descent, Linf or L2, random start (``pgd.py``)
 :class:`PosteriorAverage`  any attack on S posterior draws: ``mean_grad``, ``predictive``, ``mean_image``
-:class:`DrawSet`       S draws swapped into one module in place (``draws.py``)
+:class:`DrawSet`       S draws swapped into one module in place (:mod:`bayesrobust.models.draws`)
 :func:`evaluate`       predictive, predictions, success/failed, softmax robustness (``evaluate.py``)
 :func:`run_attack`     one attack run end to end → the ``attack`` Dataset (``run.py``)
 :func:`robustness_table`  accuracy under PGD over (norm, ε, steps) (``table.py``)
@@ -16,8 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from .base import NORMS, Attack, LossGradient, module_gradient, perturbation_norm
-from .draws import DrawSet
-from .evaluate import Evaluation, draw_probabilities, evaluate
+from ..models.draws import DrawSet, draw_probabilities
+from .evaluate import Evaluation, evaluate
 from .fgsm import FGSM
 from .pgd import PGD
 from .posterior import MODES, PosteriorAverage

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..choices import Norm
+from ..models.draws import chunks
 
 #: ``(x_adv, y) -> ∇ₓ Σᵢ L(f(x_adv)ᵢ, yᵢ)``, shaped like ``x_adv``; must not write any parameter's ``.grad``.
 LossGradient = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -78,12 +79,6 @@ def perturbation_norm(x_adv: torch.Tensor, x: torch.Tensor, norm: str) -> torch.
     return _per_image_norm(x_adv - x, check_norm(norm)).reshape(-1)
 
 
-def chunks(n: int, chunk_size: int | None) -> list[slice]:
-    """Slices covering ``range(n)`` in pieces of ``chunk_size`` (``None``: one piece)."""
-    size = max(n if not chunk_size else chunk_size, 1)
-    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
-
-
 def per_image_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int | None = None
                    ) -> torch.Tensor:
     """Cross-entropy of ``net``'s logits with ``y`` per image, (N,), without gradients."""
@@ -110,7 +105,7 @@ def accumulate_gradient(out: torch.Tensor, net: nn.Module, x: torch.Tensor, y: t
 
 def module_gradient(model: nn.Module, chunk_size: int | None = None) -> LossGradient:
     """The loss gradient of a plain module, ∇ₓ Σᵢ CE(model(x)ᵢ, yᵢ); the module is read at every call, so
-    a module whose weights are swapped in place (a :class:`~bayesrobust.adversarial.draws.DrawSet`) gives the
+    a module whose weights are swapped in place (a :class:`~bayesrobust.models.draws.DrawSet`) gives the
     gradient of its current draw."""
     def gradient(x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return accumulate_gradient(torch.zeros_like(x_adv), model, x_adv, y, chunk_size=chunk_size)

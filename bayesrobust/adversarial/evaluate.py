@@ -16,27 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..models.draws import DrawSet, draw_probabilities
 from ..models.posterior import Posterior
-from .base import check_inputs, chunks
-from .draws import DrawSet
-
-
-def draw_probabilities(model: Posterior | DrawSet | nn.Module, *inputs: torch.Tensor,
-                       n_draws: int | None = None, chunk_size: int | None = None) -> list[torch.Tensor]:
-    """softmax f_s(x) for every draw s and every input batch, each (S, N, classes); one pass over draws.
-
-    ``model`` as in :class:`~bayesrobust.adversarial.posterior.PosteriorAverage` (a module is one draw).
-    """
-    device = inputs[0].device if inputs else "cpu"
-    draws = DrawSet.of(model, n_draws, device=device)
-    chunk_size = chunk_size or draws.chunk_size
-    out: list[list[torch.Tensor]] = [[] for _ in inputs]
-    with torch.no_grad():
-        for _ in draws:
-            for found, x in zip(out, inputs):
-                found.append(torch.cat([torch.softmax(draws.net(x[sl]), dim=-1)
-                                        for sl in chunks(x.shape[0], chunk_size)]))
-    return [torch.stack(found) for found in out]
+from .base import check_inputs
 
 
 @dataclass(frozen=True)
@@ -83,7 +65,8 @@ class Evaluation:
 
     @property
     def accuracy(self) -> float:
-        """Clean accuracy of the predictive."""
+        """Clean accuracy of the predictive, ``correct / N`` (equals
+        :func:`~bayesrobust.models.draws.predictive_accuracy` on the same images and draws)."""
         return int((self.pred == self.label).sum()) / len(self.label)
 
     @property

@@ -16,7 +16,7 @@ attack on the posterior predictive, in one of three named modes.
     arXiv:2102.11010). The average stays in the ε-ball and in [0, 1] (both convex).
 
 A deterministic model is the S = 1 case of the same code: all three modes then equal the plain attack.
-The draws are those of a :class:`~bayesrobust.adversarial.draws.DrawSet` (its ``indices`` record which).
+The draws are those of a :class:`~bayesrobust.models.draws.DrawSet` (its ``indices`` record which).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..models.draws import DrawSet
 from ..models.posterior import Posterior
 from .base import Attack, LossGradient, accumulate_gradient, check_inputs, module_gradient, per_image_loss
-from .draws import DrawSet
 
 MODES = ("mean_grad", "predictive", "mean_image")
 

@@ -15,9 +15,9 @@ import xarray as xr
 
 from .. import store
 from ..data import Data
+from ..models.draws import DrawSet
 from ..models.posterior import Posterior
 from .base import Attack
-from .draws import DrawSet
 from .evaluate import evaluate
 from .posterior import PosteriorAverage
 
@@ -69,7 +69,8 @@ def run_attack(model: Posterior, data: Data, attack: Attack, *, mode: str = "mea
         Variables ``x``, ``x_adv`` (image, channel, height, width); ``label``, ``pred``, ``pred_adv``,
         ``success``, ``failed``, ``softmax_robustness`` (image); ``probs``, ``probs_adv`` (image, class);
         ``draw_pred``, ``draw_pred_adv`` (draw, image). Coordinates ``image`` (test-set indices), ``class``,
-        ``draw`` (the posterior draw indices used). Attributes: model, inference, dataset, attack, norm,
+        ``draw`` (the posterior draw indices used) with ``chain`` and ``sample`` along it (each draw's chain
+        and sample in an HMC posterior; −1 and the draw index otherwise). Attributes: model, inference, dataset, attack, norm,
         epsilon, steps, step_size, random_start, posterior_mode, n_draws, seed, clean/adversarial accuracy,
         success rate, and the provenance of :func:`bayesrobust.store.provenance`.
     """
@@ -96,7 +97,7 @@ def run_attack(model: Posterior, data: Data, attack: Attack, *, mode: str = "mea
          "draw_pred": (("draw", "image"), cpu["draw_pred"]),
          "draw_pred_adv": (("draw", "image"), cpu["draw_pred_adv"])},
         coords={"image": data.index.numpy(), "class": np.arange(cpu["probs"].shape[1]),
-                "draw": np.asarray(draws.indices, dtype=np.int64)},
+                **draws.coords()},
         attrs=store.provenance("attack", dict(config) if config is not None else setup, **attrs))
     ds["softmax_robustness"].attrs["description"] = "1 - max_k |p_k(x) - p_k(x_adv)|, p the predictive"
     ds["success"].attrs["description"] = "correct on x and wrong on x_adv"

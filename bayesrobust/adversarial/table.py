@@ -11,9 +11,9 @@ import xarray as xr
 
 from .. import store
 from ..data import Data
+from ..models.draws import DrawSet
 from ..models.posterior import Posterior
 from .base import check_norm
-from .draws import DrawSet
 from .evaluate import evaluate
 from .pgd import PGD
 from .posterior import PosteriorAverage

@@ -6,11 +6,12 @@ agreement across draws are kept, as the uncertainty of the explanation. All thre
 pass over the draws (Welford's algorithm, sign counts), so the draws never have to sit in memory together;
 a callback receives each draw's maps, e.g. to stream them to disk.
 
-The loop follows SPEC 6: one module, draw ``j``'s weights copied in place by
-:meth:`bayesrobust.models.posterior.Posterior.iter_draws` (so draw ``j`` is the network the attack used
-with the same posterior), the explainer's hooks registered once around the loop, images batched (in
-chunks of ``batch_size``) — no Python loop over single images. Convolutional networks run in
-``channels_last`` memory format (as the attacks do), where PyTorch's CPU max-pooling is much faster.
+The loop follows SPEC 6: the draws are those of a :class:`~bayesrobust.models.draws.DrawSet` — one module,
+draw ``j``'s weights copied in place (so draw ``j`` is the network the attack used with the same
+posterior) —, the explainer's hooks registered once around the loop, images batched (in chunks of
+``batch_size``) — no Python loop over single images. The DrawSet holds the speed policy (convolutional
+networks in ``channels_last``, images in chunks of :data:`~bayesrobust.models.draws.CONV_CHUNK`), the
+same for attacks and explanations.
 """
 
 from __future__ import annotations
@@ -24,15 +25,11 @@ import numpy as np
 import torch
 
 from ..models.architectures import Network
+from ..models.draws import DrawSet, chunks
 from ..models.posterior import Posterior
 from .layers import LayerSelection, resolve_layers
-from .rules import has_convolution
 
 log = logging.getLogger(__name__)
-
-#: Images per backward pass when ``batch_size`` is not given: all of them for fully connected nets, this
-#: many for convolutional ones (larger chunks do not run faster on CPU, they only take more memory).
-CONV_BATCH = 50
 
 
 class Explainer(Protocol):
@@ -138,12 +135,15 @@ def seeded(seed: int) -> Iterator[None]:
             np.random.set_state(state)
 
 
-def default_batch_size(net: Network, n_images: int) -> int:
-    """All images for a fully connected net, :data:`CONV_BATCH` for a convolutional one."""
-    return min(n_images, CONV_BATCH) if has_convolution(net) else n_images
+def posterior_draws(posterior: Posterior, n_draws: int | None = None, *, net: Network | None = None,
+                    device: str | torch.device = "cpu") -> DrawSet:
+    """The DrawSet an explanation runs on: draws ``0..n_draws-1`` in the posterior's floating-point type
+    (float64 posteriors are explained in float64), in ``net`` if given (else a new network on ``device``)."""
+    dtype = next(iter(posterior.params.values())).dtype
+    return DrawSet(posterior, n_draws, device=device, dtype=dtype, net=net)
 
 
-def explain_posterior(posterior: Posterior, x: torch.Tensor, explainer: Explainer, *,
+def explain_posterior(posterior: Posterior | DrawSet, x: torch.Tensor, explainer: Explainer, *,
                       layers: LayerSelection = None, n_draws: int | None = None,
                       batch_size: int | None = None, seed: int = 0, net: Network | None = None,
                       device: str | torch.device = "cpu", on_draw: DrawCallback | None = None,
@@ -153,7 +153,9 @@ def explain_posterior(posterior: Posterior, x: torch.Tensor, explainer: Explaine
     Parameters
     ----------
     posterior
-        The model; a deterministic model is a posterior with one draw.
+        The model (a deterministic model is a posterior with one draw), or the :class:`DrawSet` to explain
+        (reuse one for several explainers: the draws are generated once; ``n_draws`` and ``net`` are then
+        not used).
     x
         Images (N, C, H, W), pixels in [0, 1]; cast to the posterior's dtype.
     explainer
@@ -161,18 +163,18 @@ def explain_posterior(posterior: Posterior, x: torch.Tensor, explainer: Explaine
     layers
         Layers to explain (:func:`~bayesrobust.explain.layers.resolve_layers`): all by default.
     n_draws
-        Draws ``0..n_draws-1`` (:meth:`Posterior.resolve_n_draws`: all MCMC samples or 100 for SVI by
+        Draws ``0..n_draws-1`` (:meth:`Posterior.resolve_n_draws`: all HMC samples or 100 for SVI by
         default, 1 for a deterministic model). Use the attack's ``n_draws`` to explain the networks it
         attacked.
     batch_size
-        Images per pass (:func:`default_batch_size` by default); results do not depend on it except for
-        the random methods.
+        Images per pass (by default the DrawSet's ``chunk_size``: all images for a fully connected net, 50
+        for a convolutional one); results do not depend on it except for the random methods.
     seed
         Seeds the random methods per draw (:func:`draw_seed`), so a draw always gives the same map.
     net
-        The module to load the draws into (default: a new ``posterior.network()`` on ``device``); it holds
-        the last draw afterwards, with no hook left on it (and, if it has convolutions, its weights in
-        ``channels_last`` memory format). ``x`` is moved to its device.
+        The module to load the draws into (default: a new network on ``device``, see
+        :func:`posterior_draws`); it holds the last draw afterwards, with no hook left on it (and, if it
+        has convolutions, its weights in ``channels_last`` memory format). ``x`` is moved to its device.
     device
         Where a new network lives (ignored when ``net`` is given).
     on_draw
@@ -191,32 +193,29 @@ def explain_posterior(posterior: Posterior, x: torch.Tensor, explainer: Explaine
     ValueError
         Invalid ``layers``, ``n_draws`` or ``batch_size``.
     """
-    dtype = next(iter(posterior.params.values())).dtype
-    net = posterior.network(device=device) if net is None else net
-    net = net.to(dtype).eval()
-    if has_convolution(net):  # PyTorch's CPU max-pooling is far faster in channels_last than in NCHW
-        net = net.to(memory_format=torch.channels_last)
-    device = next(net.parameters()).device
-    x = x.detach().to(device=device, dtype=dtype)
-    idx = resolve_layers(net, layers)
-    n = posterior.resolve_n_draws(n_draws)
-    if batch_size is None:
-        batch_size = default_batch_size(net, x.shape[0])
-    if batch_size <= 0:
+    if batch_size is not None and batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    draws = posterior if isinstance(posterior, DrawSet) else posterior_draws(posterior, n_draws, net=net,
+                                                                             device=device)
+    net = draws.net
+    first = next(net.parameters())
+    x = x.detach().to(device=first.device, dtype=first.dtype)
+    idx = resolve_layers(net, layers)
+    n = len(draws)
+    parts = chunks(x.shape[0], batch_size or draws.chunk_size)
     reducer = DrawReducer()
     units = torch.empty((n, len(idx), x.shape[0]), dtype=torch.int64)
     maps = x.new_empty((len(idx), *x.shape))
     log.debug("explaining %d images with %s, %d draws, layers %s", x.shape[0], explainer.name, n, idx)
     with explainer.attached(net):
-        for j in posterior.iter_draws(net, n):
+        for position in draws:
+            j = draws.indices[position]
             with explainer.draw(net), seeded(draw_seed(seed, j)):
-                for start in range(0, x.shape[0], batch_size):
-                    part = slice(start, start + batch_size)
-                    maps[:, part], units[j, :, part] = explainer(net, x[part], idx)
+                for part in parts:
+                    maps[:, part], units[position, :, part] = explainer(net, x[part], idx)
             reducer.add(maps)
             if on_draw is not None:
-                on_draw(j, maps, units[j])
+                on_draw(j, maps, units[position])
             if progress is not None:
                 progress(1)
     mean, std, agreement = reducer.result()

@@ -13,7 +13,9 @@ posterior draw and every requested rule (or method) and layer, and returns a Dat
     the argmax unit each draw explained (over the flattened layer output; the class for the last layer);
 
 coordinates ``input`` = ``clean``/``adversarial``, ``rule`` (rule, composite or method names), ``layer``
-(indices) with ``layer_name`` (module names), ``image`` (the attack's test-set indices), ``draw``; the
+(indices) with ``layer_name`` (module names), ``image`` (the attack's test-set indices), ``draw`` with
+``chain`` and ``sample`` along it (each draw's chain and sample in an HMC posterior, −1 and the draw index
+otherwise; the same as in the attack Dataset); the
 attack's ``label``/``success``/``failed`` per image when present; and the attack run it explains in its
 attributes. With ``draws_path``, every draw's maps are also streamed, draw by draw, into a zarr store as
 ``relevance_draws`` (input, rule, layer, draw, image, channel, height, width) next to the summary
@@ -34,7 +36,7 @@ import xarray as xr
 
 from .. import store
 from ..models.posterior import Posterior
-from .bayesian import Explainer, explain_posterior
+from .bayesian import Explainer, explain_posterior, posterior_draws
 from .captum_methods import METHODS, CaptumMethod
 from .layers import LayerSelection, layer_names, resolve_layers
 from .lrp import LRP
@@ -184,14 +186,14 @@ def explain_attack(posterior: Posterior, attack: xr.Dataset, explainers: Sequenc
     n_images = x.shape[0]
     if n_draws is None and "n_draws" in attack.attrs and posterior.kind != "deterministic":
         n_draws = int(attack.attrs["n_draws"])
-    n = posterior.resolve_n_draws(n_draws)
-    net = posterior.network(device=device)
+    draws = posterior_draws(posterior, n_draws, device=device)  # generated once, for every explainer
+    n, net = len(draws), draws.net
     idx = resolve_layers(net, layers)
     both = torch.cat([x, x_adv])
     image_shape = tuple(x.shape[1:])
     coords = {"input": _text(INPUTS), "rule": _text(names), "layer": idx,
               "layer_name": ("layer", _text(layer_names(net, idx))),
-              "image": attack["image"].values, "draw": np.arange(n), "channel": np.arange(image_shape[0]),
+              "image": attack["image"].values, **draws.coords(), "channel": np.arange(image_shape[0]),
               "height": np.arange(image_shape[1]), "width": np.arange(image_shape[2])}
     map_shape = (len(INPUTS), len(explainers), len(idx), n_images, *image_shape)
     summary = {name: np.empty(map_shape, dtype=np.float32)
@@ -201,8 +203,8 @@ def explain_attack(posterior: Posterior, attack: xr.Dataset, explainers: Sequenc
     def run(on_draw_for: Callable[[int], Any] | None) -> None:
         nonlocal units
         for r, explainer in enumerate(explainers):
-            result = explain_posterior(posterior, both, explainer, layers=idx, n_draws=n, batch_size=batch_size,
-                                       seed=seed, net=net, progress=progress,
+            result = explain_posterior(draws, both, explainer, layers=idx, batch_size=batch_size,
+                                       seed=seed, progress=progress,
                                        on_draw=on_draw_for(r) if on_draw_for is not None else None)
             for name, value in zip(summary, (result.mean, result.std, result.sign_agreement)):
                 summary[name][:, r] = _split_inputs(value, n_images)

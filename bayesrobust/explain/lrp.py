@@ -9,11 +9,11 @@ Used on a posterior, the composite is registered **once** on one module whose we
 draw (registering per draw is several times slower, SPEC 6)::
 
     lrp = LRP("epsilon")
-    net = posterior.network()
-    with lrp.attached(net):
-        for j in posterior.iter_draws(net, n):
-            with lrp.draw(net):          # canonizers (BatchNorm merge) for draw j's weights
-                relevance, units = lrp(net, x, layers)
+    draws = DrawSet(posterior, n)        # bayesrobust.models.draws
+    with lrp.attached(draws.net):
+        for _ in draws:
+            with lrp.draw(draws.net):    # canonizers (BatchNorm merge) for this draw's weights
+                relevance, units = lrp(draws.net, x, layers)
 
 References
 ----------

@@ -54,7 +54,7 @@ from zennit.composites import COMPOSITES as _ZENNIT_COMPOSITES
 from zennit.composites import LayerMapComposite, layer_map_base
 from zennit.core import Composite, Hook, stabilize
 from zennit.rules import Gamma, Pass, ZPlus
-from zennit.types import BatchNorm, Convolution, Linear
+from zennit.types import BatchNorm, Linear
 
 from ..models.architectures import Normalize
 
@@ -259,8 +259,3 @@ def canonizers_for(net: nn.Module) -> list[Canonizer]:
     if any(isinstance(m, BatchNorm) for m in net.modules()):
         return [SequentialMergeBatchNorm()]
     return []
-
-
-def has_convolution(net: nn.Module) -> bool:
-    """Whether ``net`` has any convolutional module."""
-    return any(isinstance(m, Convolution) for m in net.modules())

@@ -33,17 +33,22 @@ RHAT_WARN = 1.1
 
 
 def diagnostics(samples: dict[str, np.ndarray], divergences: list[int]) -> dict[str, Any]:
-    """Convergence summary of MCMC ``samples`` (name → (chain, draw, ...)) with arviz.
+    """Convergence summary of MCMC ``samples`` (name → (chain, draw, ...)) with ArviZ 1.x.
+
+    The samples become an ArviZ DataTree (``arviz_base.from_dict``, group ``posterior``); rank-normalised
+    split R-hat and bulk/tail ESS are ``arviz_stats.rhat``/``ess`` (ArviZ 1.x is arviz-base + arviz-stats;
+    ``arviz.rhat`` there is the same function).
 
     Returns a JSON-serialisable dict: ``rhat_max``, ``ess_bulk_min``, ``ess_tail_min`` over all scalar
     parameters (NaN when there is a single chain), per-site maxima/minima, ``divergences`` per chain and
     their total.
     """
-    import arviz as az
-    idata = az.from_dict(posterior=samples)
-    rhat = az.rhat(idata)
-    bulk = az.ess(idata, method="bulk")
-    tail = az.ess(idata, method="tail")
+    from arviz_base import from_dict
+    from arviz_stats import ess, rhat as split_rhat
+    tree = from_dict({"posterior": samples})
+    rhat = split_rhat(tree)
+    bulk = ess(tree, method="bulk")
+    tail = ess(tree, method="tail")
     per_site = {}
     for name in samples:
         per_site[name] = {"rhat_max": float(np.nanmax(rhat[name].values)) if np.isfinite(rhat[name].values).any() else float("nan"),
@@ -81,7 +86,7 @@ def train_hmc(arch: ArchConfig, data: Data, cfg: HMCConfig, prior_scale: float =
 
     Returns
     -------
-    A ``Posterior`` of kind ``'mcmc'`` whose parameters have leading dims (chain, sample); the diagnostics
+    A ``Posterior`` of kind ``'hmc'`` whose parameters have leading dims (chain, sample); the diagnostics
     of :func:`diagnostics` are in ``config['diagnostics']``, per-chain wall time in ``extra``. A
     ``RuntimeWarning`` is issued when R-hat > 1.1 or any transition diverged.
     """
@@ -126,5 +131,5 @@ def train_hmc(arch: ArchConfig, data: Data, cfg: HMCConfig, prior_scale: float =
                       f"consider more warmup/samples or chains", RuntimeWarning, stacklevel=2)
     params = {site_to_param(k): v for k, v in stacked.items()}
     buffers = {k: v.detach().cpu().clone() for k, v in model.net.named_buffers()}
-    return Posterior(arch, "mcmc", params, buffers=buffers, seed=seed, config={"diagnostics": diag},
+    return Posterior(arch, "hmc", params, buffers=buffers, seed=seed, config={"diagnostics": diag},
                      extra={"chain_seconds": torch.tensor(seconds)})

@@ -1,18 +1,17 @@
 """Posteriors as numbered draws of a plain network (SPEC 1.3).
 
 Every trained model is a :class:`Posterior`: a deterministic network is a posterior with one draw, an SVI
-posterior is a mean-field Normal over the parameters, an MCMC posterior is a set of samples. Later stages
+posterior is a mean-field Normal over the parameters, an HMC posterior is a set of samples (kind ``'hmc'``,
+the name of the inference on the command line and in every stored attribute). Later stages
 (attacks, explanations) never ask which: they ask for ``n`` draws and get the same networks every time.
 
 Draw ``j`` is fixed by the posterior alone, never by how many draws are requested: for SVI the noise of draw
-``j`` comes from a generator seeded with ``(seed, j)``; for MCMC draw ``j`` is sample ``order[j]`` of a
-permutation seeded with ``seed`` (so the first ``n`` draws are a random subset without replacement).
+``j`` comes from a generator seeded with ``(seed, j)``; for HMC draw ``j`` is sample ``order[j]`` of a
+permutation seeded with ``seed`` (so the first ``n`` draws are a random subset without replacement), and
+:meth:`Posterior.draw_coords` tells which chain and sample that is.
 
-The fast way to use many draws on one machine (SPEC 6) is one module whose weights are swapped in place::
-
-    net = posterior.network()
-    for j in posterior.iter_draws(net, n):
-        ...  # net now holds draw j
+The one way to use many draws (SPEC 6) is :class:`bayesrobust.models.draws.DrawSet`: one module whose
+weights are swapped in place, draw by draw. :func:`to_arviz` exports a posterior to ArviZ.
 """
 
 from __future__ import annotations
@@ -23,14 +22,19 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
 from .architectures import ArchConfig, Network, build
 
-KINDS = ("deterministic", "svi", "mcmc")
+if TYPE_CHECKING:
+    import xarray as xr
+
+KINDS = ("deterministic", "svi", "hmc")
+#: Kind names of older checkpoints → current names (read by :meth:`Posterior.load`).
+LEGACY_KINDS = {"mcmc": "hmc"}
 WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "config.json"
 DIAGNOSTICS_FILE = "diagnostics.json"
@@ -52,7 +56,7 @@ class Posterior:
         The architecture; draws are :class:`~bayesrobust.models.architectures.Network` instances of it.
     kind
         ``'deterministic'`` (``params`` are the weights), ``'svi'`` (``params`` are the means, ``scales`` the
-        standard deviations of a mean-field Normal) or ``'mcmc'`` (``params`` are samples with leading
+        standard deviations of a mean-field Normal) or ``'hmc'`` (``params`` are samples with leading
         dims ``(chain, sample)``).
     buffers
         Non-learnable state shared by every draw (BatchNorm running statistics).
@@ -83,22 +87,22 @@ class Posterior:
     # -- size ------------------------------------------------------------------------------------------
     @property
     def max_draws(self) -> int | None:
-        """How many distinct draws exist: 1, the number of MCMC samples, or ``None`` (unbounded, SVI)."""
+        """How many distinct draws exist: 1, the number of HMC samples, or ``None`` (unbounded, SVI)."""
         if self.kind == "deterministic":
             return 1
-        if self.kind == "mcmc":
+        if self.kind == "hmc":
             first = next(iter(self.params.values()))
             return int(first.shape[0] * first.shape[1])
         return None
 
     def resolve_n_draws(self, n: int | None) -> int:
         """The number of draws to use when ``n`` are asked for: always 1 for a deterministic model;
-        ``None`` means all MCMC samples (or 100 for SVI).
+        ``None`` means all HMC samples (or 100 for SVI).
 
         Raises
         ------
         ValueError
-            ``n`` is not positive, or more than the MCMC samples that exist.
+            ``n`` is not positive, or more than the HMC samples that exist.
         """
         if self.kind == "deterministic":
             return 1
@@ -126,10 +130,37 @@ class Posterior:
         assert n is not None
         if not 0 <= j < n:
             raise IndexError(f"draw {j} out of range: this MCMC posterior has {n} samples")
-        if self._order is None:
-            self._order = torch.randperm(n, generator=torch.Generator().manual_seed(int(self.seed)))
-        flat = int(self._order[j])
+        flat = int(self._flat_order()[j])
         return {k: v.reshape(n, *v.shape[2:])[flat] for k, v in self.params.items()}
+
+    def _flat_order(self) -> torch.Tensor:
+        """HMC: the seeded permutation of the flattened (chain, sample) index; draw ``j`` is ``order[j]``."""
+        if self._order is None:
+            n = self.max_draws
+            self._order = torch.randperm(n, generator=torch.Generator().manual_seed(int(self.seed)))
+        return self._order
+
+    def draw_coords(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(chain, sample)`` of each draw in ``indices``, two int64 arrays.
+
+        For HMC, draw ``j`` is sample ``sample[j]`` of chain ``chain[j]`` (``params[k][chain, sample]``);
+        SVI and deterministic draws have no chain: chain −1 and sample ``j``.
+
+        Raises
+        ------
+        IndexError
+            An index out of range (HMC: beyond the samples; deterministic: not 0).
+        """
+        idx = np.asarray(list(indices), dtype=np.int64).reshape(-1)
+        n = self.max_draws
+        if n is not None and idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f"draw indices {idx.tolist()} out of range: this {self.kind} posterior has {n} "
+                             f"draw(s)")
+        if self.kind != "hmc":
+            return np.full(idx.shape, -1, dtype=np.int64), idx.copy()
+        per_chain = int(next(iter(self.params.values())).shape[1])
+        flat = self._flat_order().numpy().astype(np.int64)[idx]
+        return flat // per_chain, flat % per_chain
 
     def network(self, j: int = 0, device: str | torch.device = "cpu") -> Network:
         """A new plain network holding draw ``j``, in eval mode."""
@@ -142,27 +173,9 @@ class Posterior:
         draws = [self.draw_params(j) for j in range(n)]
         return {k: torch.stack([d[k] for d in draws]) for k in draws[0]}
 
-    def iter_draws(self, net: Network, n: int | None = None) -> Iterator[int]:
-        """Copy draws ``0..n-1`` into ``net`` in place, one at a time, yielding the draw index.
-
-        Works with hooks registered on ``net`` (the module objects never change). The weights of the
-        last draw stay in ``net`` afterwards.
-        """
-        n = self.resolve_n_draws(n)
-        targets = dict(net.named_parameters())
-        buffers = dict(net.named_buffers())
-        with torch.no_grad():
-            for k, v in self.buffers.items():
-                buffers[k].copy_(v)
-        for j in range(n):
-            with torch.no_grad():
-                for k, v in self.draw_params(j).items():
-                    targets[k].copy_(v)
-            yield j
-
     # -- checkpoints -----------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        """Write ``weights.pt`` (tensors only), ``config.json`` (and, for MCMC, ``diagnostics.json``) into
+        """Write ``weights.pt`` (tensors only), ``config.json`` (and, for HMC, ``diagnostics.json``) into
         ``directory``, atomically: all go
         into a temporary sibling folder that replaces ``directory`` only when complete."""
         directory = Path(directory)
@@ -209,7 +222,8 @@ class Posterior:
         if arch is not None and saved != arch:
             raise ValueError(f"checkpoint {directory} holds architecture {saved} but {arch} was requested")
         tensors = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        return cls(saved, meta["kind"], tensors["params"], tensors["scales"], tensors["buffers"],
+        kind = LEGACY_KINDS.get(meta["kind"], meta["kind"])
+        return cls(saved, kind, tensors["params"], tensors["scales"], tensors["buffers"],
                    meta["config"], tensors["extra"], int(meta["seed"]))
 
 
@@ -218,3 +232,76 @@ def deterministic(net: Network, config: dict | None = None) -> Posterior:
     params = {k: v.detach().cpu().clone() for k, v in net.named_parameters()}
     buffers = {k: v.detach().cpu().clone() for k, v in net.named_buffers()}
     return Posterior(net.arch, "deterministic", params, buffers=buffers, config=config or {})
+
+
+def to_arviz(posterior: Posterior, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
+             n_draws: int | None = None, *, device: str | torch.device = "cpu") -> "xr.DataTree":
+    """The posterior as an ArviZ 1.x DataTree (``arviz_base.from_dict``), with dims ``(chain, draw)``.
+
+    Groups:
+
+    ``posterior``
+        The weight samples, one variable per parameter (state-dict names), ``(chain, draw, *shape)``.
+        HMC: every sample, ``chain`` and ``draw`` being the sampler's chain and sample (the
+        ``chain``/``sample`` coordinates of stored results); SVI and deterministic: one chain
+        (coordinate −1) holding draws ``0..n_draws-1``.
+    ``log_likelihood``, ``predictions``, ``observed_data`` (when ``x`` and ``y`` are given)
+        ``y``: log p_s(y_i | x_i) of each draw s (log-softmax of the true class), ``(chain, draw, obs)``;
+        predictions ``probs`` (chain, draw, obs, class) (the same predictive as
+        :func:`~bayesrobust.models.draws.draw_probabilities`, computed through a DrawSet) and ``y``, each
+        draw's predicted class; observed ``y`` (obs).
+
+    Parameters
+    ----------
+    n_draws
+        SVI/deterministic: the draws to export (:meth:`Posterior.resolve_n_draws`). HMC exports all samples
+        (R-hat and ESS need whole chains); ``n_draws`` must then be ``None`` or their number.
+
+    Raises
+    ------
+    ValueError
+        Only one of ``x``, ``y`` given, or ``n_draws`` asked of an HMC posterior other than all samples.
+    """
+    from arviz_base import from_dict
+
+    from .draws import DrawSet, draw_probabilities
+
+    if (x is None) != (y is None):
+        raise ValueError("give both x and y (held-out images and labels) or neither")
+    if posterior.kind == "hmc":
+        if n_draws is not None and n_draws != posterior.max_draws:
+            raise ValueError(f"to_arviz exports all {posterior.max_draws} HMC samples (whole chains); "
+                             f"got n_draws={n_draws}")
+        first = next(iter(posterior.params.values()))
+        shape = (int(first.shape[0]), int(first.shape[1]))
+        weights = {k: v.detach().cpu().numpy() for k, v in posterior.params.items()}
+        chain_coord, draw_coord = np.arange(shape[0]), np.arange(shape[1])
+        n = posterior.max_draws
+    else:
+        n = posterior.resolve_n_draws(n_draws)
+        shape = (1, n)
+        weights = {k: v.detach().cpu().numpy()[None] for k, v in posterior.stacked_params(n).items()}
+        chain_coord, draw_coord = np.array([-1]), np.arange(n)
+    data: dict[str, dict[str, np.ndarray]] = {"posterior": weights}
+    dims: dict[str, list[str]] = {}
+    coords: dict[str, np.ndarray] = {"chain": chain_coord, "draw": draw_coord}
+    if x is not None and y is not None:
+        draws = DrawSet(posterior, n, device=device)
+        log_probs = draw_probabilities(draws, x.to(draws.device()), log=True)[0].cpu()  # (S, N, classes)
+        labels = y.detach().cpu().long()
+        # grid position of each draw: HMC (chain, sample); otherwise (0, j)
+        rows = np.asarray(draws.chains) if posterior.kind == "hmc" else np.zeros(n, dtype=np.int64)
+        cols = np.asarray(draws.samples)
+        n_images, n_classes = log_probs.shape[1:]
+        loglik = np.empty((*shape, n_images), dtype=np.float64)
+        probs = np.empty((*shape, n_images, n_classes), dtype=np.float64)
+        loglik[rows, cols] = log_probs.gather(-1, labels.expand(n, -1)[..., None])[..., 0].double().numpy()
+        probs[rows, cols] = log_probs.exp().double().numpy()
+        data["log_likelihood"] = {"y": loglik}
+        data["predictions"] = {"y": probs.argmax(-1), "probs": probs}
+        data["observed_data"] = {"y": labels.numpy()}
+        dims.update(y=["obs"], probs=["obs", "class"])
+        coords.update(obs=np.arange(n_images), **{"class": np.arange(n_classes)})
+    return from_dict(data, dims=dims, coords=coords, pred_dims=dims, pred_coords=coords,
+                     attrs={"/": {"inference": posterior.kind, "arch": posterior.arch.name,
+                                  "seed": int(posterior.seed)}})

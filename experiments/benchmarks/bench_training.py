@@ -13,7 +13,7 @@ import time
 import torch
 
 from bayesrobust import data
-from bayesrobust.models.predict import accuracy
+from bayesrobust.models.draws import predictive_accuracy as accuracy
 from bayesrobust.presets import get_preset
 from bayesrobust.inference import train_model
 

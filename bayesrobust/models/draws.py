@@ -1,0 +1,231 @@
+"""The one path to posterior draws: S draws swapped into one module in place, and the predictive (SPEC 1.3, 1.4, 6).
+
+Attacks, their evaluation, explanations and the test accuracy at training time all visit draws through a
+:class:`DrawSet`, so draw ``j`` is the same network everywhere: :meth:`Posterior.draw_params(j)
+<bayesrobust.models.posterior.Posterior.draw_params>`, i.e. what ``posterior.network(j)`` holds. A DrawSet
+computes each draw's parameters once (for SVI one Gaussian sample per parameter, several ms per draw) and
+copies them into a single network, so every visit (PGD: one per step) costs one memory copy; images stay
+batched. A plain module is the one-draw case (:meth:`DrawSet.from_module`). Each draw keeps its identity:
+its ``(chain, sample)`` in the posterior (:meth:`Posterior.draw_coords`), recorded as coordinates of every
+stored result with a ``draw`` dimension (:meth:`DrawSet.coords`).
+
+Speed on CPU (measured by ``experiments/benchmarks/bench_attacks.py``): this module holds the whole
+policy. A network with convolutions is kept in ``channels_last`` memory format, which makes PyTorch's CPU
+max-pooling about 15x faster than in NCHW (for the paper's ``conv`` net it dominated the gradient), and its
+images are passed in chunks of :data:`CONV_CHUNK` (activations stay in cache; larger chunks are not faster,
+only bigger); fully connected networks take the whole batch at once.
+
+The predictive is :func:`draw_probabilities` (softmax of every draw) and :func:`predictive_accuracy` (the
+accuracy of the mean softmax's argmax), the same computation as the clean accuracy of an attack run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .posterior import Posterior
+
+#: Images per forward/backward pass for networks with convolutions (fastest on the 2-core CPU measured).
+CONV_CHUNK = 50
+#: Largest total size (bytes) of the draws a :class:`DrawSet` materialises up front; above it, each draw's
+#: parameters are generated again whenever the draw is loaded (identical values, more time per load).
+DRAW_BUDGET_BYTES = 2**30
+
+
+def has_convolution(net: nn.Module) -> bool:
+    """Whether ``net`` has a convolution (then it runs in ``channels_last`` with chunked images)."""
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in net.modules())
+
+
+def default_chunk_size(net: nn.Module) -> int | None:
+    """:data:`CONV_CHUNK` for a network with convolutions, ``None`` (the whole batch) otherwise."""
+    return CONV_CHUNK if has_convolution(net) else None
+
+
+def chunks(n: int, chunk_size: int | None) -> list[slice]:
+    """Slices covering ``range(n)`` in pieces of ``chunk_size`` (``None``: one piece)."""
+    size = max(n if not chunk_size else chunk_size, 1)
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+class DrawSet:
+    """Draws ``0..S-1`` of a posterior, loaded one at a time into :attr:`net`.
+
+    Parameters
+    ----------
+    posterior
+        The trained model; a deterministic one always gives S = 1.
+    n_draws
+        S; ``None`` means the posterior's default (all HMC samples, 100 for SVI), see
+        :meth:`Posterior.resolve_n_draws`.
+    device
+        Where the network and the cached draws live.
+    dtype
+        Floating-point type of the network (default: that of ``net`` if given, else float32, the type
+        :func:`~bayesrobust.models.architectures.build` makes); float64 for exact tests.
+    net
+        The module to load the draws into (default: a new network of the posterior's architecture, with
+        ``requires_grad=False`` parameters). A given module is put in eval mode, cast to ``dtype`` and, if
+        it has convolutions, to ``channels_last``; it receives the posterior's buffers and then each draw.
+    max_bytes
+        Memory budget of the materialised draws (default :data:`DRAW_BUDGET_BYTES`). When S draws'
+        parameters would take more, they are not kept: each :meth:`load` generates the draw's parameters
+        again with :meth:`Posterior.draw_params` (results are identical either way; loading is slower,
+        e.g. for the ``conv`` h=512 net with S=100 SVI draws).
+
+    Attributes
+    ----------
+    net : torch.nn.Module
+        The one module (eval mode) that holds the current draw.
+    indices : tuple[int, ...]
+        The posterior draw indices, recorded as the ``draw`` coordinate of results.
+    chains, samples : tuple[int, ...]
+        Each draw's chain and sample in the posterior (chain −1 and sample ``j`` for SVI and deterministic
+        draws), recorded as the ``chain`` and ``sample`` coordinates along ``draw``.
+    chunk_size : int or None
+        Images per pass that callers use unless told otherwise (:func:`default_chunk_size`).
+    lazy : bool
+        Whether draws are generated on load instead of kept (see ``max_bytes``).
+
+    Raises
+    ------
+    ValueError
+        ``n_draws`` not positive, or more than an HMC posterior's samples.
+
+    Examples
+    --------
+    >>> draws = DrawSet(posterior, 100)                   # doctest: +SKIP
+    >>> for position in draws:                            # draws.net now holds draw draws.indices[position]
+    ...     logits = draws.net(x)
+    """
+
+    def __init__(self, posterior: Posterior, n_draws: int | None = None, *,
+                 device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                 net: nn.Module | None = None, max_bytes: int = DRAW_BUDGET_BYTES):
+        n = posterior.resolve_n_draws(n_draws)
+        self.indices: tuple[int, ...] = tuple(range(n))
+        chain, sample = posterior.draw_coords(self.indices)
+        self.chains: tuple[int, ...] = tuple(int(c) for c in chain)
+        self.samples: tuple[int, ...] = tuple(int(s) for s in sample)
+        if net is None:
+            net = posterior.network(0, device).to(dtype=dtype).requires_grad_(False)
+        else:
+            net = net.to(dtype=dtype).eval()
+        self._format = torch.channels_last if has_convolution(net) else torch.contiguous_format
+        self.net: nn.Module = net.to(memory_format=self._format)
+        self.chunk_size = default_chunk_size(self.net)
+        self._targets = dict(self.net.named_parameters())
+        first = next(iter(self._targets.values()))
+        self._device, self._dtype = first.device, first.dtype
+        buffers = dict(self.net.named_buffers())
+        with torch.no_grad():  # after the cast: a float64 buffer must not pass through float32
+            for k, v in posterior.buffers.items():
+                buffers[k].copy_(v)
+        self._posterior = posterior
+        per_draw = sum(v.numel() for v in self._targets.values()) * first.element_size()
+        self.lazy = n * per_draw > max_bytes
+        self._params = None if self.lazy else [self._prepare(posterior.draw_params(j)) for j in self.indices]
+        self._loaded: int | None = None
+
+    def _prepare(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A draw's parameters on the network's device and dtype, in its memory format."""
+        return {k: v.to(self._device, self._dtype).contiguous(
+            memory_format=self._format if v.dim() == 4 else torch.contiguous_format) for k, v in params.items()}
+
+    @classmethod
+    def from_module(cls, module: nn.Module) -> "DrawSet":
+        """A plain module as a one-draw set (the module is used as is: not copied, mode unchanged)."""
+        self = cls.__new__(cls)
+        self.indices, self.chains, self.samples = (0,), (-1,), (0,)
+        self.net = module
+        self.chunk_size = default_chunk_size(module)
+        self.lazy = False
+        self._targets = {}
+        self._params = [{}]
+        self._loaded = 0
+        return self
+
+    @classmethod
+    def of(cls, model: "Posterior | nn.Module | DrawSet", n_draws: int | None = None, *,
+           device: str | torch.device = "cpu") -> "DrawSet":
+        """``model`` as a DrawSet: a DrawSet is returned as is, a module is one draw."""
+        if isinstance(model, DrawSet):
+            return model
+        if isinstance(model, nn.Module):
+            return cls.from_module(model)
+        if isinstance(model, Posterior):
+            return cls(model, n_draws, device=device)
+        raise TypeError(f"expected a Posterior, a DrawSet or a torch.nn.Module, got {type(model).__name__}")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, position: int) -> None:
+        """Copy draw ``indices[position]`` into :attr:`net` (nothing to do if it is already there)."""
+        if self._loaded == position:
+            return
+        self._loaded = None  # until the copy is complete
+        params = (self._prepare(self._posterior.draw_params(self.indices[position])) if self.lazy
+                  else self._params[position])
+        with torch.no_grad():
+            for k, v in params.items():
+                self._targets[k].copy_(v)
+        self._loaded = position
+
+    def __iter__(self) -> Iterator[int]:
+        """Load each draw in turn, yielding its position ``0..S-1``."""
+        for position in range(len(self.indices)):
+            self.load(position)
+            yield position
+
+    def device(self) -> torch.device:
+        first = next(iter(self.net.parameters()), None)
+        return first.device if first is not None else torch.device("cpu")
+
+    def coords(self) -> dict[str, Any]:
+        """The ``draw`` coordinate with ``chain`` and ``sample`` along it, for an xarray Dataset."""
+        return {"draw": np.asarray(self.indices, dtype=np.int64),
+                "chain": ("draw", np.asarray(self.chains, dtype=np.int64)),
+                "sample": ("draw", np.asarray(self.samples, dtype=np.int64))}
+
+
+def draw_probabilities(model: Posterior | DrawSet | nn.Module, *inputs: torch.Tensor,
+                       n_draws: int | None = None, chunk_size: int | None = None,
+                       log: bool = False) -> list[torch.Tensor]:
+    """softmax f_s(x) for every draw s and every input batch: one (S, N, classes) tensor per input, in one
+    pass over the draws.
+
+    ``model``: a :class:`Posterior` (its ``n_draws`` draws, on the inputs' device), a :class:`DrawSet` (its
+    draws) or a plain module (one draw). ``chunk_size`` images per pass (default the DrawSet's);
+    ``log=True`` gives log-softmax instead.
+    """
+    device = inputs[0].device if inputs else "cpu"
+    draws = DrawSet.of(model, n_draws, device=device)
+    chunk_size = chunk_size or draws.chunk_size
+    normalise = torch.log_softmax if log else torch.softmax
+    out: list[list[torch.Tensor]] = [[] for _ in inputs]
+    with torch.no_grad():
+        for _ in draws:
+            for found, x in zip(out, inputs):
+                found.append(torch.cat([normalise(draws.net(x[sl]), dim=-1)
+                                        for sl in chunks(x.shape[0], chunk_size)]))
+    return [torch.stack(found) for found in out]
+
+
+def predictive_accuracy(model: Posterior | DrawSet | nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        n_draws: int | None = None, device: str | torch.device = "cpu") -> float:
+    """Accuracy on ``(x, y)`` of the posterior predictive's argmax, ``correct / N`` (a Python float).
+
+    The same computation as the clean ``accuracy`` of :func:`~bayesrobust.adversarial.run.run_attack` on the
+    same images and draws. ``x`` (N, C, H, W) in [0, 1] and ``y`` (N,) are moved to ``device`` (for a
+    DrawSet: its device).
+    """
+    if isinstance(model, DrawSet):
+        device = model.device()
+    x, y = x.to(device), y.to(device)
+    probs = draw_probabilities(DrawSet.of(model, n_draws, device=device), x)[0]
+    return int((probs.mean(0).argmax(dim=-1) == y).sum()) / len(y)
