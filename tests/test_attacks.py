@@ -9,8 +9,18 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 
-from bayesrobust.adversarial import (FGSM, MODES, PGD, DrawSet, PosteriorAverage, evaluate, make_attack,
-                                 perturbation_norm, robustness_table, run_attack)
+from bayesrobust.adversarial import (
+    FGSM,
+    MODES,
+    PGD,
+    DrawSet,
+    PosteriorAverage,
+    evaluate,
+    make_attack,
+    perturbation_norm,
+    robustness_table,
+    run_attack,
+)
 from bayesrobust.adversarial.posterior import mean_grad_gradient, predictive_gradient
 from bayesrobust.data import Data, balanced_subset, load
 from bayesrobust.models.architectures import ArchConfig, build

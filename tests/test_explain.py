@@ -22,8 +22,16 @@ from torch import nn
 from zennit.rules import Epsilon
 
 from bayesrobust import store
-from bayesrobust.explain import (LRP, CaptumMethod, DrawReducer, check_attack, explain_attack, explain_posterior,
-                                 make_explainers, resolve_layers)
+from bayesrobust.explain import (
+    LRP,
+    CaptumMethod,
+    DrawReducer,
+    check_attack,
+    explain_attack,
+    explain_posterior,
+    make_explainers,
+    resolve_layers,
+)
 from bayesrobust.models.architectures import ArchConfig, build
 from bayesrobust.models.posterior import Posterior, deterministic
 

@@ -7,12 +7,12 @@ import torch
 from click.testing import CliRunner
 
 from bayesrobust.adversarial import FGSM
+from bayesrobust.inference import load_model, train_model
+from bayesrobust.inference.mcmc import train_hmc
 from bayesrobust.models.architectures import ArchConfig
 from bayesrobust.models.predict import accuracy
 from bayesrobust.presets import HMCConfig, get_preset, override_training
 from bayesrobust.train import main as train_cli
-from bayesrobust.inference import load_model, train_model
-from bayesrobust.inference.mcmc import train_hmc
 
 QUICK = get_preset("quick")
 
@@ -77,7 +77,8 @@ def test_train_cli_writes_a_loadable_model(tmp_path):
     (["--model", "baseNN", "--preset", "quick", "--dataset", "svhn"], "Invalid value for '--dataset'"),
     (["--model", "baseNN", "--preset", "quick", "--epochs", "-1"], "Error: epochs must be non-negative, got -1"),
     (["--model", "baseNN", "--preset", "mnist_conv"], "Error: dataset 'mnist' is read from disk: pass data_root"),
-    (["--model", "baseNN", "--preset", "mnist_conv", "--data-root", "{tmp}"], "Error: dataset 'mnist' (test) not found"),
+    (["--model", "baseNN", "--preset", "mnist_conv", "--data-root", "{tmp}"],
+     "Error: dataset 'mnist' (test) not found"),
     (["--model", "fullBNN", "--preset", "quick", "--device", "cuda:7"], "Error: --device cuda:7 requested"),
 ])
 def test_train_cli_bad_input_is_one_line(tmp_path, args, message):
@@ -98,8 +99,8 @@ def test_load_model_names_the_train_command(tmp_path):
 
 
 def test_pgd_l2_adversarial_training_with_a_clean_share(mnist5k_train):
-    from bayesrobust.presets import AdvConfig, OptimConfig
     from bayesrobust.inference import train_network
+    from bayesrobust.presets import AdvConfig, OptimConfig
     small = mnist5k_train.subset(torch.arange(256))
     net, hist = train_network(ArchConfig("fc2", 8), small, OptimConfig(epochs=1, batch_size=64),
                               AdvConfig(attack="pgd", norm="l2", epsilon=1.0, steps=3, adv_ratio=0.5))
@@ -108,8 +109,8 @@ def test_pgd_l2_adversarial_training_with_a_clean_share(mnist5k_train):
 
 
 def test_bad_training_settings_are_named():
-    from bayesrobust.presets import AdvConfig
     from bayesrobust.inference.deterministic import make_attack
+    from bayesrobust.presets import AdvConfig
     with pytest.raises(ValueError, match=r"adv_ratio must be in \[0, 1\], got 1.5"):
         make_attack(AdvConfig(adv_ratio=1.5))
     with pytest.raises(ValueError, match="FGSM is an Linf attack; got norm 'l2'"):
