@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from click.testing import CliRunner
+from torch import nn
 
 from bayesrobust.adversarial import FGSM
 from bayesrobust.inference import load_model, train_model
@@ -127,3 +128,34 @@ def test_bad_training_settings_are_named():
         train_model(QUICK, "fullBNN", "vi")
     with pytest.raises(ValueError, match="need warmup >= 0, samples > 0 and chains > 0"):
         train_hmc(ArchConfig("fc2", 4), None, HMCConfig(samples=0))
+
+
+@pytest.mark.parametrize("ratio, batch, n, expected", [
+    (0.25, 32, 100, [8, 8, 8, 1]),  # the last batch of 4: round(0.25 · 4) = 1
+    (0.5, 30, 70, [15, 15, 5]),
+    (1.0, 32, 64, [32, 32]),
+    (0.0, 32, 64, []),  # no attack at all
+])
+def test_adv_ratio_is_the_adversarial_share_of_every_batch(mnist5k_train, monkeypatch, ratio, batch, n, expected):
+    """advNN attacks round(adv_ratio · batch size) images of every batch (the attack is wrapped to count what it
+    is given) and trains on a batch of the full size."""
+    from bayesrobust.inference import deterministic as training
+    from bayesrobust.presets import AdvConfig, OptimConfig
+    given, trained_on = [], []
+    make = training.make_attack
+
+    def counting(cfg):
+        attack = make(cfg)
+
+        def run(net, x, y, **kwargs):
+            given.append(len(x))
+            assert len(y) == len(x)
+            return attack(net, x, y, **kwargs)
+        return run
+    monkeypatch.setattr(training, "make_attack", counting)
+    monkeypatch.setattr(training.nn.CrossEntropyLoss, "forward",
+                        lambda self, logits, y: trained_on.append(len(y)) or nn.functional.cross_entropy(logits, y))
+    training.train_network(ArchConfig("fc2", 4), mnist5k_train.subset(torch.arange(n)),
+                           OptimConfig(epochs=1, batch_size=batch), AdvConfig(epsilon=0.1, adv_ratio=ratio))
+    assert given == expected
+    assert trained_on == [min(batch, n - k * batch) for k in range(-(-n // batch))]
