@@ -347,5 +347,5 @@ def test_evaluate_shape_mismatch(trained, test_images):
 
 
 def test_table_bad_norm(trained, test_images):
-    with pytest.raises(ValueError, match="unknown norm 'l1'"):
+    with pytest.raises(ValueError, match="unknown norm 'l1'; expected one of linf, l2"):
         robustness_table(deterministic(trained), test_images, epsilons={"l1": (0.1,)})

@@ -48,9 +48,10 @@ def test_unknown_names_list_the_valid_ones():
 def test_missing_data_says_where_it_looked(tmp_path):
     with pytest.raises(datasets.DataNotFoundError, match=r"looked for train-images-idx3-ubyte.*FashionMNIST/raw"):
         datasets.load("fashion_mnist", "train", tmp_path)
-    with pytest.raises(datasets.DataNotFoundError, match="cifar-10-batches-py"):
+    with pytest.raises(datasets.DataNotFoundError,
+                       match=r"dataset 'cifar10' not found: looked for .*cifar-10-batches-py"):
         datasets.load("cifar10", "train", tmp_path)
-    with pytest.raises(datasets.DataNotFoundError, match="does not exist"):
+    with pytest.raises(datasets.DataNotFoundError, match=r"data root .*nope does not exist \(dataset 'mnist'\)"):
         datasets.load("mnist", "train", tmp_path / "nope")
 
 

@@ -354,16 +354,19 @@ def test_no_hook_or_canonizer_remains_even_after_an_exception(arch):
 
     def fail(j, maps, units):
         if j == 1:
-            raise Stop
+            raise Stop(f"stopped at draw {j}")
     for explainer in (LRP("epsilon"), LRP(composite="epsilon_plus"), CaptumMethod("saliency")):
-        with pytest.raises(Stop):
+        with pytest.raises(Stop, match="^stopped at draw 1$"):
             explain_posterior(post, x, explainer, n_draws=3, net=net, on_draw=fail)
         assert n_hooks(net) == 0
         draw = {**post.draw_params(1), **post.buffers}  # the draw in place, not its BatchNorm-merged form
         state = net.state_dict()
         assert set(state) == set(draw) and all(torch.equal(state[k], draw[k].to(dtype)) for k in draw)
     lrp = LRP("epsilon")
-    with pytest.raises(RuntimeError):  # an error inside the hooked forward: wrong channels
+    wrong_channels = {"conv": "expected input.* to have 1 channels, but got 2 channels",  # the first conv
+                      "resnet20": r"size of tensor a \(6\) must match the size of tensor b \(3\) at non-singleton "
+                                  r"dimension 1"}[arch.name]  # ResNet's Normalize: 3 channel means
+    with pytest.raises(RuntimeError, match=wrong_channels):  # an error inside the hooked forward
         with lrp.attached(net), lrp.draw(net):
             lrp(net, torch.cat([x, x], dim=1), [0])
     assert n_hooks(net) == 0
