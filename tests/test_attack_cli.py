@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import xarray as xr
 from click.testing import CliRunner
+from helpers import save_untrained_quick_models
 
 from bayesrobust import attack as attack_cli
 from bayesrobust import robustness_table as table_cli
 from bayesrobust import store
-from helpers import save_untrained_quick_models
 
 
 @pytest.fixture(scope="module")

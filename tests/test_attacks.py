@@ -9,8 +9,18 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 
-from bayesrobust.adversarial import (FGSM, MODES, PGD, DrawSet, PosteriorAverage, evaluate, make_attack,
-                                 perturbation_norm, robustness_table, run_attack)
+from bayesrobust.adversarial import (
+    FGSM,
+    MODES,
+    PGD,
+    DrawSet,
+    PosteriorAverage,
+    evaluate,
+    make_attack,
+    perturbation_norm,
+    robustness_table,
+    run_attack,
+)
 from bayesrobust.adversarial.posterior import mean_grad_gradient, predictive_gradient
 from bayesrobust.data import Data, balanced_subset, load
 from bayesrobust.models.architectures import ArchConfig, build
@@ -278,6 +288,19 @@ def test_robustness_table(trained, test_images):
     assert float(ds.accuracy.sel(norm="linf", epsilon=0.1, steps=3)) < float(ds.clean_accuracy)
 
 
+def test_table_cell_equals_a_direct_attack_run(svi, test_images):
+    """A cell of the table is run_attack with the same PGD (step size 2.5·ε/steps, random start), draws and
+    seed: the same adversarial accuracy, and the same clean accuracy."""
+    table = robustness_table(svi, test_images, epsilons={"linf": (0.1,), "l2": (1.0,)}, steps=(2, 3), n_draws=3,
+                             seed=4)
+    for norm, eps, steps in (("linf", 0.1, 3), ("l2", 1.0, 2)):
+        run = run_attack(svi, test_images, PGD(norm=norm, epsilon=eps, steps=steps, random_start=True), n_draws=3,
+                         seed=4)
+        assert float(table.accuracy.sel(norm=norm, epsilon=eps, steps=steps)) == run.attrs["adversarial_accuracy"]
+        assert float(table.clean_accuracy) == run.attrs["accuracy"]
+    assert float(table.accuracy.sel(norm="linf", epsilon=0.1, steps=3)) < float(table.clean_accuracy)
+
+
 # -- errors --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("make, match", [
     (lambda: FGSM(epsilon=-0.1), "epsilon must be >= 0, got -0.1"),
@@ -324,5 +347,5 @@ def test_evaluate_shape_mismatch(trained, test_images):
 
 
 def test_table_bad_norm(trained, test_images):
-    with pytest.raises(ValueError, match="unknown norm 'l1'"):
+    with pytest.raises(ValueError, match="unknown norm 'l1'; expected one of linf, l2"):
         robustness_table(deterministic(trained), test_images, epsilons={"l1": (0.1,)})

@@ -48,18 +48,42 @@ def test_unknown_names_list_the_valid_ones():
 def test_missing_data_says_where_it_looked(tmp_path):
     with pytest.raises(datasets.DataNotFoundError, match=r"looked for train-images-idx3-ubyte.*FashionMNIST/raw"):
         datasets.load("fashion_mnist", "train", tmp_path)
-    with pytest.raises(datasets.DataNotFoundError, match="cifar-10-batches-py"):
+    with pytest.raises(datasets.DataNotFoundError,
+                       match=r"dataset 'cifar10' not found: looked for .*cifar-10-batches-py"):
         datasets.load("cifar10", "train", tmp_path)
-    with pytest.raises(datasets.DataNotFoundError, match="does not exist"):
+    with pytest.raises(datasets.DataNotFoundError, match=r"data root .*nope does not exist \(dataset 'mnist'\)"):
         datasets.load("mnist", "train", tmp_path / "nope")
 
 
-def test_mnist_and_fashion_from_shared_archives(shared_root):
-    mnist = datasets.load("mnist", "test", shared_root)
-    assert mnist.x.shape == (10000, 1, 28, 28) and mnist.y[:3].tolist() == [7, 2, 1]  # the known first labels
-    fashion = datasets.load("fashion_mnist", "test", shared_root)
-    assert fashion.x.shape == (10000, 1, 28, 28)
-    assert torch.equal(fashion.y.bincount(), torch.full((10,), 1000))  # Fashion-MNIST's test set is balanced
+#: Images per class of the MNIST splits (LeCun et al.; the counts every MNIST description lists).
+MNIST_COUNTS = {"test": [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009],
+                "train": [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]}
+#: Mean pixel value in [0, 1] (the 0.1307 of every MNIST normalisation; 0.1325 on the test split).
+MNIST_MEANS = {"train": 0.130660, "test": 0.132515}
+
+
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_mnist_from_shared_archives(shared_root, split):
+    mnist = datasets.load("mnist", split, shared_root)
+    n = {"test": 10000, "train": 60000}[split]
+    assert mnist.x.shape == (n, 1, 28, 28) and mnist.x.dtype == torch.float32 and mnist.y.dtype == torch.int64
+    assert mnist.y.bincount().tolist() == MNIST_COUNTS[split]
+    first = {"test": [7, 2, 1, 0, 4], "train": [5, 0, 4, 1, 9]}[split]  # the well-known first digits
+    assert mnist.y[:5].tolist() == first
+    assert float(mnist.x.min()) == 0.0 and float(mnist.x.max()) == 1.0
+    assert float(mnist.x.double().mean()) == pytest.approx(MNIST_MEANS[split], abs=1e-5)
+    assert torch.equal(mnist.x * 255, (mnist.x * 255).round())  # bytes / 255, nothing else
+    assert torch.equal(mnist.index, torch.arange(n)) and (mnist.name, mnist.split) == ("mnist", split)
+
+
+def test_fashion_mnist_from_shared_archives(shared_root):
+    for split, n in (("test", 10000), ("train", 60000)):
+        fashion = datasets.load("fashion_mnist", split, shared_root)
+        assert fashion.x.shape == (n, 1, 28, 28)
+        assert fashion.y.bincount().tolist() == [n // 10] * 10  # Fashion-MNIST is balanced in both splits
+        assert fashion.y[:2].tolist() == {"train": [9, 0], "test": [9, 2]}[split]  # ankle boot, then ...
+        assert float(fashion.x.min()) == 0.0 and float(fashion.x.max()) == 1.0
+    assert datasets.dataset_info("fashion_mnist").classes[9] == "Ankle boot"
 
 
 def test_idx_reader_reads_uncompressed_files(tmp_path):
@@ -76,7 +100,14 @@ def test_idx_reader_reads_uncompressed_files(tmp_path):
 
 def test_cifar10_subset_and_full_loader(shared_root, tmp_path, monkeypatch):
     sub = datasets.load("cifar10_test300", "test", shared_root)
-    assert sub.x.shape == (100, 3, 32, 32) and len(datasets.load("cifar10_test300", "train", shared_root)) == 200
+    first = datasets.load("cifar10_test300", "train", shared_root)
+    assert sub.x.shape == (100, 3, 32, 32) and first.x.shape == (200, 3, 32, 32)
+    assert torch.equal(first.index, torch.arange(200)) and torch.equal(sub.index, torch.arange(200, 300))
+    # the first images are CIFAR-10 test images 0, 1, ...: cat, ship, ship, airplane, frog, frog, automobile
+    assert first.y[:7].tolist() == [3, 8, 8, 0, 6, 6, 1]
+    assert float(first.x.min()) == 0.0 and float(first.x.max()) == 1.0
+    raw = np.load(shared_root / "cifar10" / "test_300.npz", allow_pickle=False)
+    np.testing.assert_array_equal(first.x[5].permute(1, 2, 0).numpy() * 255, raw["x"][5].astype(np.float32))
     # the full-CIFAR path goes through torchvision; write tiny batches in the real (pickle) format
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()

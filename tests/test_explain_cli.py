@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import xarray as xr
 from click.testing import CliRunner
+from helpers import save_untrained_quick_models
 
 from bayesrobust import attack as attack_cli
 from bayesrobust import store
 from bayesrobust.explain.__main__ import main as explain_main
-from helpers import save_untrained_quick_models
 
 BNN_RUN = "fullBNN_svi_fgsm_linf_eps0.2_S3_mean_grad"
 DET_RUN = "baseNN_fgsm_linf_eps0.2_S1"

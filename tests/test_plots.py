@@ -119,7 +119,7 @@ def _write_results(out, **kwargs):
 def _table(model, n_draws, clean, drop):
     eps = [8 / 255, 16 / 255, 0.25, 0.5, 1.0, 2.0]
     acc = np.full((2, len(eps), 2), np.nan)
-    for s, steps in enumerate((20, 100)):
+    for s in range(2):  # steps 20 and 100: the longer attack lowers accuracy further
         acc[0, :2, s] = clean * np.exp(-drop * np.array([1, 2]) * (1 + 0.2 * s))
         acc[1, 2:, s] = clean * np.exp(-drop * np.array([0.25, 0.5, 1, 2]) * (1 + 0.2 * s))
     attrs = dict(model=model, n_draws=n_draws, attack="pgd")
@@ -220,7 +220,6 @@ def test_select_image_rules(runs):
     expected = min(int(IMAGES[i]) for i in range(len(IMAGES))
                    if det.attack.failed.values[i] and bay.attack.failed.values[i])
     assert figures.select_image([det.attack, bay.attack], "failed") == expected
-    assert expected == IMAGES[min(FAILED_ALL)] or expected < IMAGES[min(FAILED_ALL)]
     assert figures.select_image([det.attack], "successful") == IMAGES[SUCCESS_DET]
     assert figures.select_image([det.attack, bay.attack], "failed", images=IMAGES[FAILED_ALL[1:]]) == \
         IMAGES[FAILED_ALL[1]]
@@ -359,7 +358,8 @@ def test_degenerate_data():
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["LRP-ε", "LRP-γ", "LRP-α1β0"]
     legends = [t.get_text() for ax in figures.fig6(ds, rule="gamma").axes for t in ax.get_legend().get_texts()]
     assert "ρ = n/a" in legends
-    assert isinstance(figures.fig6(ds, subset="successful", layers=[0]), Figure)
+    successful = figures.fig6(ds, subset="successful", layers=[0])
+    assert [ax.get_ylabel().split("\n")[0] for ax in successful.axes] == ["Det", "Adv", "Bay (S=10)", "Bay (S=50)"]
     det = runs[0]
     nan_map = det.explanation.copy(deep=True)
     nan_map["relevance"][:] = np.nan

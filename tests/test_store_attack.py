@@ -52,7 +52,7 @@ def test_interrupted_write_leaves_nothing(result, tmp_path, monkeypatch):
             f.write(b"half a file")
         raise KeyboardInterrupt("interrupted")
     monkeypatch.setattr(xr.Dataset, "to_netcdf", broken)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="^interrupted$"):  # re-raised as it was, not wrapped
         store.write_netcdf(result, tmp_path / "attacks" / "fgsm.nc")
     assert list((tmp_path / "attacks").iterdir()) == []
 

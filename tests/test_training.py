@@ -5,14 +5,15 @@ import math
 import pytest
 import torch
 from click.testing import CliRunner
+from torch import nn
 
 from bayesrobust.adversarial import FGSM
+from bayesrobust.inference import load_model, train_model
+from bayesrobust.inference.mcmc import train_hmc
 from bayesrobust.models.architectures import ArchConfig
 from bayesrobust.models.draws import predictive_accuracy as accuracy
 from bayesrobust.presets import HMCConfig, get_preset, override_training
 from bayesrobust.train import main as train_cli
-from bayesrobust.inference import load_model, train_model
-from bayesrobust.inference.mcmc import train_hmc
 
 QUICK = get_preset("quick")
 
@@ -77,7 +78,8 @@ def test_train_cli_writes_a_loadable_model(tmp_path):
     (["--model", "baseNN", "--preset", "quick", "--dataset", "svhn"], "Invalid value for '--dataset'"),
     (["--model", "baseNN", "--preset", "quick", "--epochs", "-1"], "Error: epochs must be non-negative, got -1"),
     (["--model", "baseNN", "--preset", "mnist_conv"], "Error: dataset 'mnist' is read from disk: pass data_root"),
-    (["--model", "baseNN", "--preset", "mnist_conv", "--data-root", "{tmp}"], "Error: dataset 'mnist' (test) not found"),
+    (["--model", "baseNN", "--preset", "mnist_conv", "--data-root", "{tmp}"],
+     "Error: dataset 'mnist' (test) not found"),
     (["--model", "fullBNN", "--preset", "quick", "--device", "cuda:7"], "Error: --device cuda:7 requested"),
 ])
 def test_train_cli_bad_input_is_one_line(tmp_path, args, message):
@@ -98,8 +100,8 @@ def test_load_model_names_the_train_command(tmp_path):
 
 
 def test_pgd_l2_adversarial_training_with_a_clean_share(mnist5k_train):
-    from bayesrobust.presets import AdvConfig, OptimConfig
     from bayesrobust.inference import train_network
+    from bayesrobust.presets import AdvConfig, OptimConfig
     small = mnist5k_train.subset(torch.arange(256))
     net, hist = train_network(ArchConfig("fc2", 8), small, OptimConfig(epochs=1, batch_size=64),
                               AdvConfig(attack="pgd", norm="l2", epsilon=1.0, steps=3, adv_ratio=0.5))
@@ -108,8 +110,8 @@ def test_pgd_l2_adversarial_training_with_a_clean_share(mnist5k_train):
 
 
 def test_bad_training_settings_are_named():
-    from bayesrobust.presets import AdvConfig
     from bayesrobust.inference.deterministic import make_attack
+    from bayesrobust.presets import AdvConfig
     with pytest.raises(ValueError, match=r"adv_ratio must be in \[0, 1\], got 1.5"):
         make_attack(AdvConfig(adv_ratio=1.5))
     with pytest.raises(ValueError, match="FGSM is an Linf attack; got norm 'l2'"):
@@ -126,3 +128,34 @@ def test_bad_training_settings_are_named():
         train_model(QUICK, "fullBNN", "vi")
     with pytest.raises(ValueError, match="need warmup >= 0, samples > 0 and chains > 0"):
         train_hmc(ArchConfig("fc2", 4), None, HMCConfig(samples=0))
+
+
+@pytest.mark.parametrize("ratio, batch, n, expected", [
+    (0.25, 32, 100, [8, 8, 8, 1]),  # the last batch of 4: round(0.25 · 4) = 1
+    (0.5, 30, 70, [15, 15, 5]),
+    (1.0, 32, 64, [32, 32]),
+    (0.0, 32, 64, []),  # no attack at all
+])
+def test_adv_ratio_is_the_adversarial_share_of_every_batch(mnist5k_train, monkeypatch, ratio, batch, n, expected):
+    """advNN attacks round(adv_ratio · batch size) images of every batch (the attack is wrapped to count what it
+    is given) and trains on a batch of the full size."""
+    from bayesrobust.inference import deterministic as training
+    from bayesrobust.presets import AdvConfig, OptimConfig
+    given, trained_on = [], []
+    make = training.make_attack
+
+    def counting(cfg):
+        attack = make(cfg)
+
+        def run(net, x, y, **kwargs):
+            given.append(len(x))
+            assert len(y) == len(x)
+            return attack(net, x, y, **kwargs)
+        return run
+    monkeypatch.setattr(training, "make_attack", counting)
+    monkeypatch.setattr(training.nn.CrossEntropyLoss, "forward",
+                        lambda self, logits, y: trained_on.append(len(y)) or nn.functional.cross_entropy(logits, y))
+    training.train_network(ArchConfig("fc2", 4), mnist5k_train.subset(torch.arange(n)),
+                           OptimConfig(epochs=1, batch_size=batch), AdvConfig(epsilon=0.1, adv_ratio=ratio))
+    assert given == expected
+    assert trained_on == [min(batch, n - k * batch) for k in range(-(-n // batch))]

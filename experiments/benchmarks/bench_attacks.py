@@ -25,7 +25,8 @@ import argparse
 import os
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -145,12 +146,12 @@ def main() -> None:
             for chunk in sorted({50, 100, n_images}):
                 sub_draws = DrawSet(posterior, max(2, n_draws // 10))
                 g = mean_grad_gradient(sub_draws, chunk)
-                t = timed(lambda: g(x, y)) * n_draws / len(sub_draws)
+                t = timed(lambda g=g: g(x, y)) * n_draws / len(sub_draws)
                 print(f"  gradient, chunk_size={chunk} (channels_last), timed on S={len(sub_draws)}: "
                       f"{t:.2f} s per S={n_draws} ({grad_flops / t / 1e9:.0f} GFLOP/s)")
 
         fgsm = PosteriorAverage(FGSM(epsilon=0.2))
-        t_fgsm = timed(lambda: fgsm(draws, x, y), repeat=2 if name == "fc2" else 1)
+        t_fgsm = timed(lambda fgsm=fgsm, draws=draws: fgsm(draws, x, y), repeat=2 if name == "fc2" else 1)
         t_fgsm_total = t_fgsm + t_draws
         rate = grad_flops / t_fgsm / 1e9
         print(f"  FGSM: {t_fgsm:.2f} s with the draws ready, {t_fgsm_total:.2f} s with materialising them; "
@@ -162,12 +163,13 @@ def main() -> None:
         if name == "conv" and not args.exhaustive and not args.quick:
             pgd_draws = 10
         sub = DrawSet(posterior, pgd_draws) if pgd_draws != n_draws else draws  # materialising not timed
-        t_pgd = timed(lambda: pgd(sub, x, y)) * n_draws / pgd_draws
+        t_pgd = timed(lambda pgd=pgd, sub=sub: pgd(sub, x, y)) * n_draws / pgd_draws
         note = "" if pgd_draws == n_draws else f" (timed on S={pgd_draws}, x{n_draws // pgd_draws} extrapolated)"
         print(f"  PGD-{steps}: {t_pgd:.1f} s{note}; {steps * grad_flops / t_pgd / 1e9:.0f} GFLOP/s")
 
-        t_ref_fgsm = timed(lambda: reference_loop(posterior, x[:ref_images], y[:ref_images], ref_draws, 1))
-        t_ref_pgd = timed(lambda: reference_loop(posterior, x[:ref_images], y[:ref_images], ref_draws, 2))
+        x_ref, y_ref = x[:ref_images], y[:ref_images]
+        t_ref_fgsm = timed(partial(reference_loop, posterior, x_ref, y_ref, ref_draws, 1))
+        t_ref_pgd = timed(partial(reference_loop, posterior, x_ref, y_ref, ref_draws, 2))
         per_call = t_ref_fgsm / (ref_images * ref_draws)
         ref_fgsm = per_call * n_images * n_draws
         ref_pgd = t_ref_pgd / (ref_images * ref_draws * 2) * n_images * n_draws * steps

@@ -40,8 +40,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -51,8 +51,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from bayesrobust.data import balanced_subset, load  # noqa: E402
 from bayesrobust.explain import LRP, explain_attack, explain_posterior, make_explainers  # noqa: E402
-from bayesrobust.explain.rules import uniform_composite  # noqa: E402
 from bayesrobust.explain.layers import argmax_seed, capture_outputs  # noqa: E402
+from bayesrobust.explain.rules import uniform_composite  # noqa: E402
 from bayesrobust.models.architectures import ArchConfig, build  # noqa: E402
 from bayesrobust.models.posterior import Posterior  # noqa: E402
 
@@ -96,7 +96,7 @@ def layer_macs(net: nn.Module, in_shape: tuple[int, ...]) -> list[float]:
 def lrp_flops(net: nn.Module, in_shape: tuple[int, ...]) -> float:
     """Necessary FLOPs of one image, all layers: forward + for each layer l a Wᵀ product per layer ≤ l."""
     macs = layer_macs(net, in_shape)
-    backward = sum(sum(macs[:l + 1]) for l in range(len(macs)))
+    backward = sum(sum(macs[:k + 1]) for k in range(len(macs)))
     return 2.0 * (sum(macs) + backward)
 
 
@@ -185,7 +185,7 @@ def main() -> None:
         print(f"== {name} (h={hidden}): {per_image / 1e6:.2f} MFLOP per image and draw for all 3 layers; "
               f"N x S = {total / 1e9:.0f} GFLOP")
         peak = matmul_gflops(2048 if args.quick else 4096)
-        wall, cpu = timed(lambda: explain_posterior(posterior, x, LRP("epsilon"), n_draws=n_draws))
+        wall, cpu = timed(lambda posterior=posterior: explain_posterior(posterior, x, LRP("epsilon"), n_draws=n_draws))
         after = matmul_gflops(2048 if args.quick else 4096)
         peak = ((peak[0] + after[0]) / 2, (peak[1] + after[1]) / 2)
         print(f"  (b) torch.matmul float32 just before and after: {peak[0]:.0f} GFLOP/s per wall second, "
@@ -194,12 +194,13 @@ def main() -> None:
               f"{total / wall / 1e9:.0f} GFLOP/s = {100 * total / wall / 1e9 / peak[0]:.0f}% of matmul per wall "
               f"second, {100 * total / cpu / 1e9 / peak[1]:.0f}% per CPU second")
         from zennit.rules import Epsilon
-        stock = timed(lambda: explain_posterior(posterior, x, LRP(Epsilon(epsilon=0.1)), n_draws=stock_draws))
+        stock = timed(lambda posterior=posterior: explain_posterior(posterior, x, LRP(Epsilon(epsilon=0.1)),
+                                                                 n_draws=stock_draws))
         stock = tuple(v * n_draws / stock_draws for v in stock)
         print(f"  same loop with Zennit's stock Epsilon hook (timed on S={stock_draws}, extrapolated): "
               f"{stock[0]:.2f} s wall, {stock[1]:.2f} s CPU; {total / stock[1] / 1e9:.0f} GFLOP per CPU second")
 
-        ref = timed(lambda: reference_loop(posterior, x[:ref_images], ref_draws))
+        ref = timed(lambda posterior=posterior: reference_loop(posterior, x[:ref_images], ref_draws))
         scale = n_images * n_draws / (ref_images * ref_draws)
         print(f"  (a) reference-style loop, timed on {ref_images} images x {ref_draws} draws (x 3 layers) and "
               f"extrapolated x{scale:.0f}: {1e3 * ref[0] / (ref_images * ref_draws * 3):.1f} ms per "

@@ -13,9 +13,9 @@ import time
 import torch
 
 from bayesrobust import data
+from bayesrobust.inference import train_model
 from bayesrobust.models.draws import predictive_accuracy as accuracy
 from bayesrobust.presets import get_preset
-from bayesrobust.inference import train_model
 
 
 def main() -> None:
