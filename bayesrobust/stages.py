@@ -97,7 +97,7 @@ def train(preset: str | Preset, model: str, *, inference: str | None = None, out
         if up_to_date(stored, wanted):
             acc = float(stored.get("test_accuracy", float("nan")))
             return Done(target, True, f"{tag} for preset {p.name!r} is up to date in {target} "
-                                      f"(test accuracy {acc:.4f}); force (--force) retrains",
+                                      f"(test accuracy {acc:.4f}); --force retrains",
                         {"test_accuracy": acc})
     test = datasets.load(p.dataset, "test", data_root)  # fail on missing data before training
     posterior = train_model(p, model, inference, seed, device, data_root, progress)
@@ -198,7 +198,7 @@ def attack(preset: str | Preset, model: str, *, inference: str | None = None, ou
     if not force and target.is_file():
         with store.open_result(target) as old:
             if up_to_date(store.config_of(old), config):
-                return Done(target, True, f"{target} is up to date (same settings and model); force (--force) "
+                return Done(target, True, f"{target} is up to date (same settings and model); --force "
                                           f"redoes it")
     ds = run_attack(t.posterior, t.data, made, mode=mode, n_draws=t.n_draws, seed=seed, model_name=model,
                     config=config, chunk_size=chunk_size, device=t.device)
@@ -239,7 +239,7 @@ def table(preset: str | Preset, model: str, *, inference: str | None = None, out
     if not force and target.is_file():
         with store.open_result(target) as old:
             if up_to_date(store.config_of(old), config):
-                return Done(target, True, f"{target} is up to date (same settings and model); force (--force) "
+                return Done(target, True, f"{target} is up to date (same settings and model); --force "
                                           f"redoes it")
     ds = robustness_table(t.posterior, t.data, epsilons=epsilons, steps=steps, random_start=random_start,
                           mode=mode, n_draws=t.n_draws, seed=seed, model_name=model, config=config,
@@ -284,7 +284,7 @@ def resolve_attack_run(out: Path, preset: str, model: str, inference: str | None
     found = sorted(p.stem for p in folder.glob("*.nc") if "_robustness_table_" not in p.stem) \
         if folder.is_dir() else []
     listing = ", ".join(found) if found else f"none under {folder}"
-    command = f"bayesrobust attack --model {model} --preset {preset} --out {out}"
+    command = f"python -m bayesrobust.attack --model {model} --preset {preset} --out {out}"
     if run is None:
         tag = paths.model_tag(model, inference)
         mine = [name for name in found if name.startswith(tag + "_")]
@@ -362,7 +362,7 @@ def explain(preset: str | Preset, model: str, attack_run: str | Path | None = No
               "initial": initial, "n_draws": s, "batch_size": batch_size, "seed": seed, "keep_draws": keep_draws,
               "device": device, "model_config": posterior.config}
     if not force and _explanation_up_to_date(target, draws_path, config, attack_ds.attrs.get("created", "")):
-        return Done(target, True, f"{target} is up to date (same settings and attack run); force (--force) "
+        return Done(target, True, f"{target} is up to date (same settings and attack run); --force "
                                   f"redoes it")
     if on_start is not None:
         on_start(s * len(explainers))
@@ -450,7 +450,7 @@ def plot(out: str | Path | None = None, *, figures: Sequence[str] = (), analyses
             opened = {n: ds for n, ds in opened.items() if ds.attrs.get("preset") == preset}
         if not opened and (explicit or "robustness_table" not in wanted or not results.find_tables(out, preset)):
             raise FileNotFoundError(f"no analysis{f' of preset {preset}' if preset else ''} under "
-                                    f"{out / 'analysis'}; run `bayesrobust analyze --out {out}` first")
+                                    f"{out / 'analysis'}; run `python -m bayesrobust.analyze --out {out}` first")
         for name, ds in opened.items():
             jobs += [(f"{name}_{fig}", build) for fig, build in _analysis_figures(out, ds, wanted, settings).items()]
     if "robustness_table" in wanted:
@@ -459,7 +459,7 @@ def plot(out: str | Path | None = None, *, figures: Sequence[str] = (), analyses
             groups.setdefault(path.parent.name, {})[table_name(ds, path.stem)] = ds
         if not groups and explicit:
             raise FileNotFoundError(f"no robust-accuracy table (a result of kind robustness_table) under {out}; "
-                                    "compute one with `bayesrobust table` first")
+                                    "compute one with `python -m bayesrobust.robustness_table` first")
         for group, tables in groups.items():
             jobs.append((f"robustness_table_{group}", functools.partial(_table_figure, tables)))
     written, skipped = [], []

@@ -52,10 +52,11 @@ def test_missing_model_names_train_command(tmp_path):
     assert "python -m bayesrobust.train --model advNN --preset quick" in result.output
 
 
-def test_fgsm_l2_is_a_usage_error(out):
+def test_fgsm_l2_is_an_error_before_work(out):
     result = CliRunner().invoke(attack_cli.main, ["--model", "baseNN", "--preset", "quick",
                                                   "--attack", "fgsm", "--norm", "l2", "--out", str(out)])
-    assert result.exit_code == 2 and "FGSM is an Linf attack" in result.output
+    assert result.exit_code == 1
+    assert "Error: FGSM is an Linf attack, got norm 'l2'; use attack pgd for l2" in result.output
 
 
 def test_robustness_table(out):

@@ -92,4 +92,4 @@ def test_clear_errors(out):
     msg = _fail(["--model", "baseNN", "--attack-run", "nope", *base])
     assert "no attack run 'nope'" in msg and DET_RUN in msg and BNN_RUN in msg
     msg = _fail(["--model", "baseNN", "--attack-run", DET_RUN, "--method", "ig", "--rule", "gamma", *base])
-    assert "do not apply to --method ig" in msg
+    assert "rules and composites choose LRP rules; they do not apply to method 'ig'" in msg

@@ -401,12 +401,14 @@ def test_analyze_cli_errors(tmp_path, out):
     (tmp_path / "explanations" / PRESET / "x.nc").write_bytes(b"")  # not a result: ignored
     res = runner.invoke(analyze.main, ["--out", str(tmp_path), "--preset", PRESET])
     assert res.exit_code == 1 and "no explanations under" in res.output
-    res = runner.invoke(analyze.main, ["--out", str(tmp_path), "--preset", "other"])
+    res = runner.invoke(analyze.main, ["--out", str(tmp_path), "--preset", "quick_fc2"])
     assert res.exit_code == 1 and "no attack results" in res.output and "python -m bayesrobust.attack" in res.output
+    res = runner.invoke(analyze.main, ["--out", str(tmp_path), "--preset", "other"])
+    assert res.exit_code == 2 and "'other' is not one of" in res.output
     res = runner.invoke(analyze.main, ["--out", str(out), "--attack", "pgd"])
     assert res.exit_code == 1 and "matches the filters" in res.output and "Traceback" not in res.output
     res = runner.invoke(analyze.main, ["--out", str(out), "--topk", "0"])
-    assert res.exit_code == 1 and "k_percent" in res.output
+    assert res.exit_code == 1 and "topk is a percentage of pixels in (0, 100], got 0.0" in res.output
 
 
 def test_plot_cli_all(out, analysed):
