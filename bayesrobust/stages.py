@@ -63,6 +63,15 @@ def _preset(preset: str | Preset) -> Preset:
     return preset if isinstance(preset, Preset) else get_preset(preset)
 
 
+def _result_up_to_date(target: Path, config: dict) -> bool:
+    """Whether the stored result ``target`` exists and was made with ``config``."""
+    from . import store
+    if not target.is_file():
+        return False
+    with store.open_result(target) as old:
+        return up_to_date(store.config_of(old), config)
+
+
 def _positive(**values: Any) -> None:
     for name, value in values.items():
         if value is not None and not value > 0:
@@ -195,11 +204,8 @@ def attack(preset: str | Preset, model: str, *, inference: str | None = None, ou
     run = paths.attack_run_name(model, t.inference, params["attack"], params["norm"], params["epsilon"],
                                 t.n_draws, mode, params.get("steps"))
     target = paths.attack_path(out, p.name, run)
-    if not force and target.is_file():
-        with store.open_result(target) as old:
-            if up_to_date(store.config_of(old), config):
-                return Done(target, True, f"{target} is up to date (same settings and model); --force "
-                                          f"redoes it")
+    if not force and _result_up_to_date(target, config):
+        return Done(target, True, f"{target} is up to date (same settings and model); --force redoes it")
     ds = run_attack(t.posterior, t.data, made, mode=mode, n_draws=t.n_draws, seed=seed, model_name=model,
                     config=config, chunk_size=chunk_size, device=t.device)
     path = store.write_netcdf(ds, target, "attack")
@@ -236,11 +242,8 @@ def table(preset: str | Preset, model: str, *, inference: str | None = None, out
     run = f"{paths.model_tag(model, t.inference)}_robustness_table_S{t.n_draws}"
     run = run if t.n_draws == 1 else f"{run}_{mode}"
     target = paths.attack_path(out, p.name, run)
-    if not force and target.is_file():
-        with store.open_result(target) as old:
-            if up_to_date(store.config_of(old), config):
-                return Done(target, True, f"{target} is up to date (same settings and model); --force "
-                                          f"redoes it")
+    if not force and _result_up_to_date(target, config):
+        return Done(target, True, f"{target} is up to date (same settings and model); --force redoes it")
     ds = robustness_table(t.posterior, t.data, epsilons=epsilons, steps=steps, random_start=random_start,
                           mode=mode, n_draws=t.n_draws, seed=seed, model_name=model, config=config,
                           chunk_size=chunk_size, device=t.device)
