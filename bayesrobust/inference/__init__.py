@@ -13,15 +13,16 @@ from pathlib import Path
 import torch
 
 from .. import data as datasets
+from ..models.bayesian import NormalPrior
 from ..models.posterior import Posterior
 from ..models.posterior import deterministic as one_draw_posterior
 from ..paths import model_dir, model_tag
 from ..presets import INFERENCES, Preset, check_model
 from .deterministic import train_network
-from .mcmc import train_hmc
-from .svi import train_svi
+from .mcmc import NUTSKernel, train_hmc
+from .svi import MeanFieldGuide, train_svi
 
-__all__ = ["train_model", "load_model", "train_network", "train_svi", "train_hmc"]
+__all__ = ["train_model", "load_model", "train_network", "train_svi", "train_hmc", "MeanFieldGuide", "NUTSKernel"]
 
 
 def resolve_inference(preset: Preset, model: str, inference: str | None) -> str | None:
@@ -60,9 +61,11 @@ def train_model(preset: Preset, model: str, inference: str | None = None, seed: 
         posterior = one_draw_posterior(net)
         extra = hist.as_tensors()
     elif inference == "svi":
-        posterior = train_svi(preset.arch, train, preset.svi, preset.prior_scale, seed, device, progress)
+        posterior = train_svi(preset.arch, train, preset.svi, seed=seed, device=device, progress=progress,
+                              prior=NormalPrior(preset.prior_scale))
     else:
-        posterior = train_hmc(preset.arch, train, preset.hmc, preset.prior_scale, seed, device, progress)
+        posterior = train_hmc(preset.arch, train, preset.hmc, seed=seed, device=device, progress=progress,
+                              prior=NormalPrior(preset.prior_scale))
     posterior.extra.update(extra)
     posterior.seed = seed
     posterior.config.update(preset=preset.to_dict(), model=model, inference=inference, seed=seed,

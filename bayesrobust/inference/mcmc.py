@@ -1,12 +1,18 @@
-"""fullBNN by Hamiltonian Monte Carlo (NUTS) on the full training set, with convergence diagnostics.
+"""fullBNN by Hamiltonian Monte Carlo (NUTS) on the full training set, with convergence diagnostics
+(docs/method.md).
+
+:func:`train_hmc` assembles a :class:`~bayesrobust.models.bayesian.BayesianNetwork` (plain network + prior +
+likelihood) with a kernel builder (default :class:`NUTSKernel`).
 
 The reference runs 15 short chains on different 4,000-image minibatches and pools them with replacement —
 not a sample of the full-data posterior. Here every chain targets the posterior given the whole training
 set (``n_train`` images when the preset caps it, e.g. the quick presets), and the chains are pooled only
 after R-hat, bulk/tail ESS (arviz) and divergences have been computed and saved.
 
-Chains run one after another in this process (each with its own seed), which keeps ``jit_compile`` and
-progress bars reliable on a CPU; on a GPU the same code runs each chain there.
+Chains run one after another in this process (each with its own seed, inside
+:func:`~bayesrobust.models.bayesian.pyro_scope`, so the caller's Pyro parameter store and RNG states are
+unchanged afterwards), which keeps ``jit_compile`` and progress bars reliable on a CPU; on a GPU the same
+code runs each chain there.
 """
 
 from __future__ import annotations
@@ -14,22 +20,55 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import numpy as np
-import pyro
 import torch
 from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide.initialization import init_to_value
+from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
 from ..data import Data, balanced_subset
 from ..models.architectures import ArchConfig
-from ..models.bayesian import SITE_PREFIX, BayesianNetwork, initial_values, site_to_param
+from ..models.bayesian import (SITE_PREFIX, BayesianNetwork, Likelihood, Prior, make_likelihood, make_prior,
+                               pyro_scope, site_to_param)
 from ..models.posterior import Posterior
 from ..presets import HMCConfig
 
 log = logging.getLogger(__name__)
 RHAT_WARN = 1.1
+#: Builds the MCMC kernel of a Bayesian network, started at the given site values.
+KernelBuilder = Callable[[BayesianNetwork, Mapping[str, torch.Tensor]], MCMCKernel]
+
+
+@dataclass(frozen=True)
+class NUTSKernel:
+    """NUTS (Hoffman & Gelman 2014) with Pyro's step-size and diagonal mass-matrix adaptation.
+
+    ``max_tree_depth`` caps a trajectory at 2**depth leapfrog steps; ``target_accept`` is the adaptation's
+    target acceptance probability; ``jit`` compiles the potential energy. Called as
+    ``builder(model, init_values)``: the chain starts at ``init_values`` (site name → tensor), or at
+    ``model.initial_values()`` when that is ``None``.
+    """
+
+    max_tree_depth: int = 8
+    target_accept: float = 0.8
+    jit: bool = True
+
+    def __post_init__(self):
+        if self.max_tree_depth <= 0 or not 0 < self.target_accept < 1:
+            raise ValueError(f"need max_tree_depth > 0 and 0 < target_accept < 1, got {self.max_tree_depth} "
+                             f"and {self.target_accept}")
+
+    @classmethod
+    def from_config(cls, cfg: HMCConfig) -> "NUTSKernel":
+        return cls(cfg.max_tree_depth, cfg.target_accept, cfg.jit)
+
+    def __call__(self, model: BayesianNetwork, init_values: Mapping[str, torch.Tensor] | None = None) -> NUTS:
+        init = model.initial_values() if init_values is None else dict(init_values)
+        return NUTS(model, jit_compile=self.jit, ignore_jit_warnings=True, max_tree_depth=self.max_tree_depth,
+                    target_accept_prob=self.target_accept, init_strategy=init_to_value(values=init))
 
 
 def diagnostics(samples: dict[str, np.ndarray], divergences: list[int]) -> dict[str, Any]:
@@ -66,23 +105,36 @@ def diagnostics(samples: dict[str, np.ndarray], divergences: list[int]) -> dict[
             "draws_per_chain": int(next(iter(samples.values())).shape[1])}
 
 
-def _chain_start(arch: ArchConfig, data: Data, cfg: HMCConfig, seed: int,
+def _chain_start(model: BayesianNetwork, data: Data, cfg: HMCConfig, seed: int,
                  device: str | torch.device) -> dict[str, torch.Tensor]:
-    """Sample-site values a chain starts from: a fresh initialisation (overdispersed across chains), moved
-    by ``cfg.init_epochs`` epochs of Adam on the cross-entropy when that is positive."""
+    """Sample-site values a chain starts from: the model's fresh initialisation (overdispersed across chains,
+    as each chain builds its model from its own seed), moved by ``cfg.init_epochs`` epochs of Adam on the
+    cross-entropy when that is positive."""
     if cfg.init_epochs <= 0:
-        return {k: v.to(device) for k, v in initial_values(arch, seed).items()}
+        return model.initial_values()
     from ..presets import OptimConfig
     from .deterministic import train_network
-    net, _ = train_network(arch, data, OptimConfig(epochs=cfg.init_epochs, batch_size=64), seed=seed,
+    net, _ = train_network(model.arch, data, OptimConfig(epochs=cfg.init_epochs, batch_size=64), seed=seed,
                            device=device)
     return {SITE_PREFIX + k: v.detach().clone() for k, v in net.named_parameters()}
 
 
 def train_hmc(arch: ArchConfig, data: Data, cfg: HMCConfig, prior_scale: float = 1.0, seed: int = 0,
               device: str | torch.device = "cpu", progress: bool = False,
-              likelihood: str = "categorical", noise_scale: float = 1.0) -> Posterior:
+              likelihood: str | Likelihood = "categorical", noise_scale: float | None = None, *,
+              prior: Prior | None = None, kernel: KernelBuilder | None = None) -> Posterior:
     """Sample the full-data posterior of ``arch`` on ``data`` with NUTS, ``cfg.chains`` chains.
+
+    Parameters
+    ----------
+    prior_scale, prior
+        ``NormalPrior(prior_scale)`` unless a ``prior`` object is given (not both).
+    likelihood, noise_scale
+        A :class:`~bayesrobust.models.bayesian.Likelihood`, or ``'categorical'`` / ``'normal'`` (with
+        ``noise_scale``, default 1); its dataset size is the (full) training set's.
+    kernel
+        Kernel builder, default ``NUTSKernel.from_config(cfg)``. Chain ``c`` runs seeded with
+        ``seed + 1000 c`` and starts at its own initialisation (see :func:`_chain_start`).
 
     Returns
     -------
@@ -99,23 +151,24 @@ def train_hmc(arch: ArchConfig, data: Data, cfg: HMCConfig, prior_scale: float =
             raise ValueError(f"n_train must be positive, got {cfg.n_train}")
         if cfg.n_train < len(data):  # class-balanced: the datasets are often stored sorted by class
             data = balanced_subset(data, cfg.n_train, seed=seed)
+    prior = make_prior(prior, prior_scale)
+    lik = make_likelihood(likelihood, noise_scale).with_dataset_size(len(data))  # full batch: unscaled
+    build_kernel = NUTSKernel.from_config(cfg) if kernel is None else kernel
     x, y = data.x.to(device), data.y.to(device)
     chains: list[dict[str, torch.Tensor]] = []
     divergences, seconds = [], []
-    model = BayesianNetwork(arch, prior_scale, device=device, likelihood=likelihood, noise_scale=noise_scale)
     for chain in range(cfg.chains):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(seed + 1000 * chain)
-        init = _chain_start(arch, data, cfg, seed + 1000 * chain, device)
-        kernel = NUTS(model, jit_compile=cfg.jit, ignore_jit_warnings=True, max_tree_depth=cfg.max_tree_depth,
-                      target_accept_prob=cfg.target_accept, init_strategy=init_to_value(values=init))
-        mcmc = MCMC(kernel, num_samples=cfg.samples, warmup_steps=cfg.warmup, num_chains=1,
-                    disable_progbar=not progress)
-        start = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            mcmc.run(x, y)
-        seconds.append(time.perf_counter() - start)
+        chain_seed = seed + 1000 * chain
+        with pyro_scope(chain_seed):
+            model = BayesianNetwork(arch, prior, lik, device=device)
+            init = _chain_start(model, data, cfg, chain_seed, device)
+            mcmc = MCMC(build_kernel(model, init), num_samples=cfg.samples, warmup_steps=cfg.warmup,
+                        num_chains=1, disable_progbar=not progress)
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+                mcmc.run(x, y)
+            seconds.append(time.perf_counter() - start)
         chains.append({k: v.detach().cpu() for k, v in mcmc.get_samples().items()})
         diag = mcmc.diagnostics()
         divergences.append(sum(len(v) for v in diag.get("divergences", {}).values()))
