@@ -1,4 +1,4 @@
-"""Datasets by name, as float32 NCHW tensors with pixels in [0, 1] (SPEC 1.1, 3).
+"""Datasets by name, as float32 NCHW tensors with pixels in [0, 1] (docs/method.md §1.1).
 
 Registry
 --------
@@ -217,7 +217,7 @@ def load(name: str, split: str, data_root: str | Path | None = None) -> Data:
 
 
 def balanced_subset(data: Data, n: int, seed: int = 0) -> Data:
-    """A class-balanced subset of ``n`` images drawn without replacement (SPEC 1.1).
+    """A class-balanced subset of ``n`` images drawn without replacement (docs/method.md §1.3).
 
     ``n // n_classes`` images per class (the remainder goes to the lowest classes), chosen with a
     generator seeded by ``seed`` alone, so every model, attack and rule of an experiment sees the same

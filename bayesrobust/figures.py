@@ -1,4 +1,4 @@
-"""The figures of Carbone et al. (2021) and the robust-accuracy table, drawn from labelled Datasets (SPEC 1.7).
+"""The figures of Carbone et al. (2021) and the robust-accuracy table, drawn from labelled Datasets (docs/method.md §6.5).
 
 Every function takes Datasets of the results store, selects from them and draws; none reads or writes a
 file (``python -m bayesrobust.plot`` does that). Each returns a :class:`matplotlib.figure.Figure` made
@@ -710,7 +710,7 @@ def fig6(ds: xr.Dataset, *, rule: str | None = None, subset: str = "all", models
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The robust-accuracy table (SPEC 2, seed 000).
+# The robust-accuracy table (docs/method.md §4.5).
 
 
 def _epsilon_label(norm: str, eps: float) -> str:

@@ -1,4 +1,4 @@
-"""Stability metrics of explanations: pure functions, vectorised over images (SPEC 1.6 and 2).
+"""Stability metrics of explanations: pure functions, vectorised over images (docs/method.md §6.1-§6.3).
 
 Every map function compares heatmaps ``h`` image by image. A *map* is the trailing part of an array:
 
@@ -13,7 +13,7 @@ Both arguments of a comparison must be of the same kind (both arrays or both Dat
 ``d = C·H·W`` values is always flattened in C order (channel slowest, width fastest); "flat index" below means
 the index in that order.
 
-Top-k selection (SPEC 1.6)
+Top-k selection (docs/method.md §6.1)
 --------------------------
 :func:`topk_indices` takes ``n = ⌊d·k/200⌋`` most positive and ``n`` most negative entries of the signed map.
 Ties are broken deterministically:
@@ -148,7 +148,7 @@ def _apply(func: Callable[..., np.ndarray], arrays: Sequence[Maps], map_dims: Ma
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Top-k selection and LRP robustness (SPEC 1.6).
+# Top-k selection and LRP robustness (docs/method.md §6.1, §6.2).
 
 
 def topk_count(d: int, k_percent: float, per_side: bool = True) -> int:
@@ -213,7 +213,7 @@ def _topk_flat(h: np.ndarray, k_percent: float) -> np.ndarray:
 
 
 def topk_indices(h: Maps, k_percent: float, *, map_dims: MapDims = None) -> Maps:
-    """Flat indices of the top-``k_percent`` selection of each signed heatmap (SPEC 1.6).
+    """Flat indices of the top-``k_percent`` selection of each signed heatmap (docs/method.md §6.1).
 
     With ``d`` values per map and ``n = ⌊d·k/200⌋``, the selection is the ``n`` most positive entries
     followed by the ``n`` most negative ones; tie-breaking as in the module docstring.
@@ -258,7 +258,7 @@ def topk_mask(h: Maps, k_percent: float, *, map_dims: MapDims = None) -> Maps:
 
 
 def lrp_robustness(h_clean: Maps, h_adv: Maps, k_percent: float, *, map_dims: MapDims = None) -> Maps:
-    """LRP robustness of each image: ``|S(h(x)) ∩ S(h(x̃))| / |S(h(x))|`` (Carbone et al. 2021, SPEC 1.6).
+    """LRP robustness of each image: ``|S(h(x)) ∩ S(h(x̃))| / |S(h(x))|`` (Carbone et al. 2021, docs/method.md §6.2).
 
     ``S`` is the top-``k_percent`` selection of :func:`topk_indices` (``2·⌊d·k/200⌋`` entries: most positive
     and most negative). The intersection is of pixel positions: a pixel among the most positive of one map
@@ -520,7 +520,7 @@ def _finite_1d(x) -> np.ndarray:
 
 
 def mann_whitney_less(a, b) -> TestResult:
-    """One-sided Mann–Whitney U test that ``a`` is stochastically less than ``b`` (SPEC 1.6).
+    """One-sided Mann–Whitney U test that ``a`` is stochastically less than ``b`` (docs/method.md §6.4).
 
     ``scipy.stats.mannwhitneyu(a, b, alternative='less')`` (tie-corrected; exact or asymptotic p as scipy
     chooses) after dropping NaN; the samples are independent, so they may differ in size.

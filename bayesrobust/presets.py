@@ -1,4 +1,4 @@
-"""Named experiment settings (SPEC 1.2): the paper's ``model_idx`` 0-3 and CIFAR, plus quick variants.
+"""Named experiment settings (docs/method.md §2.6): the paper's ``model_idx`` 0-3 and CIFAR, plus quick variants.
 
 A :class:`Preset` fixes the dataset, the architecture and the training settings of the three model kinds
 (``baseNN``, ``advNN``, ``fullBNN``) and the attack defaults. Command-line options override single fields

@@ -1,4 +1,4 @@
-"""The stability analysis of Carbone et al. (2021): one labelled Dataset from several models (SPEC 1.6).
+"""The stability analysis of Carbone et al. (2021): one labelled Dataset from several models (docs/method.md §6.4).
 
 Input, per model: its ``attack`` Dataset (``label``, ``pred``, ``pred_adv``, ``success``, ``failed``,
 ``softmax_robustness`` on ``image``, the test-set indices) and its explanation Dataset (``relevance`` with
@@ -12,7 +12,7 @@ Bayesian model the relevance is the posterior mean map). :func:`analyse` compute
   the other model's", per comparison, rule, layer and image subset;
 - Spearman ρ between LRP robustness and softmax robustness per model, rule, layer and subset.
 
-Subsets (SPEC 1.6, "split by successful / failed attacks"): ``all`` images, ``successful`` (correct on x,
+Subsets (docs/method.md §6.4): ``all`` images, ``successful`` (correct on x,
 wrong on x̃) and ``failed`` (correct on both) — by each model's own attack outcome, so the two samples of a
 Mann–Whitney test may differ in size (the test is unpaired). The paired differences are stored for every
 image; select a subset with the ``success`` / ``failed`` flags of the models involved.
@@ -119,7 +119,7 @@ def _tests(ds: xr.Dataset, comparisons: Sequence[tuple[str, str]]) -> xr.Dataset
 
 def analyse(runs: Sequence[Run | tuple], topk: float = 20, *, det: str = "baseNN", adv: str = "advNN",
             config: Mapping[str, Any] | None = None) -> xr.Dataset:
-    """The analysis Dataset of several models' attack and explanation results (SPEC 1.6).
+    """The analysis Dataset of several models' attack and explanation results (docs/method.md §6.4).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""The results store: one labelled ``xarray.Dataset`` per stage and experiment (SPEC 4).
+"""The results store: one labelled ``xarray.Dataset`` per stage and experiment (docs/method.md §7).
 
 Small results are netCDF files (h5netcdf engine), large ones zarr stores; both are written atomically
 (a temporary sibling, then a rename), so an interrupted run leaves nothing half-written behind. Every

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Paper, CIFAR-10 (SPEC 1.7): ResNet-20 deterministic, adversarially trained and Bayesian (SVI), FGSM, the
+# Paper, CIFAR-10 (docs/method.md §6.5): ResNet-20 deterministic, adversarially trained and Bayesian (SVI), FGSM, the
 # three LRP rules at every layer, S = 100.
 #   bash shell/exec_cifar.sh                  # paper settings: needs DATA_ROOT/cifar-10-batches-py, a GPU helps
 #   QUICK=1 bash shell/exec_cifar.sh          # smoke run on the 300 CIFAR-10 test images in ../shared/datasets

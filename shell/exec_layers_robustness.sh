@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Paper, figures 4 and 7-9 (SPEC 1.7): FGSM, LRP epsilon rule at every layer, the four MNIST/Fashion-MNIST
+# Paper, figures 4 and 7-9 (docs/method.md §6.5): FGSM, LRP epsilon rule at every layer, the four MNIST/Fashion-MNIST
 # presets, fullBNN with S in {10, 50, 100}.
 #   bash shell/exec_layers_robustness.sh                    # paper settings (hours; needs --data-root data)
 #   QUICK=1 bash shell/exec_layers_robustness.sh            # the same sequence on the quick preset, minutes

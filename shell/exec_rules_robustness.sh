@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Paper, figures 5 and 10-15 (SPEC 1.7): FGSM, the three LRP rules (epsilon, gamma, alpha1beta0), fullBNN
+# Paper, figures 5 and 10-15 (docs/method.md §6.5): FGSM, the three LRP rules (epsilon, gamma, alpha1beta0), fullBNN
 # with S = 100, the fc2 presets (and CIFAR-10 via exec_cifar.sh).
 #   bash shell/exec_rules_robustness.sh                     # paper settings (hours; needs data)
 #   QUICK=1 bash shell/exec_rules_robustness.sh             # the same sequence on the quick preset, minutes

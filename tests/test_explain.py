@@ -1,4 +1,4 @@
-"""Layer-wise relevance per posterior draw (SPEC 1.5) and Captum attributions (SPEC 2).
+"""Layer-wise relevance per posterior draw (docs/method.md §5) and Captum attributions (docs/method.md §5.5).
 
 The LRP rules are checked against a direct NumPy implementation of their formulas, written here from the
 definitions on tiny float64 networks: every Linear/Conv layer is a dense matrix, the rules are those of

@@ -96,7 +96,7 @@ def test_lrp_robustness_hand():
     h1 = np.array([5, 4, 0, 0, -3, -4.0])    # S = {0, 1} ∪ {5, 4}
     h2 = np.array([5, 0, 4, 0, -4, -3.0])    # S = {0, 2} ∪ {4, 5}
     assert m.lrp_robustness(h1, h2, 67, map_dims=1) == 0.75
-    assert m.lrp_robustness(h1, -h1, 67, map_dims=1) == 1.0  # positions, not signs (SPEC 1.6)
+    assert m.lrp_robustness(h1, -h1, 67, map_dims=1) == 1.0  # positions, not signs (docs/method.md §6.2)
 
 
 def test_lrp_robustness_identical_and_disjoint(maps):

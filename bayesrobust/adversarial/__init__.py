@@ -1,4 +1,4 @@
-"""Adversarial attacks on deterministic and Bayesian networks (SPEC 1.4, 2).
+"""Adversarial attacks on deterministic and Bayesian networks (docs/method.md §4).
 
 =====================  =========================================================================
 :class:`FGSM`          one signed-gradient step, Linf (``fgsm.py``)

@@ -1,4 +1,4 @@
-"""The attack base class: validation, projection, clipping and the loss gradient, written once (SPEC 1.4).
+"""The attack base class: validation, projection, clipping and the loss gradient, written once (docs/method.md §4.1).
 
 An attack is configured at construction (keyword-only hyperparameters) and called with a model and a batch::
 
@@ -63,7 +63,7 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
     if torch.is_floating_point(y) or y.dtype == torch.bool:
         raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
     if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise ValueError(f"x must hold pixels in [0, 1] (SPEC 1.1: normalisation belongs in the model); "
+        raise ValueError(f"x must hold pixels in [0, 1] (normalisation belongs in the model, docs/method.md §1.2); "
                          f"got values in [{float(x.min()):.4g}, {float(x.max()):.4g}]")
 
 

@@ -1,4 +1,4 @@
-"""Evaluation of an attack on a posterior (SPEC 1.4): predictive, predictions, success, softmax robustness.
+"""Evaluation of an attack on a posterior (docs/method.md §4.4): predictive, predictions, success, softmax robustness.
 
 For S draws f_1..f_S (S = 1 for a deterministic model):
 

@@ -7,7 +7,7 @@ import torch
 
 from .base import Attack, LossGradient, check_norm
 
-#: Default step size, relative to ε/steps, where the paper does not fix one (SPEC 2, seed 000).
+#: Default step size, relative to ε/steps, where the paper does not fix one (docs/method.md §4.5).
 STEP_SIZE_FACTOR = 2.5
 
 
@@ -20,7 +20,7 @@ class PGD(Attack):
 
     with d = sign(∇ₓL) for Linf and d = ∇ₓL / ‖∇ₓL‖₂ for L2, L the cross-entropy of the logits with the true
     label, Π the projection on the norm ball. Equal, step by step, to torchattacks' ``PGD`` (Linf) and
-    ``PGDL2`` (L2) when the random start is off. The paper preset (SPEC 1.4) is
+    ``PGDL2`` (L2) when the random start is off. The paper preset (docs/method.md §4.2) is
     ``PGD(norm='linf', epsilon=0.2, steps=40, step_size=0.01)``.
 
     Parameters

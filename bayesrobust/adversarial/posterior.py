@@ -1,6 +1,6 @@
-"""The posterior-average wrapper: any attack on a Bayesian model over S posterior draws (SPEC 1.4).
+"""The posterior-average wrapper: any attack on a Bayesian model over S posterior draws (docs/method.md §4.3).
 
-Randomness is a wrapper, not a variant (STYLE 3): :class:`PosteriorAverage` turns FGSM or PGD into an
+Randomness is a wrapper, not a variant: :class:`PosteriorAverage` turns FGSM or PGD into an
 attack on the posterior predictive, in one of three named modes.
 
 ``mean_grad`` (default)
@@ -24,18 +24,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..choices import PosteriorMode
 from ..models.draws import DrawSet
 from ..models.posterior import Posterior
 from .base import Attack, LossGradient, accumulate_gradient, check_inputs, module_gradient, per_image_loss
 
-MODES = ("mean_grad", "predictive", "mean_image")
+MODES = PosteriorMode.values()
 
 
 def check_mode(mode: str) -> str:
     """``mode`` if it is one of :data:`MODES`; ``ValueError`` listing them otherwise."""
-    if mode not in MODES:
-        raise ValueError(f"unknown posterior mode {mode!r}; expected one of {', '.join(MODES)}")
-    return mode
+    return PosteriorMode.parse(mode, "posterior mode").value
 
 
 def mean_grad_gradient(draws: DrawSet, chunk_size: int | None = None) -> LossGradient:

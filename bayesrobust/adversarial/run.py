@@ -1,4 +1,4 @@
-"""One attack run, end to end: attack the posterior on a set of test images, evaluate, label (SPEC 1.4, 4).
+"""One attack run, end to end: attack the posterior on a set of test images, evaluate, label (docs/method.md §4, §7.3).
 
 :func:`run_attack` returns the ``attack`` Dataset of the results store; write it with
 :func:`bayesrobust.store.write_netcdf` and open it anywhere with ``xr.open_dataset``.

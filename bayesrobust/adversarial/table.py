@@ -1,4 +1,4 @@
-"""Robust-accuracy tables (SPEC 2, seed 000): accuracy under PGD Linf and L2 over a grid of ε and steps."""
+"""Robust-accuracy tables (docs/method.md §4.5): accuracy under PGD Linf and L2 over a grid of ε and steps."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Layer-wise explanations of deterministic and Bayesian networks (SPEC 1.5, 2).
+"""Layer-wise explanations of deterministic and Bayesian networks (docs/method.md §5).
 
 - :mod:`~bayesrobust.explain.rules`: LRP rules (``epsilon``, ``gamma``, ``alpha1beta0``) and Zennit
   composites by name, canonizers;

@@ -1,4 +1,4 @@
-"""Explanations of a posterior: one map per draw, reduced over draws (SPEC 1.5, "Bayesian explanation").
+"""Explanations of a posterior: one map per draw, reduced over draws (docs/method.md §5.4).
 
 Draw ``j`` explains its own argmax unit of each layer (the reference's ``avg_heatmap``); the Bayesian map
 is the mean over draws. Beyond the reference, the per-pixel posterior standard deviation and the sign
@@ -6,7 +6,7 @@ agreement across draws are kept, as the uncertainty of the explanation. All thre
 pass over the draws (Welford's algorithm, sign counts), so the draws never have to sit in memory together;
 a callback receives each draw's maps, e.g. to stream them to disk.
 
-The loop follows SPEC 6: the draws are those of a :class:`~bayesrobust.models.draws.DrawSet` — one module,
+The loop follows docs/method.md §8: the draws are those of a :class:`~bayesrobust.models.draws.DrawSet` — one module,
 draw ``j``'s weights copied in place (so draw ``j`` is the network the attack used with the same
 posterior) —, the explainer's hooks registered once around the loop, images batched (in chunks of
 ``batch_size``) — no Python loop over single images. The DrawSet holds the speed policy (convolutional

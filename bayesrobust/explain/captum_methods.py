@@ -1,4 +1,4 @@
-"""Gradient attributions from Captum behind the LRP interface (SPEC 2, seeds 001 and 003).
+"""Gradient attributions from Captum behind the LRP interface (docs/method.md §5.5).
 
 Each method explains, like LRP, the argmax unit of a layer's explained output (the logits for the last
 layer; :mod:`bayesrobust.explain.layers`) and returns input-shaped maps, per posterior draw through

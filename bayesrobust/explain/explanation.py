@@ -1,4 +1,4 @@
-"""The explanation Dataset: relevance of the clean and adversarial images of an attack run (SPEC 1.5, 4).
+"""The explanation Dataset: relevance of the clean and adversarial images of an attack run (docs/method.md §5.4, §7.4).
 
 :func:`explain_attack` explains the images ``x`` and ``x_adv`` of an attack Dataset together, with every
 posterior draw and every requested rule (or method) and layer, and returns a Dataset with

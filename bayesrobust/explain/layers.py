@@ -1,4 +1,4 @@
-"""Which layers are explained, and where their outputs are read (SPEC 1.5, "layer l").
+"""Which layers are explained, and where their outputs are read (docs/method.md §2.5, §5.1).
 
 Layer ``l`` is the ``l``-th learnable (Linear/Conv) module of a
 :class:`~bayesrobust.models.architectures.Network`, counted from 0 in forward order. Its *explained

@@ -1,4 +1,4 @@
-"""Layer-wise relevance propagation of every learnable layer's output to the input pixels (SPEC 1.5).
+"""Layer-wise relevance propagation of every learnable layer's output to the input pixels (docs/method.md §5.1).
 
 For layer ``l`` the relevance is initialised at the argmax unit of the layer's post-activation output (the
 logits for the last layer; :mod:`bayesrobust.explain.layers`) and propagated to the input pixels with the
@@ -6,7 +6,7 @@ rules of a Zennit composite (:mod:`bayesrobust.explain.rules`), so every map has
 forward pass serves all layers; each layer then takes one backward pass with the composite's hooks active.
 
 Used on a posterior, the composite is registered **once** on one module whose weights are swapped draw by
-draw (registering per draw is several times slower, SPEC 6)::
+draw (registering per draw is several times slower, docs/method.md §8)::
 
     lrp = LRP("epsilon")
     draws = DrawSet(posterior, n)        # bayesrobust.models.draws

@@ -1,4 +1,4 @@
-"""LRP rules and composites by name, and the canonizers our architectures need (SPEC 1.5).
+"""LRP rules and composites by name, and the canonizers our architectures need (docs/method.md §5.2, §5.3).
 
 Two ways to choose the rules, both implemented by Zennit (Anders et al. 2021, "Software for dataset-wide XAI:
 from local explanations to global insights with Zennit, CoRelAy, and ViRelAy", arXiv 2106.13200):

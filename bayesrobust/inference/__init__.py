@@ -1,4 +1,4 @@
-"""Training of the three model kinds of the paper: ``baseNN``, ``advNN`` and ``fullBNN`` (SPEC 1.3).
+"""Training of the three model kinds of the paper: ``baseNN``, ``advNN`` and ``fullBNN`` (docs/method.md §3).
 
 :func:`train_model` is the one call behind ``python -m bayesrobust.train``: it loads the preset's data,
 trains, and returns the model as a :class:`~bayesrobust.models.posterior.Posterior` whose ``config`` holds

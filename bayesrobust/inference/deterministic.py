@@ -1,4 +1,4 @@
-"""baseNN and advNN: deterministic training, plainly or on adversarial examples (SPEC 1.3).
+"""baseNN and advNN: deterministic training, plainly or on adversarial examples (docs/method.md §3.1, §3.2).
 
 advNN replaces a fraction ``adv_ratio`` of every batch by adversarial examples of the current network
 (reference: 100% FGSM, ε = 0.2, Linf; we also support PGD in Linf and L2). Examples are made with the

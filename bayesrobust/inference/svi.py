@@ -24,6 +24,7 @@ from pyro.infer.autoguide import AutoGuide, AutoNormal
 from pyro.infer.autoguide.initialization import init_to_value
 from tqdm.auto import tqdm
 
+from ..choices import LikelihoodScaling
 from ..data import Data, batches
 from ..models.architectures import ArchConfig
 from ..models.bayesian import (BayesianNetwork, Likelihood, Prior, make_likelihood, make_prior, pyro_scope,
@@ -33,7 +34,7 @@ from ..presets import SVIConfig
 
 log = logging.getLogger(__name__)
 #: ``full``: minibatch likelihood × N/B (correct); ``reference``: unscaled, as the paper's code.
-SCALINGS = ("full", "reference")
+SCALINGS = LikelihoodScaling.values()
 #: Builds the guide of a Bayesian network; the guide must expose per-site ``locs`` and ``scales``.
 GuideBuilder = Callable[[BayesianNetwork], AutoGuide]
 
@@ -98,9 +99,7 @@ def train_svi(arch: ArchConfig, data: Data, cfg: SVIConfig, prior_scale: float =
     """
     if cfg.epochs < 0:
         raise ValueError(f"epochs must be non-negative, got {cfg.epochs}")
-    if cfg.likelihood_scaling not in SCALINGS:
-        raise ValueError(f"unknown likelihood_scaling {cfg.likelihood_scaling!r}; expected one of "
-                         f"{', '.join(SCALINGS)}")
+    LikelihoodScaling.parse(cfg.likelihood_scaling, "likelihood_scaling")
     if cfg.batch_size <= 0 or cfg.lr <= 0:
         raise ValueError(f"batch_size and lr must be positive, got {cfg.batch_size} and {cfg.lr}")
     prior = make_prior(prior, prior_scale)

@@ -1,11 +1,11 @@
-"""The three architectures of the paper (SPEC 1.2), each defined once as a plain ``torch.nn.Module``.
+"""The three architectures of the paper (docs/method.md §2), each defined once as a plain ``torch.nn.Module``.
 
 The deterministic network, every posterior draw of the Bayesian network and every explanation use the
 same module: a Bayesian net is this module with priors on its parameters (:mod:`bayesrobust.models.bayesian`).
 
 Every architecture records its *learnable layers* ("layer l" of the paper) and, for each, the module whose
 output is that layer's post-activation output (for the last layer: the logits). Explanations seed relevance
-there (SPEC 1.5); see :func:`explained_layers`.
+there (docs/method.md §2.5); see :func:`explained_layers`.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ class BasicBlock(nn.Module):
 
 
 class Normalize(nn.Module):
-    """Per-channel standardisation carried by the model, so attacks work in [0, 1] pixel space (SPEC 1.1)."""
+    """Per-channel standardisation carried by the model, so attacks work in [0, 1] pixel space (docs/method.md §1.2)."""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()

@@ -1,4 +1,4 @@
-"""The one path to posterior draws: S draws swapped into one module in place, and the predictive (SPEC 1.3, 1.4, 6).
+"""The one path to posterior draws: S draws swapped into one module in place, and the predictive (docs/method.md §3.6, §4.4, §8).
 
 Attacks, their evaluation, explanations and the test accuracy at training time all visit draws through a
 :class:`DrawSet`, so draw ``j`` is the same network everywhere: :meth:`Posterior.draw_params(j)

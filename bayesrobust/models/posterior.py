@@ -1,4 +1,4 @@
-"""Posteriors as numbered draws of a plain network (SPEC 1.3).
+"""Posteriors as numbered draws of a plain network (docs/method.md §3.6).
 
 Every trained model is a :class:`Posterior`: a deterministic network is a posterior with one draw, an SVI
 posterior is a mean-field Normal over the parameters, an HMC posterior is a set of samples (kind ``'hmc'``,
@@ -10,7 +10,7 @@ Draw ``j`` is fixed by the posterior alone, never by how many draws are requeste
 permutation seeded with ``seed`` (so the first ``n`` draws are a random subset without replacement), and
 :meth:`Posterior.draw_coords` tells which chain and sample that is.
 
-The one way to use many draws (SPEC 6) is :class:`bayesrobust.models.draws.DrawSet`: one module whose
+The one way to use many draws (docs/method.md §8) is :class:`bayesrobust.models.draws.DrawSet`: one module whose
 weights are swapped in place, draw by draw. :func:`to_arviz` exports a posterior to ArviZ.
 """
 
