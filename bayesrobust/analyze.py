@@ -1,4 +1,4 @@
-"""``python -m bayesrobust.analyze``: the same command as ``bayesrobust analyze`` (:mod:`bayesrobust.cli.analyze`)."""
+"""``python -m bayesrobust.analyze``: the command ``bayesrobust analyze`` (:mod:`bayesrobust.cli.analyze`)."""
 
 from .cli.analyze import main
 

@@ -1,4 +1,4 @@
-"""``python -m bayesrobust.attack``: the same command as ``bayesrobust attack`` (:mod:`bayesrobust.cli.attack`)."""
+"""``python -m bayesrobust.attack``: the command ``bayesrobust attack`` (:mod:`bayesrobust.cli.attack`)."""
 
 from .cli.attack import main
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import functools
 import gzip
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ class Data:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    def subset(self, positions: torch.Tensor) -> "Data":
+    def subset(self, positions: torch.Tensor) -> Data:
         """The images at ``positions`` (positions in this set, not original indices)."""
         return Data(self.x[positions], self.y[positions], self.index[positions], self.name, self.split)
 

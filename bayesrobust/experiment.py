@@ -17,9 +17,9 @@ themselves are :mod:`bayesrobust.stages`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import xarray as xr
 

@@ -1,4 +1,5 @@
-"""The figures of Carbone et al. (2021) and the robust-accuracy table, drawn from labelled Datasets (docs/method.md §6.5).
+"""The figures of Carbone et al. (2021) and the robust-accuracy table, drawn from labelled Datasets
+(docs/method.md §6.5).
 
 Every function takes Datasets of the results store, selects from them and draws; none reads or writes a
 file (``python -m bayesrobust.plot`` does that). Each returns a :class:`matplotlib.figure.Figure` made
@@ -32,7 +33,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import matplotlib as mpl
 import numpy as np
@@ -43,8 +45,8 @@ from matplotlib.patches import Patch
 from scipy import stats
 
 from . import metrics
-from .stability import Run, model_name
 from .results import layer_names
+from .stability import Run, model_name
 
 log = logging.getLogger(__name__)
 

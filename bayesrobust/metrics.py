@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from fractions import Fraction
-from typing import Callable, NamedTuple, Sequence, TypeVar, Union
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import xarray as xr
@@ -53,7 +54,7 @@ __all__ = [
 MAP_DIMS = ("channel", "height", "width")
 
 Maps = TypeVar("Maps", np.ndarray, xr.DataArray)
-MapDims = Union[int, Sequence[str], None]
+MapDims = int | Sequence[str] | None
 
 
 class TestResult(NamedTuple):

@@ -1,4 +1,4 @@
-"""``python -m bayesrobust.pipeline``: the same command as ``bayesrobust pipeline`` (:mod:`bayesrobust.cli.pipeline`)."""
+"""``python -m bayesrobust.pipeline``: the command ``bayesrobust pipeline`` (:mod:`bayesrobust.cli.pipeline`)."""
 
 from .cli.pipeline import main
 

@@ -1,4 +1,4 @@
-"""``python -m bayesrobust.plot``: the same command as ``bayesrobust plot`` (:mod:`bayesrobust.cli.plot`)."""
+"""``python -m bayesrobust.plot``: the command ``bayesrobust plot`` (:mod:`bayesrobust.cli.plot`)."""
 
 from .cli.plot import main
 

@@ -116,7 +116,7 @@ class Preset:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def with_overrides(self, **overrides: Any) -> "Preset":
+    def with_overrides(self, **overrides: Any) -> Preset:
         """A copy with top-level fields replaced (``None`` values are ignored)."""
         valid = {f.name for f in fields(self)}
         unknown = set(overrides) - valid

@@ -19,9 +19,10 @@ Every "nothing found" is a :class:`FileNotFoundError` whose message names the co
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import xarray as xr

@@ -1,4 +1,4 @@
-"""``python -m bayesrobust.robustness_table``: the same command as ``bayesrobust table`` (:mod:`bayesrobust.cli.table`)."""
+"""``python -m bayesrobust.robustness_table``: the command ``bayesrobust table`` (:mod:`bayesrobust.cli.table`)."""
 
 from .cli.table import main
 

@@ -24,8 +24,9 @@ is ``ds.lrp_robustness_diff.median("image")``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr

@@ -14,12 +14,13 @@ import functools
 import json
 import logging
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from . import paths
-from .choices import AttackName, Model, Norm, PosteriorMode, Subset
+from .choices import AttackName, Model, Norm, PosteriorMode
 from .inference import resolve_inference
 from .presets import Preset, get_preset
 

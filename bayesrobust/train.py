@@ -1,4 +1,4 @@
-"""``python -m bayesrobust.train``: the same command as ``bayesrobust train`` (:mod:`bayesrobust.cli.train`)."""
+"""``python -m bayesrobust.train``: the command ``bayesrobust train`` (:mod:`bayesrobust.cli.train`)."""
 
 from .cli.train import main
 

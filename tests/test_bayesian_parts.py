@@ -19,8 +19,15 @@ from bayesrobust.inference import MeanFieldGuide, NUTSKernel
 from bayesrobust.inference.mcmc import train_hmc
 from bayesrobust.inference.svi import train_svi
 from bayesrobust.models.architectures import ArchConfig, build
-from bayesrobust.models.bayesian import (BayesianNetwork, Categorical, Gaussian, LayerwiseNormalPrior,
-                                         NormalPrior, initial_values, site_to_param)
+from bayesrobust.models.bayesian import (
+    BayesianNetwork,
+    Categorical,
+    Gaussian,
+    LayerwiseNormalPrior,
+    NormalPrior,
+    initial_values,
+    site_to_param,
+)
 from bayesrobust.presets import HMCConfig, SVIConfig
 
 D, N, B = 3, 40, 8

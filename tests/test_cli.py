@@ -23,7 +23,8 @@ def test_group_has_every_stage_and_aliases_are_the_same_commands():
     import importlib
     assert set(COMMANDS) == {"train", "attack", "explain", "analyze", "plot", "pipeline", "table"}
     for alias, command in ALIASES.items():
-        module = importlib.import_module(f"bayesrobust.{alias}" if alias != "explain" else "bayesrobust.explain.__main__")
+        name = f"bayesrobust.{alias}" if alias != "explain" else "bayesrobust.explain.__main__"
+        module = importlib.import_module(name)
         assert module.main is COMMANDS[command], alias
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from bayesrobust.data import Data
-from bayesrobust.models.architectures import ArchConfig
-from bayesrobust.presets import HMCConfig, SVIConfig
 from bayesrobust.inference.mcmc import train_hmc
 from bayesrobust.inference.svi import train_svi
+from bayesrobust.models.architectures import ArchConfig
+from bayesrobust.presets import HMCConfig, SVIConfig
 
 D, N, NOISE, PRIOR = 3, 200, 0.5, 1.0
 ARCH = ArchConfig("linear", 1, (1, 1, D), n_classes=1)

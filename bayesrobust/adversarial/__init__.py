@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import NORMS, Attack, LossGradient, module_gradient, perturbation_norm
 from ..models.draws import DrawSet, draw_probabilities
+from .base import NORMS, Attack, LossGradient, module_gradient, perturbation_norm
 from .evaluate import Evaluation, evaluate
 from .fgsm import FGSM
 from .pgd import PGD

@@ -19,7 +19,7 @@ on the batch size (nor on chunking); only its sign (Linf) or direction (L2) is u
 from __future__ import annotations
 
 import abc
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

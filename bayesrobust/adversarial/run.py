@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +71,8 @@ def run_attack(model: Posterior, data: Data, attack: Attack, *, mode: str = "mea
         ``success``, ``failed``, ``softmax_robustness`` (image); ``probs``, ``probs_adv`` (image, class);
         ``draw_pred``, ``draw_pred_adv`` (draw, image). Coordinates ``image`` (test-set indices), ``class``,
         ``draw`` (the posterior draw indices used) with ``chain`` and ``sample`` along it (each draw's chain
-        and sample in an HMC posterior; −1 and the draw index otherwise). Attributes: model, inference, dataset, attack, norm,
+        and sample in an HMC posterior; −1 and the draw index otherwise). Attributes: model, inference, dataset,
+        attack, norm,
         epsilon, steps, step_size, random_start, posterior_mode, n_draws, seed, clean/adversarial accuracy,
         success rate, and the provenance of :func:`bayesrobust.store.provenance`.
     """

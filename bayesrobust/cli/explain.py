@@ -39,7 +39,7 @@ def parse_layers(values: tuple[str, ...]) -> str | list[int]:
     try:
         return [int(v) for v in items]
     except ValueError:
-        raise ValueError(f"--layers takes 'all' or layer indices (e.g. 0,2 or -1), got {' '.join(values)!r}")
+        raise ValueError(f"--layers takes 'all' or layer indices (e.g. 0,2 or -1), got {' '.join(values)!r}") from None
 
 
 @click.command(name="explain", context_settings=options.CONTEXT)

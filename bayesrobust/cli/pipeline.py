@@ -20,8 +20,8 @@ import time
 import click
 
 from ..choices import LikelihoodScaling
-from ..explain.rules import RULES
 from ..experiment import PAPER_RULES, Experiment, headline
+from ..explain.rules import RULES
 from . import options
 
 

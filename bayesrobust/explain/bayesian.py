@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterator, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch

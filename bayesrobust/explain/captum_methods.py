@@ -35,8 +35,9 @@ draw; their maps depend on ``batch_size`` as well.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from captum.attr import GradientShap, IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Saliency
@@ -146,7 +147,8 @@ class CaptumMethod:
                 return outputs[layer].reshape(inputs.shape[0], -1)
 
             for k, layer in enumerate(layers):
-                func: Callable[[torch.Tensor], torch.Tensor] = lambda inputs, layer=layer: forward(inputs, layer)
+                def func(inputs: torch.Tensor, layer: int = layer) -> torch.Tensor:
+                    return forward(inputs, layer)
                 maps[k] = self._attribute(net, func, x, units[k], layer).detach()
         return maps, units
 

@@ -10,8 +10,8 @@ pixels.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence, Union
 
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from torch import nn
 from ..models.architectures import Network, explained_layers
 
 #: ``None`` or ``'all'`` (every learnable layer) or layer indices.
-LayerSelection = Union[None, str, int, Sequence[int]]
+LayerSelection = None | str | int | Sequence[int]
 
 INITIALS = ("one_hot", "value")
 

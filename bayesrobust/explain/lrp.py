@@ -25,16 +25,23 @@ attacks", arXiv 2102.11010.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from zennit.core import Composite, Hook
 
 from ..models.architectures import Network
 from .layers import argmax_seed, capture_outputs, check_initial
-from .rules import (canonizers_for, check_composite, check_composite_params, check_rule, named_composite,
-                    uniform_composite)
+from .rules import (
+    canonizers_for,
+    check_composite,
+    check_composite_params,
+    check_rule,
+    named_composite,
+    uniform_composite,
+)
 
 
 class LRP:

@@ -44,8 +44,9 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,7 +84,7 @@ class GradientEpsilon(Hook):
         super().__init__()
         self.epsilon = float(epsilon)
 
-    def copy(self) -> "GradientEpsilon":
+    def copy(self) -> GradientEpsilon:
         return GradientEpsilon(self.epsilon)
 
     def forward(self, module: nn.Module, input: tuple, output: torch.Tensor) -> None:

@@ -20,8 +20,9 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +32,16 @@ from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
 from ..data import Data, balanced_subset
 from ..models.architectures import ArchConfig
-from ..models.bayesian import (SITE_PREFIX, BayesianNetwork, Likelihood, Prior, make_likelihood, make_prior,
-                               pyro_scope, site_to_param)
+from ..models.bayesian import (
+    SITE_PREFIX,
+    BayesianNetwork,
+    Likelihood,
+    Prior,
+    make_likelihood,
+    make_prior,
+    pyro_scope,
+    site_to_param,
+)
 from ..models.posterior import Posterior
 from ..presets import HMCConfig
 
@@ -62,7 +71,7 @@ class NUTSKernel:
                              f"and {self.target_accept}")
 
     @classmethod
-    def from_config(cls, cfg: HMCConfig) -> "NUTSKernel":
+    def from_config(cls, cfg: HMCConfig) -> NUTSKernel:
         return cls(cfg.max_tree_depth, cfg.target_accept, cfg.jit)
 
     def __call__(self, model: BayesianNetwork, init_values: Mapping[str, torch.Tensor] | None = None) -> NUTS:
@@ -83,14 +92,16 @@ def diagnostics(samples: dict[str, np.ndarray], divergences: list[int]) -> dict[
     their total.
     """
     from arviz_base import from_dict
-    from arviz_stats import ess, rhat as split_rhat
+    from arviz_stats import ess
+    from arviz_stats import rhat as split_rhat
     tree = from_dict({"posterior": samples})
     rhat = split_rhat(tree)
     bulk = ess(tree, method="bulk")
     tail = ess(tree, method="tail")
     per_site = {}
     for name in samples:
-        per_site[name] = {"rhat_max": float(np.nanmax(rhat[name].values)) if np.isfinite(rhat[name].values).any() else float("nan"),
+        finite = np.isfinite(rhat[name].values).any()
+        per_site[name] = {"rhat_max": float(np.nanmax(rhat[name].values)) if finite else float("nan"),
                           "ess_bulk_min": float(np.nanmin(bulk[name].values)),
                           "ess_tail_min": float(np.nanmin(tail[name].values))}
 

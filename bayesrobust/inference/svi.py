@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pyro
 import torch
@@ -27,8 +27,7 @@ from tqdm.auto import tqdm
 from ..choices import LikelihoodScaling
 from ..data import Data, batches
 from ..models.architectures import ArchConfig
-from ..models.bayesian import (BayesianNetwork, Likelihood, Prior, make_likelihood, make_prior, pyro_scope,
-                               site_to_param)
+from ..models.bayesian import BayesianNetwork, Likelihood, Prior, make_likelihood, make_prior, pyro_scope, site_to_param
 from ..models.posterior import Posterior
 from ..presets import SVIConfig
 

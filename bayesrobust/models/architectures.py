@@ -10,8 +10,8 @@ there (docs/method.md §2.5); see :func:`explained_layers`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -33,7 +33,7 @@ class ArchConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ArchConfig":
+    def from_dict(cls, d: dict) -> ArchConfig:
         return cls(d["name"], int(d["hidden"]), tuple(int(v) for v in d["in_shape"]), int(d["n_classes"]))
 
 
@@ -160,7 +160,8 @@ def resnet20(cfg: ArchConfig) -> Network:
     return net
 
 
-ARCHITECTURES: dict[str, Callable[[ArchConfig], Network]] = {"linear": linear, "fc2": fc2, "conv": conv, "resnet20": resnet20}
+ARCHITECTURES: dict[str, Callable[[ArchConfig], Network]] = {"linear": linear, "fc2": fc2, "conv": conv,
+                                                             "resnet20": resnet20}
 
 
 def build(cfg: ArchConfig) -> Network:

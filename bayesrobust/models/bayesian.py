@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Mapping, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pyro
@@ -104,7 +105,7 @@ class LayerwiseNormalPrior:
         return iid_normal(param, self.scale_of(name))
 
     @classmethod
-    def fan_in(cls, net: nn.Module | ArchConfig, gain: float = 1.0) -> "LayerwiseNormalPrior":
+    def fan_in(cls, net: nn.Module | ArchConfig, gain: float = 1.0) -> LayerwiseNormalPrior:
         """Scale ``gain / sqrt(fan_in)`` for each module with a weight of ≥ 2 dims (fan_in = inputs × kernel
         size), shared by that module's bias; other parameters (e.g. norm layers) get ``gain``."""
         _positive("gain", gain)
@@ -143,7 +144,7 @@ class Likelihood:
         if self.dataset_size is not None and self.dataset_size <= 0:
             raise ValueError(f"dataset_size must be positive or None, got {self.dataset_size}")
 
-    def with_dataset_size(self, n: int | None) -> "Likelihood":
+    def with_dataset_size(self, n: int | None) -> Likelihood:
         return replace(self, dataset_size=n)
 
     def distribution(self, out: torch.Tensor) -> dist.TorchDistributionMixin:

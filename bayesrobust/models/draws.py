@@ -1,4 +1,5 @@
-"""The one path to posterior draws: S draws swapped into one module in place, and the predictive (docs/method.md §3.6, §4.4, §8).
+"""The one path to posterior draws: S draws swapped into one module in place, and the predictive
+(docs/method.md §3.6, §4.4, §8).
 
 Attacks, their evaluation, explanations and the test accuracy at training time all visit draws through a
 :class:`DrawSet`, so draw ``j`` is the same network everywhere: :meth:`Posterior.draw_params(j)
@@ -21,7 +22,8 @@ accuracy of the mean softmax's argmax), the same computation as the clean accura
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -137,7 +139,7 @@ class DrawSet:
             memory_format=self._format if v.dim() == 4 else torch.contiguous_format) for k, v in params.items()}
 
     @classmethod
-    def from_module(cls, module: nn.Module) -> "DrawSet":
+    def from_module(cls, module: nn.Module) -> DrawSet:
         """A plain module as a one-draw set (the module is used as is: not copied, mode unchanged)."""
         self = cls.__new__(cls)
         self.indices, self.chains, self.samples = (0,), (-1,), (0,)
@@ -150,8 +152,8 @@ class DrawSet:
         return self
 
     @classmethod
-    def of(cls, model: "Posterior | nn.Module | DrawSet", n_draws: int | None = None, *,
-           device: str | torch.device = "cpu") -> "DrawSet":
+    def of(cls, model: Posterior | nn.Module | DrawSet, n_draws: int | None = None, *,
+           device: str | torch.device = "cpu") -> DrawSet:
         """``model`` as a DrawSet: a DrawSet is returned as is, a module is one draw."""
         if isinstance(model, DrawSet):
             return model

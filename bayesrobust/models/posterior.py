@@ -20,9 +20,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -203,7 +204,7 @@ class Posterior:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, arch: ArchConfig | None = None) -> "Posterior":
+    def load(cls, directory: str | Path, arch: ArchConfig | None = None) -> Posterior:
         """Read a checkpoint written by :meth:`save` (``torch.load(weights_only=True)``: no unpickling).
 
         Raises
@@ -235,7 +236,7 @@ def deterministic(net: Network, config: dict | None = None) -> Posterior:
 
 
 def to_arviz(posterior: Posterior, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
-             n_draws: int | None = None, *, device: str | torch.device = "cpu") -> "xr.DataTree":
+             n_draws: int | None = None, *, device: str | torch.device = "cpu") -> xr.DataTree:
     """The posterior as an ArviZ 1.x DataTree (``arviz_base.from_dict``), with dims ``(chain, draw)``.
 
     Groups:

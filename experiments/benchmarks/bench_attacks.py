@@ -35,10 +35,10 @@ from torch import nn
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from bayesrobust.adversarial import FGSM, PGD, PosteriorAverage  # noqa: E402
-from bayesrobust.models.draws import DrawSet  # noqa: E402
 from bayesrobust.adversarial.posterior import mean_grad_gradient  # noqa: E402
 from bayesrobust.data import balanced_subset, load  # noqa: E402
 from bayesrobust.models.architectures import ArchConfig, build  # noqa: E402
+from bayesrobust.models.draws import DrawSet  # noqa: E402
 from bayesrobust.models.posterior import Posterior  # noqa: E402
 
 
