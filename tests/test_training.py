@@ -80,7 +80,8 @@ def test_train_cli_writes_a_loadable_model(tmp_path):
     (["--model", "baseNN", "--preset", "mnist_conv"], "Error: dataset 'mnist' is read from disk: pass data_root"),
     (["--model", "baseNN", "--preset", "mnist_conv", "--data-root", "{tmp}"],
      "Error: dataset 'mnist' (test) not found"),
-    (["--model", "fullBNN", "--preset", "quick", "--device", "cuda:7"], "Error: device 'cuda:7' requested but CUDA is not available on this machine; use cpu"),
+    (["--model", "fullBNN", "--preset", "quick", "--device", "cuda:7"],
+     "Error: device 'cuda:7' requested but CUDA is not available on this machine; use cpu"),
 ])
 def test_train_cli_bad_input_is_one_line(tmp_path, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args] + ["--out", str(tmp_path / "out")]
