@@ -160,3 +160,20 @@ def test_adv_ratio_is_the_adversarial_share_of_every_batch(mnist5k_train, monkey
                            OptimConfig(epochs=1, batch_size=batch), AdvConfig(epsilon=0.1, adv_ratio=ratio))
     assert given == expected
     assert trained_on == [min(batch, n - k * batch) for k in range(-(-n // batch))]
+
+
+def test_train_network_keeps_the_callers_rng_and_repeats_for_a_seed(mnist5k_train):
+    """Training seeds its own forked RNG: the caller's global torch state is untouched, and the same seed
+    gives the same network whatever that state was."""
+    from bayesrobust.inference import train_network
+    from bayesrobust.presets import OptimConfig
+    small = mnist5k_train.subset(torch.arange(64))
+    cfg = OptimConfig(epochs=1, batch_size=32)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first, _ = train_network(ArchConfig("fc2", 4), small, cfg, seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(999)
+    second, _ = train_network(ArchConfig("fc2", 4), small, cfg, seed=5)
+    for (name, a), (_, b) in zip(first.named_parameters(), second.named_parameters()):
+        assert torch.equal(a, b), name

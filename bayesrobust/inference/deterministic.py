@@ -88,7 +88,16 @@ def train_network(arch: ArchConfig, data: Data, cfg: OptimConfig, adv: AdvConfig
         raise ValueError(f"epochs must be non-negative, got {cfg.epochs}")
     if cfg.batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {cfg.batch_size}")
-    torch.manual_seed(seed)
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):  # seeded here, the caller's global RNG left as it was
+        torch.manual_seed(seed)
+        return _fit(arch, data, cfg, adv, seed, device, progress, callback)
+
+
+def _fit(arch: ArchConfig, data: Data, cfg: OptimConfig, adv: AdvConfig | None, seed: int,
+         device: str | torch.device, progress: bool,
+         callback: Callable[[int, float], None] | None) -> tuple[Network, History]:
+    """The training loop of :func:`train_network`, run with the global RNG seeded by it."""
     net = build(arch).to(device)
     attack = make_attack(adv) if adv is not None else None
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
