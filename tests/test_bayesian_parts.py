@@ -16,7 +16,7 @@ from pyro import poutine
 
 from bayesrobust.data import Data
 from bayesrobust.inference import MeanFieldGuide, NUTSKernel
-from bayesrobust.inference.mcmc import train_hmc
+from bayesrobust.inference.hmc import train_hmc
 from bayesrobust.inference.svi import train_svi
 from bayesrobust.models.architectures import ArchConfig, build
 from bayesrobust.models.bayesian import (

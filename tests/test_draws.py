@@ -102,7 +102,7 @@ def test_draws_know_their_chain_and_sample():
     assert draws.chains == tuple(chain[:4]) and draws.samples == tuple(sample[:4])
     c, s = svi().draw_coords([0, 1, 2])
     assert c.tolist() == [-1, -1, -1] and s.tolist() == [0, 1, 2]
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=r"draw indices \[6\] out of range: this hmc posterior has 6 draw\(s\)"):
         post.draw_coords([6])
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bayesrobust.data import Data
-from bayesrobust.inference.mcmc import train_hmc
+from bayesrobust.inference.hmc import train_hmc
 from bayesrobust.inference.svi import train_svi
 from bayesrobust.models.architectures import ArchConfig
 from bayesrobust.presets import HMCConfig, SVIConfig

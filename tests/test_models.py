@@ -87,7 +87,7 @@ def test_drawset_swaps_weights_in_place():
         torch.testing.assert_close(outs[j], post.network(j)(x), rtol=0, atol=0)
 
 
-def test_mcmc_draws_are_a_fixed_subset_without_replacement():
+def test_hmc_draws_are_a_fixed_subset_without_replacement():
     arch = ARCHS[3]
     samples = {"1.weight": torch.arange(2 * 5 * 10 * 784, dtype=torch.float32).view(2, 5, 10, 784),
                "1.bias": torch.arange(2 * 5 * 10, dtype=torch.float32).view(2, 5, 10)}
@@ -95,7 +95,7 @@ def test_mcmc_draws_are_a_fixed_subset_without_replacement():
     assert post.max_draws == 10
     firsts = {float(post.draw_params(j)["1.bias"][0]) for j in range(10)}
     assert len(firsts) == 10
-    with pytest.raises(ValueError, match="n_draws=11 but this MCMC posterior has only 10 samples"):
+    with pytest.raises(ValueError, match="n_draws=11 but this HMC posterior has only 10 samples"):
         post.resolve_n_draws(11)
     with pytest.raises(ValueError, match="n_draws must be positive, got 0"):
         post.resolve_n_draws(0)

@@ -9,7 +9,7 @@ from torch import nn
 
 from bayesrobust.adversarial import FGSM
 from bayesrobust.inference import load_model, train_model
-from bayesrobust.inference.mcmc import train_hmc
+from bayesrobust.inference.hmc import train_hmc
 from bayesrobust.models.architectures import ArchConfig
 from bayesrobust.models.draws import predictive_accuracy as accuracy
 from bayesrobust.presets import HMCConfig, get_preset, override_training

@@ -19,7 +19,7 @@ from ..models.posterior import deterministic as one_draw_posterior
 from ..paths import model_dir, model_tag
 from ..presets import INFERENCES, Preset, check_model
 from .deterministic import train_network
-from .mcmc import NUTSKernel, train_hmc
+from .hmc import NUTSKernel, train_hmc
 from .svi import MeanFieldGuide, train_svi
 
 __all__ = ["train_model", "load_model", "train_network", "train_svi", "train_hmc", "MeanFieldGuide", "NUTSKernel"]

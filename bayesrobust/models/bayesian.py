@@ -2,7 +2,7 @@
 
 Following TyXe, a Bayesian network is *plain network + prior + likelihood*; the inference is a fourth,
 separate part (a guide builder for SVI, :class:`~bayesrobust.inference.svi.MeanFieldGuide`, or a kernel
-builder for MCMC, :class:`~bayesrobust.inference.mcmc.NUTSKernel`).
+builder for MCMC, :class:`~bayesrobust.inference.hmc.NUTSKernel`).
 
 - A **prior** is any callable ``prior(name, param) -> distribution`` over one parameter, with its event dims
   set (``name`` is the state-dict name, e.g. ``'1.weight'``). :class:`NormalPrior` (the paper: independent

@@ -112,7 +112,7 @@ class Posterior:
         if n <= 0:
             raise ValueError(f"n_draws must be positive, got {n}")
         if self.max_draws is not None and n > self.max_draws:
-            raise ValueError(f"n_draws={n} but this MCMC posterior has only {self.max_draws} samples")
+            raise ValueError(f"n_draws={n} but this HMC posterior has only {self.max_draws} samples")
         return n
 
     # -- draws -----------------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ class Posterior:
         n = self.max_draws
         assert n is not None
         if not 0 <= j < n:
-            raise IndexError(f"draw {j} out of range: this MCMC posterior has {n} samples")
+            raise IndexError(f"draw {j} out of range: this HMC posterior has {n} samples")
         flat = int(self._flat_order()[j])
         return {k: v.reshape(n, *v.shape[2:])[flat] for k, v in self.params.items()}
 
