@@ -17,12 +17,15 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import paths
 from .choices import AttackName, Model, Norm, PosteriorMode
 from .inference import resolve_inference
 from .presets import Preset, get_preset
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 log = logging.getLogger(__name__)
 
@@ -418,7 +421,37 @@ def analyze(out: str | Path | None = None, preset: str | None = None, *, topk: f
     ds = results.analyse_stored(out, preset, topk, attack=attack, norm=norm, epsilon=epsilon, mode=mode,
                                 method=method)
     path = stability.write(ds, out, name or results.analysis_name(ds))
-    return Done(path, False, f"analysis written to {path}", {"dataset": ds})
+    return Done(path, False, f"{analysis_summary(ds)}\n\nanalysis written to {path}", {"dataset": ds})
+
+
+def _frame(da: xr.DataArray, row: str, fmt: str = ".3f") -> str:
+    """``da`` (row, rule, layer) as a text table: a line per (row, layer), a column per rule."""
+    import pandas as pd
+
+    from .figures import layer_label, ordered_rules, rule_label
+    da = da.transpose(row, "layer", "rule").sel(rule=ordered_rules(da.rule.values.tolist()))
+    index = pd.MultiIndex.from_tuples([(str(r), layer_label(da, v)) for r in da[row].values
+                                       for v in da.layer.values], names=[row, "layer"])
+    df = pd.DataFrame(da.values.reshape(-1, da.sizes["rule"]), index=index,
+                      columns=[rule_label(r) for r in da.rule.values])
+    return df.to_string(float_format=lambda v: format(v, fmt), na_rep="nan")
+
+
+def analysis_summary(ds: xr.Dataset) -> str:
+    """The printed summary of an analysis Dataset (subset: all images)."""
+    outcome = [f"{m}: {int(ds.success.sel(model=m).sum())} successful, {int(ds.failed.sel(model=m).sum())} failed"
+               for m in ds.model.values.tolist()]
+    parts = [f"{ds.sizes['image']} images, top {float(ds.attrs.get('topk', 20)):g}%; attacks: " + "; ".join(outcome),
+             "\nMedian LRP robustness", _frame(ds.lrp_robustness.median("image"), "model")]
+    if ds.sizes["comparison"]:
+        parts += ["\nMedian paired difference (model - Det)",
+                  _frame(ds.lrp_robustness_diff.median("image"), "comparison"),
+                  "\nMann-Whitney p (one-sided, H1: Det less robust)",
+                  _frame(ds.mannwhitney_p.sel(subset="all", drop=True), "comparison", ".2g")]
+    parts += ["\nSpearman rho (LRP robustness, softmax robustness)",
+              _frame(ds.spearman_rho.sel(subset="all", drop=True), "model")]
+    return "\n".join(parts)
+
 
 
 FIGURE_NAMES = ("fig1", "fig3", "fig4", "fig5", "fig6", "robustness_table")
