@@ -178,6 +178,8 @@ def train_hmc(arch: ArchConfig, data: Data, cfg: HMCConfig, prior_scale: float =
             start = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+                # Pyro's jit_compile traces the potential; torch 2.14 marks tracing as deprecated (noise here)
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=FutureWarning)
                 mcmc.run(x, y)
             seconds.append(time.perf_counter() - start)
         chains.append({k: v.detach().cpu() for k, v in mcmc.get_samples().items()})
