@@ -40,7 +40,7 @@ DRAW_BUDGET_BYTES = 2**30
 
 def has_convolution(net: nn.Module) -> bool:
     """Whether ``net`` has a convolution (then it runs in ``channels_last`` with chunked images)."""
-    return any(isinstance(m, nn.modules.conv._ConvNd) for m in net.modules())
+    return any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in net.modules())
 
 
 def default_chunk_size(net: nn.Module) -> int | None:
