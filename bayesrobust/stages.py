@@ -456,7 +456,7 @@ def check_topk(topk: Any) -> float:
     except (TypeError, ValueError):
         raise ValueError(f"topk is a percentage of pixels in (0, 100], got {topk!r}") from None
     if isinstance(topk, bool) or not 0 < value <= 100:  # NaN and inf fail too
-        raise ValueError(f"topk is a percentage of pixels in (0, 100], got {value:g}")
+        raise ValueError(f"topk is a percentage of pixels in (0, 100], got {topk}")
     return value
 
 
