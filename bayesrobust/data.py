@@ -14,13 +14,17 @@ Registry
     300 real CIFAR-10 *test* images from ``ROOT/cifar10/test_300.npz``, partitioned for smoke runs only:
     the first 200 act as ``train``, the last 100 as ``test``. Not a benchmark.
 
-No loader downloads anything; missing files raise :class:`DataNotFoundError` naming where we looked.
+No loader downloads anything; missing files raise :class:`DataNotFoundError` naming where we looked, and
+files that exist but cannot be read (truncated or corrupt) :class:`CorruptDataError` naming the file.
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
+import pickle
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +37,11 @@ SPLITS = ("train", "test")
 
 class DataNotFoundError(FileNotFoundError):
     """The files of a dataset are not where they were looked for."""
+
+
+class CorruptDataError(ValueError):
+    """A data file exists but cannot be read: truncated, corrupt or not the expected format (the message names
+    the file)."""
 
 
 @dataclass(frozen=True)
@@ -112,13 +121,33 @@ _IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """Read an idx file (optionally gzipped): magic, dims (big-endian int32), then uint8 data."""
+    """Read an idx file (optionally gzipped): magic (0, 0, 8 = uint8, ndim), dims (big-endian int32), then
+    uint8 data.
+
+    Raises
+    ------
+    CorruptDataError
+        The file cannot be decompressed (truncated or corrupt archive), or its header or length is not that
+        of an idx file of uint8; the message names the file.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise CorruptDataError(f"data file {path} is corrupt or truncated and cannot be read "
+                               f"({type(err).__name__}: {err}); replace it with a good copy") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 4 \
+            or len(raw) < 4 + 4 * raw[3]:
+        raise CorruptDataError(f"data file {path} is not an idx file of uint8 (bad header); it is corrupt or "
+                               f"truncated: replace it with a good copy")
     ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(tuple(int(d) for d in dims))
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
+    expected = 4 + 4 * ndim + int(np.prod(dims, dtype=np.int64))
+    if min(dims) < 0 or len(raw) != expected:
+        raise CorruptDataError(f"data file {path} holds {len(raw):,} bytes but its header {dims} needs "
+                               f"{expected:,}; it is corrupt or truncated: replace it with a good copy")
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def _find_idx(raw_dir: Path, stem: str) -> Path | None:
@@ -140,6 +169,12 @@ def _idx_loader(folder: str, name: str) -> Callable[[str, Path | None], Data]:
                 f"or fetch it once on a machine with internet: "
                 f"torchvision.datasets.{folder}(ROOT, download=True)")
         images, labels = (_read_idx(p) for p in paths)  # type: ignore[arg-type]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise CorruptDataError(f"data files {paths[0]} and {paths[1]} do not match: {images.shape} images "
+                                   f"and {labels.shape} labels; one of them is corrupt")
+        if labels.size and labels.max() >= 10:
+            raise CorruptDataError(f"data file {paths[1]} holds label {int(labels.max())}, expected 0-9; "
+                                   f"it is corrupt")
         x = (images[:, None].astype(np.float32) / 255.0)
         return _make(x, labels, np.arange(len(labels)), name, split)
     return load
@@ -155,10 +190,22 @@ def _load_cifar10(split: str, root: Path | None) -> Data:
             f"there (torchvision.datasets.CIFAR10(ROOT, download=True) on a machine with internet), or use "
             f"'cifar10_test300' for the 300-image test subset in ROOT/cifar10/test_300.npz")
     from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
     try:
         ds = CIFAR10(str(root), train=(split == "train"), download=False)
     except RuntimeError as err:
-        raise DataNotFoundError(f"dataset 'cifar10' in {folder} is incomplete or corrupt: {err}") from err
+        bad = [name for name, md5 in (*CIFAR10.train_list, *CIFAR10.test_list)
+               if not check_integrity(str(folder / name), md5)]
+        if bad and all(not (folder / name).exists() for name in bad):
+            raise DataNotFoundError(f"dataset 'cifar10' in {folder} is incomplete: missing "
+                                    f"{', '.join(bad)}") from None
+        if bad:
+            raise CorruptDataError(f"dataset 'cifar10': {', '.join(str(folder / n) for n in bad)} corrupt or "
+                                   f"truncated (checksum mismatch or missing); replace with good copies") from None
+        raise CorruptDataError(f"dataset 'cifar10' in {folder} is incomplete or corrupt: {err}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, OSError, KeyError) as err:
+        raise CorruptDataError(f"dataset 'cifar10' in {folder}: a batch file is corrupt or truncated "
+                               f"({type(err).__name__}: {err})") from None
     x = np.asarray(ds.data).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
     y = np.asarray(ds.targets)
     return _make(x, y, np.arange(len(y)), "cifar10", split)
@@ -169,8 +216,15 @@ def _load_cifar10_test300(split: str, root: Path | None) -> Data:
     path = root / "cifar10" / "test_300.npz"
     if not path.is_file():
         raise DataNotFoundError(f"dataset 'cifar10_test300' not found: looked for {path}")
-    with np.load(path, allow_pickle=False) as f:
-        x, y = f["x"], f["y"]
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            x, y = f["x"], f["y"]
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+        raise CorruptDataError(f"data file {path} is corrupt or truncated and cannot be read "
+                               f"({type(err).__name__}: {err}); expected an npz with arrays x and y") from None
+    if x.ndim != 4 or x.shape[3] != 3 or y.shape != (x.shape[0],) or len(y) <= 200:
+        raise CorruptDataError(f"data file {path} holds x {x.shape} and y {y.shape}; expected x (N, 32, 32, 3) "
+                               f"and y (N,) with N > 200: it is corrupt or not the 300-image subset")
     x = x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
     chosen = np.arange(200) if split == "train" else np.arange(200, len(y))
     return _make(x[chosen], y[chosen], chosen, "cifar10_test300", split)
@@ -203,6 +257,8 @@ def load(name: str, split: str, data_root: str | Path | None = None) -> Data:
         Unknown name or split, or a dataset that needs ``data_root`` called without one.
     DataNotFoundError
         The files are not under ``data_root``; the message says where we looked.
+    CorruptDataError
+        A file is there but truncated or corrupt; the message names it.
     """
     info = dataset_info(name)
     if split not in SPLITS:

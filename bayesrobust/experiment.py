@@ -23,11 +23,11 @@ from pathlib import Path
 
 import xarray as xr
 
-from . import paths, stages
+from . import checks, paths, stages
 from .choices import AttackName, LikelihoodScaling, Model, Norm, PosteriorMode
 from .explain.rules import RULES
 from .inference import resolve_inference
-from .presets import Preset, get_preset
+from .presets import Preset, check_training, get_preset, override_training
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class Experiment:
     def __post_init__(self) -> None:
         """Check every setting of every stage before any work (a bad value is a ``ValueError`` naming it)."""
         self.preset = self.preset if isinstance(self.preset, Preset) else get_preset(self.preset)
+        paths.safe_name(self.preset.name, "preset name")
         self.out = paths.resolve_out(self.out)
         self.inference = resolve_inference(self.preset, Model.BAYES, self.inference)
         self.attack = AttackName.parse(self.attack, "attack").value
@@ -95,21 +96,34 @@ class Experiment:
         self.models = tuple(Model.parse(m, "model").value for m in self.models)
         if Model.BASE not in self.models:
             raise ValueError(f"the analysis compares against baseNN; models {list(self.models)} lack it")
-        self.draws = tuple(int(s) for s in self.draws) or (self.preset.eval_draws,)
-        for name, values in (("draws", self.draws), ("n_inputs", [self.n_inputs]), ("steps", [self.steps]),
-                             ("epsilon", [self.epsilon])):
-            bad = [v for v in values if v is not None and not v > 0]
-            if bad:
-                raise ValueError(f"{name} must be positive, got {bad[0]}")
+        self.draws = tuple(checks.count("draws", s, allow_none=False) for s in self.draws) \
+            or (self.preset.eval_draws,)
+        self.n_inputs = checks.count("n_inputs", self.n_inputs)
+        self.steps = checks.count("steps", self.steps)
+        if self.epsilon is not None:
+            checks.positive("epsilon", self.epsilon)  # the norm's bound: make_attack_for
+        checks.seed("seed", self.seed)
         if not self.rules:
             raise ValueError(f"at least one LRP rule is needed; expected some of {', '.join(RULES)}")
         for rule in self.rules:
             if rule not in RULES:
                 raise ValueError(f"unknown LRP rule {rule!r}; expected one of {', '.join(RULES)}")
-        if not 0 < self.topk <= 100:
-            raise ValueError(f"topk is a percentage of pixels in (0, 100], got {self.topk}")
+        self.topk = stages.check_topk(self.topk)
         stages.make_attack_for(self.preset, self.attack, self.norm, self.epsilon, self.steps, None, True)
         stages.resolve_device(self.device)
+        for model in self.models:  # every training setting, with the overrides train() applies
+            overrides = {"likelihood_scaling": self.likelihood_scaling} if model == Model.BAYES else {}
+            check_training(override_training(self.preset, model, self._inference(model), **overrides), model,
+                           self._inference(model))
+        self._check_data()
+        paths.prepare_out(self.out)  # an unusable folder is reported now, not after training
+
+    def _check_data(self) -> None:
+        """The test split is there and holds enough images of every class for ``n_inputs`` (checked by
+        drawing the subset the attacks will use), before anything is trained."""
+        from .data import balanced_subset, load
+        test = load(self.preset.dataset, "test", self.data_root)
+        balanced_subset(test, self.n_inputs if self.n_inputs is not None else self.preset.n_inputs)
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _say(self, done: stages.Done) -> stages.Done:

@@ -25,8 +25,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from . import checks
 from .choices import Inference, Model
-from .models.architectures import ArchConfig
+from .models.architectures import MAX_HIDDEN, ArchConfig
 
 MODELS = Model.values()
 INFERENCES = Inference.values()
@@ -214,18 +215,23 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
     Raises
     ------
     ValueError
-        A negative epoch count, non-positive learning rate or size, or an unknown dataset.
+        A negative epoch count; a learning rate, prior scale or advNN ε that is not a finite positive number;
+        a size that is not a positive integer (0 is not "the default": that is ``None``); a hidden size above
+        :data:`~bayesrobust.models.architectures.MAX_HIDDEN`; an adversarial share outside [0, 1]; an
+        unknown dataset.
     """
     from .data import dataset_info
     check_model(model)
     for name, value in (("epochs", epochs), ("warmup", warmup)):
-        if value is not None and value < 0:
-            raise ValueError(f"{name} must be non-negative, got {value}")
-    for name, value in (("lr", lr), ("hidden", hidden), ("batch_size", batch_size), ("samples", samples),
-                        ("chains", chains), ("n_train", n_train), ("prior_scale", prior_scale),
-                        ("adv_epsilon", adv_epsilon)):
-        if value is not None and value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
+        checks.count(name, value, minimum=0)
+    for name, value in (("hidden", hidden), ("batch_size", batch_size), ("samples", samples),
+                        ("chains", chains), ("n_train", n_train)):
+        checks.count(name, value)
+    for name, value in (("lr", lr), ("prior_scale", prior_scale), ("adv_epsilon", adv_epsilon)):
+        checks.positive(name, value)
+    checks.real("adv_ratio", adv_ratio, low=0, high=1)
+    if hidden is not None and hidden > MAX_HIDDEN:
+        raise ValueError(f"hidden must be at most {MAX_HIDDEN:,}, got {hidden:,}")
     p = preset
     if dataset is not None:
         info = dataset_info(dataset)
@@ -249,3 +255,70 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
     if prior_scale is not None:
         p = replace(p, prior_scale=prior_scale)
     return p
+
+
+def check_training(preset: Preset, model: str, inference: str | None = None) -> Preset:
+    """Check every setting ``model`` trains with (and the preset's evaluation settings) before any work: the
+    architecture (:func:`~bayesrobust.models.architectures.check_arch`), finite positive learning rates and
+    scales, integer counts, the advNN attack (ε finite, ≤ 1 in Linf; adversarial share in [0, 1]), the NUTS
+    settings. Returns ``preset``.
+
+    Raises
+    ------
+    ValueError
+        The first bad value, named with what was expected.
+    """
+    from .choices import AttackName, LikelihoodScaling, Norm
+    from .models.architectures import check_arch
+    check_model(model)
+    check_arch(preset.arch)
+    checks.positive("prior_scale", preset.prior_scale, allow_none=False)
+    checks.count("eval_draws", preset.eval_draws, allow_none=False)
+    checks.count("n_inputs", preset.n_inputs, allow_none=False)
+    checks.epsilon(preset.attack_epsilon, "linf", "attack_epsilon")
+    checks.count("attack_steps", preset.attack_steps, allow_none=False)
+    checks.positive("attack_step_size", preset.attack_step_size, allow_none=False)
+
+    def optim(cfg: OptimConfig) -> None:
+        if cfg.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected adam or sgd")
+        checks.positive("lr", cfg.lr, allow_none=False)
+        checks.count("batch_size", cfg.batch_size, allow_none=False)
+        checks.count("epochs", cfg.epochs, minimum=0, allow_none=False)
+        checks.real("momentum", cfg.momentum, low=0, high=1, high_open=True, allow_none=False)
+        checks.real("weight_decay", cfg.weight_decay, low=0, allow_none=False)
+        for m in cfg.milestones:
+            checks.real("milestone (a fraction of the epochs)", m, low=0, low_open=True, high=1, allow_none=False)
+
+    if model == "baseNN":
+        optim(preset.base)
+    elif model == "advNN":
+        optim(preset.adv_optim)
+        adv = preset.adv
+        attack = AttackName.parse(adv.attack, "adv_attack").value
+        norm = Norm.parse(adv.norm, "adv_norm").value
+        if attack == "fgsm" and norm != "linf":
+            raise ValueError(f"FGSM is an Linf attack; got adv_norm {norm!r} (use --adv-attack pgd for l2)")
+        checks.epsilon(adv.epsilon, norm, "adv_epsilon")
+        checks.count("adv steps", adv.steps, allow_none=False)
+        checks.positive("adv step_size", adv.step_size)
+        checks.real("adv_ratio", adv.adv_ratio, low=0, high=1, allow_none=False)
+    elif (inference or preset.inference) == "svi":
+        svi = preset.svi
+        checks.count("epochs", svi.epochs, minimum=0, allow_none=False)
+        checks.positive("lr", svi.lr, allow_none=False)
+        checks.count("batch_size", svi.batch_size, allow_none=False)
+        checks.positive("init_scale", svi.init_scale, allow_none=False)
+        checks.count("num_particles", svi.num_particles, allow_none=False)
+        LikelihoodScaling.parse(svi.likelihood_scaling, "likelihood scaling")
+    else:
+        hmc = preset.hmc
+        checks.count("warmup", hmc.warmup, minimum=0, allow_none=False)
+        checks.count("samples", hmc.samples, allow_none=False)
+        checks.count("chains", hmc.chains, allow_none=False)
+        checks.count("max_tree_depth", hmc.max_tree_depth, allow_none=False)
+        checks.real("target_accept", hmc.target_accept, low=0, high=1, low_open=True, high_open=True,
+                    allow_none=False)
+        checks.count("n_train", hmc.n_train)
+        checks.count("init_epochs", hmc.init_epochs, minimum=0, allow_none=False)
+    return preset

@@ -124,8 +124,15 @@ def _linked_attack(out: Path, preset: str, path: Path, ds: xr.Dataset) -> Path:
             continue
         linked = Path(link)
         if linked.suffix != ".nc" and len(linked.parts) == 1:  # a run name
-            return paths.attack_path(out, preset, link)
-        for candidate in (linked, out / linked, paths.attack_path(out, preset, linked.stem)):
+            try:
+                return paths.attack_path(out, preset, link)
+            except ValueError as err:
+                raise ValueError(f"explanation {path} names attack run {link!r} in its {key!r} attribute, which "
+                                 f"is not a run name ({err})") from None
+        candidates = [linked, out / linked]
+        if paths.SAFE_NAME.fullmatch(linked.stem):
+            candidates.append(paths.attack_path(out, preset, linked.stem))
+        for candidate in candidates:
             if candidate.exists():
                 return candidate
         return linked
@@ -384,7 +391,9 @@ def analyse_stored(out: str | Path, preset: str | None = None, topk: float = 20,
 
 
 def analysis_name(ds: xr.Dataset) -> str:
-    """The default file name of an analysis: ``PRESET_ATTACK_NORM_epsEPS_topK``."""
+    """The default file name of an analysis: ``PRESET_ATTACK_NORM_epsEPS_topK``, from its attributes (which
+    come from the stored attack runs: :func:`bayesrobust.paths.analysis_path` refuses a name they make
+    unsafe)."""
     a = ds.attrs
     eps, topk = float(a.get("epsilon", 0)), float(a.get("topk", 20))
     return f"{a.get('preset', 'analysis')}_{a.get('attack', '')}_{a.get('norm', '')}_eps{eps:g}_top{topk:g}"

@@ -209,5 +209,5 @@ def analyse(runs: Sequence[Run | tuple], topk: float = 20, *, det: str = "baseNN
 
 def write(ds: xr.Dataset, out: str | Path, name: str | None = None) -> Path:
     """Write an analysis Dataset to ``OUT/analysis/NAME.nc`` (default name ``analysis_top{topk}``)."""
-    name = name or f"analysis_top{ds.attrs.get('topk', 20):g}"
+    name = f"analysis_top{ds.attrs.get('topk', 20):g}" if name is None else name
     return store.write_netcdf(ds, paths.analysis_path(out, name), "analysis")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import paths
+from . import checks, paths
 from .choices import AttackName, Model, Norm, PosteriorMode
 from .inference import resolve_inference
 from .presets import Preset, get_preset
@@ -76,10 +76,10 @@ def _result_up_to_date(target: Path, config: dict) -> bool:
         return up_to_date(store.config_of(old), config)
 
 
-def _positive(**values: Any) -> None:
+def _counts(**values: Any) -> None:
+    """Each value ``None`` (the default) or a positive integer; 0 is an error, never read as "the default"."""
     for name, value in values.items():
-        if value is not None and not value > 0:
-            raise ValueError(f"{name} must be positive, got {value}")
+        checks.count(name, value)
 
 
 # -- train -------------------------------------------------------------------------------------------------
@@ -94,14 +94,16 @@ def train(preset: str | Preset, model: str, *, inference: str | None = None, out
     from .inference import train_model
     from .models.draws import predictive_accuracy
     from .models.posterior import Posterior
-    from .presets import override_training
+    from .presets import check_training, override_training
     out = paths.resolve_out(out)
     base = _preset(preset)
     Model.parse(model)
-    _positive(eval_draws=eval_draws)
+    _counts(eval_draws=eval_draws)
+    checks.seed("seed", seed)
     device = resolve_device(device)
     p = override_training(base, model, inference, **(overrides or {}))
     inference = resolve_inference(p, model, inference)
+    check_training(p, model, inference)
     target = paths.model_dir(out, p.name, model, inference)
     tag = paths.model_tag(model, inference)
     wanted = {"preset": p.to_dict(), "model": model, "inference": inference, "seed": seed}
@@ -113,8 +115,9 @@ def train(preset: str | Preset, model: str, *, inference: str | None = None, out
                                       f"(test accuracy {acc:.4f}); --force retrains",
                         {"test_accuracy": acc})
     test = datasets.load(p.dataset, "test", data_root)  # fail on missing data before training
+    paths.prepare_out(out, "models", p.name)  # an unusable --out is reported before training, not after
     posterior = train_model(p, model, inference, seed, device, data_root, progress)
-    n_draws = posterior.resolve_n_draws(eval_draws or p.eval_draws)
+    n_draws = posterior.resolve_n_draws(p.eval_draws if eval_draws is None else eval_draws)
     acc = predictive_accuracy(posterior, test.x, test.y, n_draws, device=device)
     posterior.config.update(test_accuracy=acc, test_accuracy_draws=n_draws)
     posterior.save(target)
@@ -150,15 +153,17 @@ class Target:
         the test split it was trained for (docs/method.md §1)."""
         from .data import balanced_subset, load
         from .inference import load_model
-        _positive(n_inputs=n_inputs, n_draws=n_draws)
+        _counts(n_inputs=n_inputs, n_draws=n_draws)
+        checks.seed("inputs_seed", inputs_seed)
         device = resolve_device(device)
         p = _preset(preset)
         inference = resolve_inference(p, model, inference)
         posterior = load_model(out, p, model, inference)
         dataset = posterior.config.get("dataset", p.dataset)
-        data = balanced_subset(load(dataset, "test", data_root), n_inputs or p.n_inputs, seed=inputs_seed)
-        return cls(p, model, inference, posterior, data, posterior.resolve_n_draws(n_draws or p.eval_draws),
-                   device)
+        data = balanced_subset(load(dataset, "test", data_root), p.n_inputs if n_inputs is None else n_inputs,
+                               seed=inputs_seed)
+        return cls(p, model, inference, posterior, data,
+                   posterior.resolve_n_draws(p.eval_draws if n_draws is None else n_draws), device)
 
     def config(self, **settings: Any) -> dict[str, Any]:
         """The config stored with a result: the settings plus the model's own training config."""
@@ -199,7 +204,8 @@ def attack(preset: str | Preset, model: str, *, inference: str | None = None, ou
     out = paths.resolve_out(out)
     p = _preset(preset)
     mode = PosteriorMode.parse(mode, "posterior mode").value
-    _positive(chunk_size=chunk_size)
+    _counts(chunk_size=chunk_size, n_inputs=n_inputs, n_draws=n_draws)
+    checks.seed("seed", seed)
     made = make_attack_for(p, attack, norm, epsilon, steps, step_size, random_start)  # validates ε, steps
     t = Target.load(p, model, inference, n_inputs, inputs_seed, n_draws, data_root, device, out)
     config = t.config(**made.params(), posterior_mode=mode, inputs_seed=inputs_seed, seed=seed,
@@ -210,6 +216,7 @@ def attack(preset: str | Preset, model: str, *, inference: str | None = None, ou
     target = paths.attack_path(out, p.name, run)
     if not force and _result_up_to_date(target, config):
         return Done(target, True, f"{target} is up to date (same settings and model); --force redoes it")
+    paths.prepare_out(out, "attacks", p.name)  # an unusable --out is reported before the attack, not after
     ds = run_attack(t.posterior, t.data, made, mode=mode, n_draws=t.n_draws, seed=seed, model_name=model,
                     config=config, chunk_size=chunk_size, device=t.device)
     path = store.write_netcdf(ds, target, "attack")
@@ -233,13 +240,19 @@ def table(preset: str | Preset, model: str, *, inference: str | None = None, out
     out = paths.resolve_out(out)
     p = _preset(preset)
     mode = PosteriorMode.parse(mode, "posterior mode").value
-    epsilons = {Norm.parse(k, "norm").value: tuple(float(e) for e in v)
+    epsilons = {Norm.parse(k, "norm").value: tuple(v)
                 for k, v in (SEED000_EPSILONS if epsilons is None else epsilons).items() if len(v)}
     if not epsilons or not steps:
         raise ValueError("the table needs at least one norm with an epsilon and one step count")
-    for values in epsilons.values():
-        _positive(**{"epsilon": min(values)})
-    _positive(steps=min(steps), chunk_size=chunk_size)
+    for norm, values in epsilons.items():
+        for eps in values:
+            checks.real(f"{norm} epsilon", eps, low=0, low_open=True,
+                        high=checks.MAX_LINF_EPSILON if norm == Norm.LINF else None, allow_none=False)
+    epsilons = {norm: tuple(float(e) for e in values) for norm, values in epsilons.items()}
+    for n_steps in steps:
+        checks.count("steps", n_steps, allow_none=False)
+    _counts(chunk_size=chunk_size, n_inputs=n_inputs, n_draws=n_draws)
+    checks.seed("seed", seed)
     t = Target.load(p, model, inference, n_inputs, inputs_seed, n_draws, data_root, device, out)
     config = t.config(epsilons=epsilons, steps=[int(s) for s in steps], random_start=random_start, seed=seed,
                       posterior_mode=mode, inputs_seed=inputs_seed, chunk_size=chunk_size)
@@ -248,6 +261,7 @@ def table(preset: str | Preset, model: str, *, inference: str | None = None, out
     target = paths.attack_path(out, p.name, run)
     if not force and _result_up_to_date(target, config):
         return Done(target, True, f"{target} is up to date (same settings and model); --force redoes it")
+    paths.prepare_out(out, "attacks", p.name)  # an unusable --out is reported before the table, not after
     ds = robustness_table(t.posterior, t.data, epsilons=epsilons, steps=steps, random_start=random_start,
                           mode=mode, n_draws=t.n_draws, seed=seed, model_name=model, config=config,
                           chunk_size=chunk_size, device=t.device)
@@ -324,7 +338,7 @@ def explain(preset: str | Preset, model: str, attack_run: str | Path | None = No
 
     from . import store
     from .explain.captum_methods import METHODS
-    from .explain.explanation import explain_attack, make_explainers
+    from .explain.explanation import attack_images, explain_attack, make_explainers
     from .explain.layers import resolve_layers
     from .explain.rules import COMPOSITES, RULES
     from .inference import load_model
@@ -342,7 +356,8 @@ def explain(preset: str | Preset, model: str, attack_run: str | Path | None = No
         raise ValueError(f"unknown composite {composite!r}; expected one of {', '.join(COMPOSITES)}")
     if method == "lrp" and not rules and composite is None:
         rules = ("epsilon",)
-    _positive(n_draws=n_draws, batch_size=batch_size)
+    _counts(n_draws=n_draws, batch_size=batch_size)
+    checks.seed("seed", seed)
     inference = resolve_inference(p, model, inference)
     path = resolve_attack_run(out, p.name, model, inference, attack_run)
     run = path.stem
@@ -352,6 +367,7 @@ def explain(preset: str | Preset, model: str, attack_run: str | Path | None = No
     resolve_layers(posterior.network(), layers)  # fail on a bad layer before any work
     explainers = make_explainers(method, tuple(rules), composite, initial)
     attack_ds = xr.load_dataset(path, engine="h5netcdf")
+    attack_images(attack_ds)  # a NaN, infinite or out-of-range pixel is refused before any work
     attack_preset = store.config_of(attack_ds).get("preset")
     if attack_preset not in (None, p.name):
         raise ValueError(f"attack run {run} was made with preset {attack_preset!r}, not {p.name!r}")
@@ -371,6 +387,7 @@ def explain(preset: str | Preset, model: str, attack_run: str | Path | None = No
     if not force and _explanation_up_to_date(target, draws_path, config, attack_ds.attrs.get("created", "")):
         return Done(target, True, f"{target} is up to date (same settings and attack run); --force "
                                   f"redoes it")
+    paths.prepare_out(out, "explanations", p.name)  # an unusable --out is reported before the work, not after
     if on_start is not None:
         on_start(s * len(explainers))
     ds = explain_attack(posterior, attack_ds, explainers, layers=layer_sel, n_draws=s, batch_size=batch_size,
@@ -413,14 +430,25 @@ def analyze(out: str | Path | None = None, preset: str | None = None, *, topk: f
     to ``OUT/analysis/NAME.nc``; ``Done.details['dataset']`` is the analysis Dataset."""
     from . import results, stability
     out = paths.resolve_out(out)
-    if not 0 < topk <= 100:
-        raise ValueError(f"topk is a percentage of pixels in (0, 100], got {topk}")
+    check_topk(topk)
     attack = None if attack is None else AttackName.parse(attack, "attack").value
     norm = None if norm is None else Norm.parse(norm, "norm").value
     mode = None if mode is None else PosteriorMode.parse(mode, "posterior mode").value
+    checks.real("epsilon", epsilon, low=0, high=checks.MAX_LINF_EPSILON if norm == Norm.LINF else None)
+    if name is not None:
+        paths.analysis_path(out, name)  # a name that cannot be a file name is refused before the work
+    if out.is_dir():  # (a missing folder is "no results", said by analyse_stored)
+        paths.prepare_out(out)  # an unusable --out is reported before the analysis, not after
     ds = results.analyse_stored(out, preset, topk, attack=attack, norm=norm, epsilon=epsilon, mode=mode,
                                 method=method)
-    path = stability.write(ds, out, name or results.analysis_name(ds))
+    if name is None:
+        name = results.analysis_name(ds)
+        try:  # the default name comes from the stored runs' attributes: never trusted as a path
+            paths.analysis_path(out, name)
+        except ValueError as err:
+            raise ValueError(f"{err}; the attributes of the stored attack runs make this name (crafted or "
+                             f"corrupt results?); check them, or choose a name with --name") from None
+    path = stability.write(ds, out, name)
     return Done(path, False, f"{analysis_summary(ds)}\n\nanalysis written to {path}", {"dataset": ds})
 
 
@@ -454,6 +482,17 @@ def analysis_summary(ds: xr.Dataset) -> str:
 
 
 
+def check_topk(topk: Any) -> float:
+    """k of the top-k% selection: a percentage of pixels in (0, 100] (not NaN); ``ValueError`` otherwise."""
+    try:
+        value = float(topk)
+    except (TypeError, ValueError):
+        raise ValueError(f"topk is a percentage of pixels in (0, 100], got {topk!r}") from None
+    if isinstance(topk, bool) or not 0 < value <= 100:  # NaN and inf fail too
+        raise ValueError(f"topk is a percentage of pixels in (0, 100], got {topk}")
+    return value
+
+
 FIGURE_NAMES = ("fig1", "fig3", "fig4", "fig5", "fig6", "robustness_table")
 FORMATS = ("png", "pdf")
 
@@ -470,6 +509,18 @@ def plot(out: str | Path | None = None, *, figures: Sequence[str] = (), analyses
     """
     from . import results, store
     from .figures import table_name
+    out = paths.resolve_out(out)
+    if topk is not None:
+        check_topk(topk)
+    checks.count("dpi", dpi, allow_none=False)
+    unknown = [f for f in figures if f not in FIGURE_NAMES] + [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown figure or format {', '.join(map(repr, unknown))}; figures: "
+                         f"{', '.join(FIGURE_NAMES)}; formats: {', '.join(FORMATS)}")
+    if not formats:
+        raise ValueError(f"no file format given; expected some of {', '.join(FORMATS)}")
+    if out.is_dir():  # (a missing folder is "no analysis", said below)
+        paths.prepare_out(out)  # an unusable --out is reported before drawing, not after
     explicit = bool(figures)
     wanted = list(dict.fromkeys(figures or FIGURE_NAMES))
     settings = {"rule": rule, "layer": layer, "subset": subset, "model": model, "topk": topk}
@@ -508,7 +559,7 @@ def plot(out: str | Path | None = None, *, figures: Sequence[str] = (), analyses
                 raise ValueError(f"{stem}: {err}") from err
             skipped.append(f"{stem} ({err})")
             continue
-        written += save_figure(fig, paths.figures_dir(out) / stem, formats, dpi)
+        written += save_figure(fig, paths.figure_stem(out, stem), formats, dpi)
     if not written:
         raise ValueError("no figure could be drawn from the stored results"
                          + (f" ({'; '.join(skipped)})" if skipped else ""))

@@ -303,12 +303,12 @@ def test_table_cell_equals_a_direct_attack_run(svi, test_images):
 
 # -- errors --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("make, match", [
-    (lambda: FGSM(epsilon=-0.1), "epsilon must be >= 0, got -0.1"),
+    (lambda: FGSM(epsilon=-0.1), "epsilon must be >= 0 and finite, got -0.1"),
     (lambda: PGD(epsilon=float("nan")), "epsilon must be >= 0"),
     (lambda: PGD(norm="l1", epsilon=0.1), "unknown norm 'l1'; expected one of linf, l2"),
     (lambda: PGD(epsilon=0.1, steps=0), "steps must be an integer >= 1, got 0"),
     (lambda: PGD(epsilon=0.1, steps=2.5), "steps must be an integer >= 1, got 2.5"),
-    (lambda: PGD(epsilon=0.1, step_size=-1), "step_size must be >= 0, got -1"),
+    (lambda: PGD(epsilon=0.1, step_size=-1), "step_size must be > 0 and finite, got -1"),
     (lambda: PosteriorAverage(FGSM(epsilon=0.1), mode="median"), "unknown posterior mode 'median'"),
     (lambda: PosteriorAverage(FGSM(epsilon=0.1), n_draws=0), "n_draws must be positive, got 0"),
     (lambda: PosteriorAverage(FGSM(epsilon=0.1), chunk_size=0), "chunk_size must be positive, got 0"),

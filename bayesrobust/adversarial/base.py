@@ -19,12 +19,14 @@ on the batch size (nor on chunking); only its sign (Linf) or direction (L2) is u
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import MAX_LINF_EPSILON, check_images
 from ..choices import Norm
 from ..models.draws import chunks
 
@@ -44,27 +46,38 @@ def check_norm(norm: str) -> str:
     return norm
 
 
-def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
-    """Check a batch: ``x`` (N, ...) floating point in [0, 1], ``y`` (N,) integer labels.
+def check_inputs(x: torch.Tensor, y: torch.Tensor, name: str = "x") -> None:
+    """Check a batch: ``x`` (N, ...) floating point, every pixel finite and in [0, 1], ``y`` (N,) integer labels.
 
     Raises
     ------
     ValueError
-        Wrong dtype or shape, mismatched batch sizes, or pixels outside [0, 1] (the message gives the range).
+        Wrong dtype or shape, mismatched batch sizes, a NaN or ±inf pixel, or pixels outside [0, 1] (the
+        message gives the range).
     """
-    if not torch.is_floating_point(x):
-        raise ValueError(f"x must be a floating-point tensor of pixels in [0, 1], got dtype {x.dtype}")
-    if x.dim() < 2:
-        raise ValueError(f"x must have a leading batch dimension, e.g. (N, C, H, W); "
-                         f"got shape {tuple(x.shape)}")
-    if y.dim() != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"y must have shape ({x.shape[0]},) to match x of shape {tuple(x.shape)}; "
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise ValueError(f"{name} and y must be torch tensors, got {type(x).__name__} and {type(y).__name__}")
+    if x.dim() >= 2 and (y.dim() != 1 or y.shape[0] != x.shape[0]):
+        raise ValueError(f"y must have shape ({x.shape[0]},) to match {name} of shape {tuple(x.shape)}; "
                          f"got {tuple(y.shape)}")
     if torch.is_floating_point(y) or y.dtype == torch.bool:
         raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
-    if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise ValueError(f"x must hold pixels in [0, 1] (normalisation belongs in the model, docs/method.md §1.2); "
-                         f"got values in [{float(x.min()):.4g}, {float(x.max()):.4g}]")
+    check_images(x, name)
+
+
+def check_epsilon(epsilon: float, norm: str) -> float:
+    """An attack radius: a finite number ``>= 0``, at most 1 in Linf (pixels are in [0, 1]: a larger Linf ball
+    holds every image); ``ValueError`` naming the value otherwise."""
+    try:
+        value = float(epsilon)
+    except (TypeError, ValueError):
+        raise ValueError(f"epsilon must be a number, got {epsilon!r}") from None
+    if not value >= 0 or not math.isfinite(value):  # also catches NaN
+        raise ValueError(f"epsilon must be >= 0 and finite, got {value}")
+    if norm == "linf" and value > MAX_LINF_EPSILON:
+        raise ValueError(f"epsilon must be <= {MAX_LINF_EPSILON:g} in the linf norm (pixels are in [0, 1]), "
+                         f"got {value:g}")
+    return value
 
 
 def _per_image_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
@@ -118,7 +131,8 @@ class Attack(abc.ABC):
     Parameters
     ----------
     epsilon
-        Radius of the perturbation ball, ``epsilon >= 0``, in the attack's norm (:attr:`norm`).
+        Radius of the perturbation ball, finite and ``>= 0`` (at most 1 in Linf), in the attack's norm
+        (:attr:`norm`).
 
     Notes
     -----
@@ -130,10 +144,7 @@ class Attack(abc.ABC):
     norm: str = "linf"
 
     def __init__(self, *, epsilon: float):
-        epsilon = float(epsilon)
-        if not epsilon >= 0:  # also catches NaN
-            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
-        self.epsilon = epsilon
+        self.epsilon = check_epsilon(epsilon, self.norm)
 
     # -- public --------------------------------------------------------------------------------------------
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..checks import count
 from ..models.draws import DrawSet, draw_probabilities
 from ..models.posterior import Posterior
 from .base import check_inputs
@@ -97,10 +98,15 @@ def evaluate(model: Posterior | DrawSet | nn.Module, x: torch.Tensor, x_adv: tor
     Raises
     ------
     ValueError
-        ``x_adv`` and ``x`` differ in shape, or invalid inputs.
+        ``x_adv`` and ``x`` differ in shape, or invalid inputs (NaN, ±inf or pixels outside [0, 1] in
+        either), or ``n_draws``/``chunk_size`` not a positive integer.
     """
     check_inputs(x, y)
-    if x_adv.shape != x.shape:
-        raise ValueError(f"x_adv has shape {tuple(x_adv.shape)} but x has shape {tuple(x.shape)}")
+    if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
+        shape = tuple(x_adv.shape) if isinstance(x_adv, torch.Tensor) else type(x_adv).__name__
+        raise ValueError(f"x_adv has shape {shape} but x has shape {tuple(x.shape)}")
+    check_inputs(x_adv, y, "x_adv")
+    count("n_draws", n_draws)
+    count("chunk_size", chunk_size)
     clean, adv = draw_probabilities(model, x, x_adv, n_draws=n_draws, chunk_size=chunk_size)
     return Evaluation(y, clean.mean(0), adv.mean(0), clean.argmax(-1), adv.argmax(-1))

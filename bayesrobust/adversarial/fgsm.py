@@ -19,7 +19,7 @@ class FGSM(Attack):
     Parameters
     ----------
     epsilon
-        Linf radius, ``>= 0``.
+        Linf radius in [0, 1].
 
     Shapes
     ------
@@ -28,7 +28,8 @@ class FGSM(Attack):
     Raises
     ------
     ValueError
-        ``epsilon < 0``; at call time, invalid inputs (see :func:`~bayesrobust.adversarial.base.check_inputs`).
+        ``epsilon`` outside [0, 1] or NaN; at call time, invalid inputs (see
+        :func:`~bayesrobust.adversarial.base.check_inputs`).
 
     Examples
     --------

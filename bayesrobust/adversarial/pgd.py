@@ -3,6 +3,9 @@ adversarial attacks", arXiv:1706.06083)."""
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from .base import Attack, LossGradient, check_norm
@@ -28,11 +31,11 @@ class PGD(Attack):
     norm
         ``'linf'`` (default) or ``'l2'``.
     epsilon
-        Radius of the ball, ``>= 0``.
+        Radius of the ball, finite and ``>= 0`` (Linf: at most 1).
     steps
         Number of gradient steps, ``>= 1``.
     step_size
-        α; ``None`` means ``2.5 * epsilon / steps`` (seed-000 tables).
+        α, finite and ``> 0``; ``None`` means ``2.5 * epsilon / steps`` (seed-000 tables).
     random_start
         Start from a random point of the ball: uniform per pixel (Linf); uniform direction, radius uniform
         in [0, ε] (L2).
@@ -44,22 +47,28 @@ class PGD(Attack):
     Raises
     ------
     ValueError
-        Unknown norm, ``epsilon < 0``, ``steps < 1`` or ``step_size < 0``, each named in the message.
+        Unknown norm, ``epsilon`` negative, infinite or (Linf) above 1, ``steps < 1``, or a ``step_size`` that
+        is not positive and finite, each named in the message.
     """
 
     def __init__(self, *, norm: str = "linf", epsilon: float, steps: int = 40, step_size: float | None = None,
                  random_start: bool = True):
-        super().__init__(epsilon=epsilon)
         self.norm = check_norm(norm)
-        if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        super().__init__(epsilon=epsilon)
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Real) or not math.isfinite(steps) \
+                or int(steps) != steps or steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
         self.steps = int(steps)
         if step_size is None:
             step_size = STEP_SIZE_FACTOR * self.epsilon / self.steps
-        step_size = float(step_size)
-        if not step_size >= 0:
-            raise ValueError(f"step_size must be >= 0, got {step_size}")
-        self.step_size = step_size
+        else:
+            try:
+                step_size = float(step_size)
+            except (TypeError, ValueError):
+                raise ValueError(f"step_size must be a number, got {step_size!r}") from None
+            if not (step_size > 0 and math.isfinite(step_size)):  # also catches NaN
+                raise ValueError(f"step_size must be > 0 and finite, got {step_size:g}")
+        self.step_size = float(step_size)
         self.random_start = bool(random_start)
 
     def perturb(self, gradient: LossGradient, x: torch.Tensor, y: torch.Tensor,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..checks import count
 from ..choices import PosteriorMode
 from ..models.draws import DrawSet
 from ..models.posterior import Posterior
@@ -43,7 +44,7 @@ def mean_grad_gradient(draws: DrawSet, chunk_size: int | None = None) -> LossGra
     ``chunk_size`` images per pass (default ``draws.chunk_size``); draws outer, chunks inner, so each draw
     is copied into the network once per gradient.
     """
-    chunk_size = chunk_size or draws.chunk_size
+    chunk_size = draws.chunk_size if chunk_size is None else count("chunk_size", chunk_size)
 
     def gradient(x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         g = torch.zeros_like(x_adv)
@@ -55,7 +56,7 @@ def mean_grad_gradient(draws: DrawSet, chunk_size: int | None = None) -> LossGra
 
 def predictive_gradient(draws: DrawSet, chunk_size: int | None = None) -> LossGradient:
     """The loss gradient of mode ``predictive``: ∇ₓ Σᵢ −log (1/S) Σₛ softmax(f_s(x)ᵢ)_{yᵢ}."""
-    chunk_size = chunk_size or draws.chunk_size
+    chunk_size = draws.chunk_size if chunk_size is None else count("chunk_size", chunk_size)
 
     def gradient(x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         losses = torch.stack([per_image_loss(draws.net, x_adv, y, chunk_size) for _ in draws])
@@ -92,7 +93,8 @@ class PosteriorAverage:
     Raises
     ------
     ValueError
-        Unknown mode, ``n_draws`` or ``chunk_size`` not positive.
+        Unknown mode, ``n_draws`` or ``chunk_size`` not a positive integer (0 is not "the default": that
+        is ``None``); at call time, invalid images (NaN, ±inf or outside [0, 1]).
 
     Examples
     --------
@@ -106,12 +108,8 @@ class PosteriorAverage:
             raise TypeError(f"attack must be an Attack (FGSM, PGD), got {type(attack).__name__}")
         self.attack = attack
         self.mode = check_mode(mode)
-        if n_draws is not None and n_draws < 1:
-            raise ValueError(f"n_draws must be positive, got {n_draws}")
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-        self.n_draws = n_draws
-        self.chunk_size = chunk_size
+        self.n_draws = count("n_draws", n_draws)
+        self.chunk_size = count("chunk_size", chunk_size)
 
     def draws(self, model: Posterior | DrawSet | nn.Module, device: str | torch.device = "cpu") -> DrawSet:
         """The draws this wrapper attacks for ``model`` (reuse them to evaluate on the same networks)."""
@@ -125,7 +123,8 @@ class PosteriorAverage:
         if self.mode == "mean_image":
             total = torch.zeros_like(x)
             for _ in draws:
-                gradient = module_gradient(draws.net, self.chunk_size or draws.chunk_size)  # the loaded draw
+                chunk = draws.chunk_size if self.chunk_size is None else self.chunk_size
+                gradient = module_gradient(draws.net, chunk)  # the loaded draw
                 total += self.attack.run(gradient, x, y, generator=generator)
             return self.attack.project(total / len(draws), x)
         make = mean_grad_gradient if self.mode == "mean_grad" else predictive_gradient

@@ -18,7 +18,7 @@ from .. import store
 from ..data import Data
 from ..models.draws import DrawSet
 from ..models.posterior import Posterior
-from .base import Attack
+from .base import Attack, check_inputs
 from .evaluate import evaluate
 from .posterior import PosteriorAverage
 
@@ -75,8 +75,17 @@ def run_attack(model: Posterior, data: Data, attack: Attack, *, mode: str = "mea
         attack, norm,
         epsilon, steps, step_size, random_start, posterior_mode, n_draws, seed, clean/adversarial accuracy,
         success rate, and the provenance of :func:`bayesrobust.store.provenance`.
+
+    Raises
+    ------
+    ValueError
+        Images with a NaN or ±inf pixel or outside [0, 1], bad labels, or an invalid mode, ``n_draws`` or
+        ``chunk_size`` — all before any draw is made.
     """
+    if not isinstance(attack, Attack):
+        raise TypeError(f"attack must be an Attack (FGSM, PGD), got {type(attack).__name__}")
     wrapper = PosteriorAverage(attack, mode=mode, n_draws=n_draws, chunk_size=chunk_size)
+    check_inputs(data.x, data.y, "the images of data")  # before the draws are made
     draws = DrawSet(model, n_draws, device=device)
     x, y = data.x.to(device), data.y.to(device)
     log.info("attacking %d images with %r on %d draws", len(data), wrapper, len(draws))

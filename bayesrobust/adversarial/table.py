@@ -11,13 +11,14 @@ import torch
 import xarray as xr
 
 from .. import store
+from ..checks import count
 from ..data import Data
 from ..models.draws import DrawSet
 from ..models.posterior import Posterior
-from .base import check_norm
+from .base import check_epsilon, check_inputs, check_norm
 from .evaluate import evaluate
 from .pgd import PGD
-from .posterior import PosteriorAverage
+from .posterior import PosteriorAverage, check_mode
 from .run import model_attrs
 
 log = logging.getLogger(__name__)
@@ -64,12 +65,22 @@ def robustness_table(model: Posterior, data: Data, *,
     Raises
     ------
     ValueError
-        Unknown norm, empty grid, or an invalid ε or step count (from :class:`PGD`).
+        Unknown norm, empty grid, an invalid ε or step count, mode, ``n_draws`` or ``chunk_size``, or images
+        with a NaN or ±inf pixel or outside [0, 1] — all before any draw is made.
     """
     for norm in epsilons:
         check_norm(norm)
     if not epsilons or not any(len(v) for v in epsilons.values()) or not steps:
         raise ValueError("the table needs at least one norm with an epsilon and one step count")
+    for norm, values in epsilons.items():
+        for eps in values:
+            check_epsilon(eps, norm)
+    for n_steps in steps:
+        count("steps", n_steps)
+    check_mode(mode)
+    count("n_draws", n_draws)
+    count("chunk_size", chunk_size)
+    check_inputs(data.x, data.y, "the images of data")  # before the draws are made
     norms = list(epsilons)
     eps_grid = sorted({float(e) for values in epsilons.values() for e in values})
     steps_grid = [int(s) for s in steps]

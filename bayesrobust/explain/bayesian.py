@@ -26,6 +26,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..checks import check_images, count
 from ..models.architectures import Network
 from ..models.draws import DrawSet, chunks
 from ..models.posterior import Posterior
@@ -159,7 +160,7 @@ def explain_posterior(posterior: Posterior | DrawSet, x: torch.Tensor, explainer
         (reuse one for several explainers: the draws are generated once; ``n_draws`` and ``net`` are then
         not used).
     x
-        Images (N, C, H, W), pixels in [0, 1]; cast to the posterior's dtype.
+        Images (N, C, H, W), every pixel finite and in [0, 1]; cast to the posterior's dtype.
     explainer
         :class:`~bayesrobust.explain.lrp.LRP` or :class:`~bayesrobust.explain.captum_methods.CaptumMethod`.
     layers
@@ -193,10 +194,12 @@ def explain_posterior(posterior: Posterior | DrawSet, x: torch.Tensor, explainer
     Raises
     ------
     ValueError
-        Invalid ``layers``, ``n_draws`` or ``batch_size``.
+        Invalid ``layers``, ``n_draws`` or ``batch_size`` (0 is not "the default": that is ``None``), or
+        images with a NaN or ±inf pixel or outside [0, 1] — before any draw is made.
     """
-    if batch_size is not None and batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    count("batch_size", batch_size)
+    count("n_draws", n_draws)
+    check_images(x)
     draws = posterior if isinstance(posterior, DrawSet) else posterior_draws(posterior, n_draws, net=net,
                                                                              device=device)
     net = draws.net
@@ -204,7 +207,7 @@ def explain_posterior(posterior: Posterior | DrawSet, x: torch.Tensor, explainer
     x = x.detach().to(device=first.device, dtype=first.dtype)
     idx = resolve_layers(net, layers)
     n = len(draws)
-    parts = chunks(x.shape[0], batch_size or draws.chunk_size)
+    parts = chunks(x.shape[0], draws.chunk_size if batch_size is None else batch_size)
     reducer = DrawReducer()
     units = torch.empty((n, len(idx), x.shape[0]), dtype=torch.int64)
     maps = x.new_empty((len(idx), *x.shape))

@@ -44,6 +44,7 @@ from captum.attr import GradientShap, IntegratedGradients, LayerAttribution, Lay
 from torch import nn
 from zennit.types import Convolution
 
+from ..checks import check_images
 from ..models.architectures import Network, explained_layers
 from .layers import capture_outputs
 
@@ -133,7 +134,13 @@ class CaptumMethod:
             (len(layers), N, C, H, W), detached.
         units : torch.Tensor
             (len(layers), N) int64: the argmax unit each map explains.
+
+        Raises
+        ------
+        ValueError
+            ``x`` holds a NaN or ±inf pixel or values outside [0, 1].
         """
+        check_images(x)
         maps = x.new_empty((len(layers), *x.shape))
         units = torch.empty((len(layers), x.shape[0]), dtype=torch.int64, device=x.device)
         with capture_outputs(net, layers) as outputs:

@@ -36,6 +36,7 @@ import torch
 import xarray as xr
 
 from .. import store
+from ..checks import check_images, count
 from ..models.posterior import Posterior
 from .bayesian import Explainer, explain_posterior, posterior_draws
 from .captum_methods import METHODS, CaptumMethod
@@ -77,14 +78,26 @@ def make_explainers(method: str = "lrp", rules: Sequence[str] = ("epsilon",), co
     return [CaptumMethod(method, **params)]
 
 
-def _attack_images(attack: xr.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+def attack_images(attack: xr.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean and adversarial images ``(x, x_adv)`` of an attack Dataset as (N, C, H, W) tensors.
+
+    Raises
+    ------
+    ValueError
+        A variable is missing or has other dims, or an image has a NaN or ±inf pixel or one outside [0, 1].
+    """
     missing = [v for v in ("x", "x_adv") if v not in attack.variables]
     if missing:
         raise ValueError(f"the attack Dataset lacks variable(s) {', '.join(missing)}; expected an attack "
                          f"result with x and x_adv (image, channel, height, width)")
     dims = ("image", "channel", "height", "width")
+    found = [tuple(str(d) for d in attack[v].dims) for v in ("x", "x_adv")]
+    if any(sorted(f) != sorted(dims) for f in found):
+        raise ValueError(f"the attack Dataset's x and x_adv have dims {found[0]} and {found[1]}; expected {dims}")
     x = torch.from_numpy(np.asarray(attack["x"].transpose(*dims).values))
     x_adv = torch.from_numpy(np.asarray(attack["x_adv"].transpose(*dims).values))
+    check_images(x, "the attack's clean images x")
+    check_images(x_adv, "the attack's adversarial images x_adv")
     return x, x_adv
 
 
@@ -175,15 +188,19 @@ def explain_attack(posterior: Posterior, attack: xr.Dataset, explainers: Sequenc
     Raises
     ------
     ValueError
-        Not an attack Dataset, a mismatching attack, duplicate rule names, invalid layers or draws.
+        Not an attack Dataset, a mismatching attack, duplicate rule names, invalid layers, ``n_draws`` or
+        ``batch_size``, or attack images (``x`` or ``x_adv``) with a NaN or ±inf pixel or outside [0, 1] —
+        all before any draw is made.
     """
     if not explainers:
         raise ValueError("no explainer given")
     names = [e.name for e in explainers]
     if len(set(names)) != len(names):
         raise ValueError(f"explainer names must differ, got {names}")
+    count("n_draws", n_draws)
+    count("batch_size", batch_size)
     check_attack(attack, expected or {})
-    x, x_adv = _attack_images(attack)
+    x, x_adv = attack_images(attack)
     n_images = x.shape[0]
     if n_draws is None and "n_draws" in attack.attrs and posterior.kind != "deterministic":
         n_draws = int(attack.attrs["n_draws"])

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from zennit.core import Composite, Hook
 
+from ..checks import check_images
 from ..models.architectures import Network
 from .layers import argmax_seed, capture_outputs, check_initial
 from .rules import (
@@ -145,6 +146,8 @@ class LRP:
         ------
         RuntimeError
             Called outside :meth:`attached`.
+        ValueError
+            ``x`` holds a NaN or ±inf pixel or values outside [0, 1].
         """
         if self._composite is None:
             raise RuntimeError("LRP must be called inside `with lrp.attached(net):`")
@@ -164,7 +167,13 @@ def layer_relevance(net: Network, x: torch.Tensor, layers: Sequence[int], *,
         (len(layers), N, *x.shape[1:]).
     units : torch.Tensor
         (len(layers), N) int64 argmax units.
+
+    Raises
+    ------
+    ValueError
+        ``x`` is not a batch of finite pixels in [0, 1] (a NaN or ±inf pixel would poison every map).
     """
+    check_images(x)
     x = x.detach().requires_grad_(True)
     order = sorted(range(len(layers)), key=lambda k: layers[k])
     relevance = x.new_empty((len(layers), *x.shape))

@@ -29,7 +29,7 @@ def resolve_inference(preset: Preset, model: str, inference: str | None) -> str 
     """The inference of a fullBNN (the preset's unless given); ``None`` for the deterministic models."""
     if model != "fullBNN":
         return None
-    inference = inference or preset.inference
+    inference = preset.inference if inference is None else inference
     if inference not in INFERENCES:
         raise ValueError(f"unknown inference {inference!r}; expected one of {', '.join(INFERENCES)}")
     return inference

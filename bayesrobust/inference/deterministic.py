@@ -88,6 +88,8 @@ def train_network(arch: ArchConfig, data: Data, cfg: OptimConfig, adv: AdvConfig
         raise ValueError(f"epochs must be non-negative, got {cfg.epochs}")
     if cfg.batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {cfg.batch_size}")
+    if not 0 < cfg.lr < float("inf"):  # NaN fails too
+        raise ValueError(f"lr must be positive and finite, got {cfg.lr}")
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=cuda):  # seeded here, the caller's global RNG left as it was
         torch.manual_seed(seed)

@@ -99,7 +99,7 @@ def train_svi(arch: ArchConfig, data: Data, cfg: SVIConfig, prior_scale: float =
     if cfg.epochs < 0:
         raise ValueError(f"epochs must be non-negative, got {cfg.epochs}")
     LikelihoodScaling.parse(cfg.likelihood_scaling, "likelihood_scaling")
-    if cfg.batch_size <= 0 or cfg.lr <= 0:
+    if cfg.batch_size <= 0 or not 0 < cfg.lr < float("inf"):  # NaN fails too
         raise ValueError(f"batch_size and lr must be positive, got {cfg.batch_size} and {cfg.lr}")
     prior = make_prior(prior, prior_scale)
     n_total = len(data)

@@ -10,6 +10,7 @@ there (docs/method.md §2.5); see :func:`explained_layers`.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -34,7 +35,21 @@ class ArchConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ArchConfig:
-        return cls(d["name"], int(d["hidden"]), tuple(int(v) for v in d["in_shape"]), int(d["n_classes"]))
+        """The config stored by :meth:`to_dict`; ``ValueError`` if a field is missing or not a number (the
+        sizes are checked by :func:`check_arch`)."""
+        try:
+            return cls(str(d["name"]), _whole(d["hidden"]), tuple(_whole(v) for v in d["in_shape"]),
+                       _whole(d["n_classes"]))
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
+            raise ValueError(f"not an architecture config (name, hidden, in_shape, n_classes): {d!r} "
+                             f"({type(err).__name__}: {err})") from None
+
+
+def _whole(value: object) -> int:
+    """An integer stored in JSON (``3`` or ``3.0``), not a bool, text or fraction."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ValueError(f"{value!r} is not an integer")
+    return int(value)
 
 
 class Network(nn.Sequential):
@@ -164,18 +179,81 @@ ARCHITECTURES: dict[str, Callable[[ArchConfig], Network]] = {"linear": linear, "
                                                              "resnet20": resnet20}
 
 
+#: Sanity bounds of an architecture (a stored config beyond them is refused before anything is allocated).
+MAX_HIDDEN = 65_536
+MAX_CHANNELS = 64
+MAX_SIDE = 4_096
+MAX_CLASSES = 100_000
+#: Largest number of learnable parameters of one network (4 GB of float32).
+MAX_PARAMETERS = 10**9
+#: Smallest image side of the ``conv`` architecture (two 5×5 convolutions and two poolings leave ≥ 1 pixel).
+CONV_MIN_SIDE = 16
+
+
+def check_arch(cfg: ArchConfig) -> ArchConfig:
+    """``cfg`` if it describes a network that can be built and is not absurdly large; ``ValueError`` naming the
+    field otherwise. Nothing is allocated (the parameter count is computed on the ``meta`` device).
+
+    Raises
+    ------
+    ValueError
+        Unknown name; hidden size outside [1, :data:`MAX_HIDDEN`]; ``in_shape`` not three sizes (channels
+        ≤ :data:`MAX_CHANNELS`, sides ≤ :data:`MAX_SIDE`, ``conv``: sides ≥ :data:`CONV_MIN_SIDE`); classes
+        outside [1, :data:`MAX_CLASSES`]; more than :data:`MAX_PARAMETERS` parameters.
+    """
+    if cfg.name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {cfg.name!r}; expected one of {', '.join(ARCHITECTURES)}")
+    if isinstance(cfg.hidden, bool) or not isinstance(cfg.hidden, numbers.Integral):
+        raise ValueError(f"hidden size must be an integer, got {cfg.hidden!r}")
+    if cfg.hidden <= 0:
+        raise ValueError(f"hidden size must be positive, got {cfg.hidden}")
+    if cfg.hidden > MAX_HIDDEN:
+        raise ValueError(f"hidden size must be at most {MAX_HIDDEN:,}, got {cfg.hidden:,}")
+    shape = cfg.in_shape
+    whole = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in shape) \
+        if isinstance(shape, tuple) else False
+    if not whole or len(shape) != 3:
+        raise ValueError(f"in_shape must be three sizes (channels, height, width), got {shape!r}")
+    if not 1 <= shape[0] <= MAX_CHANNELS or not all(1 <= v <= MAX_SIDE for v in shape[1:]):
+        raise ValueError(f"in_shape {shape} is out of range: expected 1 to {MAX_CHANNELS} channels and sides of "
+                         f"1 to {MAX_SIDE} pixels")
+    if cfg.name == "conv" and min(shape[1:]) < CONV_MIN_SIDE:
+        raise ValueError(f"the conv architecture needs images of at least {CONV_MIN_SIDE}x{CONV_MIN_SIDE} "
+                         f"pixels, got in_shape {shape}")
+    if isinstance(cfg.n_classes, bool) or not isinstance(cfg.n_classes, numbers.Integral) \
+            or not 1 <= cfg.n_classes <= MAX_CLASSES:
+        raise ValueError(f"n_classes must be an integer in [1, {MAX_CLASSES}], got {cfg.n_classes!r}")
+    n = sum(size.numel() for size in expected_shapes(cfg, checked=True)[0].values())
+    if n > MAX_PARAMETERS:
+        raise ValueError(f"architecture {cfg.name} with hidden size {cfg.hidden} and in_shape {cfg.in_shape} has "
+                         f"{n:,} parameters, more than {MAX_PARAMETERS:,}")
+    return cfg
+
+
+def expected_shapes(cfg: ArchConfig, *, checked: bool = False) -> tuple[dict[str, torch.Size],
+                                                                        dict[str, torch.Size]]:
+    """``(parameters, buffers)``: the state-dict names and shapes of a network of ``cfg``, computed on the
+    ``meta`` device (no memory is allocated for the tensors). ``checked``: ``cfg`` passed :func:`check_arch`
+    already (otherwise it is checked first)."""
+    if not checked:
+        check_arch(cfg)
+    with torch.device("meta"):
+        net = ARCHITECTURES[cfg.name](cfg)
+    params = {k: v.shape for k, v in net.named_parameters()}
+    buffers = {k: v.shape for k, v in net.state_dict().items() if k not in params}
+    return params, buffers
+
+
 def build(cfg: ArchConfig) -> Network:
     """A freshly initialised network of architecture ``cfg.name``.
 
     Raises
     ------
     ValueError
-        Unknown architecture name or a non-positive hidden size.
+        An architecture that :func:`check_arch` refuses (unknown name, a hidden size outside
+        [1, :data:`MAX_HIDDEN`], ...), before anything is allocated.
     """
-    if cfg.name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {cfg.name!r}; expected one of {', '.join(ARCHITECTURES)}")
-    if cfg.hidden <= 0:
-        raise ValueError(f"hidden size must be positive, got {cfg.hidden}")
+    check_arch(cfg)
     return ARCHITECTURES[cfg.name](cfg)
 
 

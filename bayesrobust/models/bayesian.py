@@ -48,8 +48,10 @@ class Prior(Protocol):
 
 
 def _positive(what: str, value: float) -> float:
-    if not value > 0:
+    if not value > 0:  # NaN fails too
         raise ValueError(f"{what} must be positive, got {value}")
+    if value == float("inf"):
+        raise ValueError(f"{what} must be finite, got {value}")
     return float(value)
 
 

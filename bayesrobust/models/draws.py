@@ -49,8 +49,12 @@ def default_chunk_size(net: nn.Module) -> int | None:
 
 
 def chunks(n: int, chunk_size: int | None) -> list[slice]:
-    """Slices covering ``range(n)`` in pieces of ``chunk_size`` (``None``: one piece)."""
-    size = max(n if not chunk_size else chunk_size, 1)
+    """Slices covering ``range(n)`` in pieces of ``chunk_size`` (``None``: one piece; 0 is an error, not
+    "one piece")."""
+    if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) != chunk_size
+                                   or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer (or None for one piece), got {chunk_size!r}")
+    size = max(n if chunk_size is None else int(chunk_size), 1)
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
@@ -207,7 +211,7 @@ def draw_probabilities(model: Posterior | DrawSet | nn.Module, *inputs: torch.Te
     """
     device = inputs[0].device if inputs else "cpu"
     draws = DrawSet.of(model, n_draws, device=device)
-    chunk_size = chunk_size or draws.chunk_size
+    chunk_size = draws.chunk_size if chunk_size is None else chunk_size
     normalise = torch.log_softmax if log else torch.softmax
     out: list[list[torch.Tensor]] = [[] for _ in inputs]
     with torch.no_grad():

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .architectures import ArchConfig, Network, build
+from .architectures import ArchConfig, Network, build, check_arch, expected_shapes
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -98,19 +98,19 @@ class Posterior:
 
     def resolve_n_draws(self, n: int | None) -> int:
         """The number of draws to use when ``n`` are asked for: always 1 for a deterministic model;
-        ``None`` means all HMC samples (or 100 for SVI).
+        ``None`` means all HMC samples (or 100 for SVI); 0 is an error, never "the default".
 
         Raises
         ------
         ValueError
             ``n`` is not positive, or more than the HMC samples that exist.
         """
+        if n is not None and (isinstance(n, bool) or int(n) != n or n <= 0):
+            raise ValueError(f"n_draws must be positive, got {n}")
         if self.kind == "deterministic":
             return 1
         if n is None:
             return self.max_draws or 100
-        if n <= 0:
-            raise ValueError(f"n_draws must be positive, got {n}")
         if self.max_draws is not None and n > self.max_draws:
             raise ValueError(f"n_draws={n} but this HMC posterior has only {self.max_draws} samples")
         return n
@@ -212,20 +212,72 @@ class Posterior:
         FileNotFoundError
             No checkpoint in ``directory``.
         ValueError
-            ``arch`` is given and differs from the checkpoint's architecture.
+            ``arch`` is given and differs from the checkpoint's architecture; the stored architecture is
+            absurd (:func:`~bayesrobust.models.architectures.check_arch`: refused before the weights are
+            read); or the stored tensors do not match it (:func:`check_tensors`). One line each.
         """
         directory = Path(directory)
         if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
             raise FileNotFoundError(f"no model checkpoint in {directory} (expected {CONFIG_FILE} and "
                                     f"{WEIGHTS_FILE})")
         meta = json.loads((directory / CONFIG_FILE).read_text())
-        saved = ArchConfig.from_dict(meta["arch"])
+        if not isinstance(meta, dict) or not isinstance(meta.get("arch"), dict):
+            raise ValueError(f"checkpoint {directory}: {CONFIG_FILE} names no architecture (an 'arch' entry)")
+        try:  # before anything is allocated: a stored config may name an absurd network
+            saved = check_arch(ArchConfig.from_dict(meta["arch"]))
+        except ValueError as err:
+            raise ValueError(f"checkpoint {directory} refused: {err}") from None
         if arch is not None and saved != arch:
             raise ValueError(f"checkpoint {directory} holds architecture {saved} but {arch} was requested")
+        kind = LEGACY_KINDS.get(meta.get("kind"), meta.get("kind"))
+        if kind not in KINDS:
+            raise ValueError(f"checkpoint {directory} refused: unknown posterior kind {kind!r}; expected one of "
+                             f"{', '.join(KINDS)}")
         tensors = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        kind = LEGACY_KINDS.get(meta["kind"], meta["kind"])
+        check_tensors(saved, kind, tensors, f"checkpoint {directory}")
         return cls(saved, kind, tensors["params"], tensors["scales"], tensors["buffers"],
-                   meta["config"], tensors["extra"], int(meta["seed"]))
+                   meta.get("config", {}), tensors.get("extra", {}), int(meta.get("seed", 0)))
+
+
+def check_tensors(arch: ArchConfig, kind: str, tensors: object, where: str = "checkpoint") -> None:
+    """Check that stored tensors are those of a ``kind`` posterior of ``arch``: the parameters (and SVI scales)
+    have exactly the names and shapes of the architecture's parameters (HMC: behind leading dims (chain,
+    sample)), the buffers those of its buffers. The expected shapes are computed on the ``meta`` device.
+
+    Raises
+    ------
+    ValueError
+        One line naming the first mismatch (a missing, unexpected or misshapen tensor).
+    """
+    if not isinstance(tensors, dict) or not all(isinstance(tensors.get(k), dict)
+                                                for k in ("params", "scales", "buffers")):
+        raise ValueError(f"{where} refused: {WEIGHTS_FILE} does not hold params, scales and buffers")
+    params, buffers = expected_shapes(arch)
+    groups = [("parameter", tensors["params"], params, 2 if kind == "hmc" else 0)]
+    if kind == "svi":
+        groups.append(("scale", tensors["scales"], params, 0))
+    groups.append(("buffer", tensors["buffers"], buffers, 0))
+    for what, stored, wanted, lead in groups:
+        missing, extra = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
+        if missing or extra:
+            parts = ([f"missing {what}(s) {', '.join(missing)}"] if missing else []) + \
+                    ([f"unexpected {what}(s) {', '.join(extra)}"] if extra else [])
+            raise ValueError(f"{where} refused: its weights do not match its architecture {arch}: "
+                             f"{'; '.join(parts)}")
+        for name, shape in wanted.items():
+            value = stored[name]
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"{where} refused: {what} {name!r} is not a tensor")
+            got = tuple(value.shape)
+            if len(got) != len(shape) + lead or got[lead:] != tuple(shape):
+                expected = ("(chain, sample, " + ", ".join(map(str, shape)) + ")") if lead else str(tuple(shape))
+                raise ValueError(f"{where} refused: {what} {name!r} has shape {got} but architecture {arch.name} "
+                                 f"(hidden {arch.hidden}, in_shape {arch.in_shape}, {arch.n_classes} classes) "
+                                 f"expects {expected}")
+    if kind == "hmc" and params:
+        leads = {tuple(tensors["params"][k].shape[:2]) for k in params}
+        if len(leads) > 1:
+            raise ValueError(f"{where} refused: HMC parameters disagree on (chain, sample): {sorted(leads)}")
 
 
 def deterministic(net: Network, config: dict | None = None) -> Posterior:
