@@ -1,0 +1,104 @@
+"""The one rule for errors (bayesrobust.errors), for every command: a user error is one ``Error:`` line and
+exit status 1; a bug says it is one (its type and message, the traceback with -v) and exits 70; Ctrl-C ends
+with ``Aborted.`` and exit status 130; none of them shows a traceback unless asked."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from bayesrobust import errors, experiment, stages
+from bayesrobust.cli import COMMANDS, main
+from bayesrobust.data import DataNotFoundError
+from bayesrobust.errors import BUG_EXIT_CODE, BUG_NOTE, INTERRUPT_EXIT_CODE, DrawOutOfRangeError, UserError
+
+#: The library call each command makes, and the arguments it needs.
+STAGE = {"train": (stages, "train"), "attack": (stages, "attack"), "table": (stages, "table"),
+         "explain": (stages, "explain"), "analyze": (stages, "analyze"), "plot": (stages, "plot"),
+         "pipeline": (experiment.Experiment, "run")}
+ARGS = {"train": ["--model", "baseNN"], "attack": ["--model", "baseNN"], "table": ["--model", "baseNN"],
+        "explain": ["--model", "baseNN"], "analyze": [], "plot": [], "pipeline": []}
+
+
+def test_every_command_is_covered():
+    assert set(STAGE) == set(COMMANDS) == set(ARGS)
+
+
+def run(monkeypatch, tmp_path, command, error, *extra):
+    """Run ``command`` with its stage replaced by one that raises ``error``."""
+    def fail(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(*STAGE[command], fail)
+    return CliRunner().invoke(main, [command, *ARGS[command], "--out", str(tmp_path), *extra])
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_bug_says_so_and_shows_the_traceback_with_verbose(command, monkeypatch, tmp_path):
+    result = run(monkeypatch, tmp_path, command, KeyError("x"))
+    assert result.exit_code == BUG_EXIT_CODE, result.output
+    assert result.output.strip().splitlines() == [
+        "KeyError: 'x'", f"{BUG_NOTE} (run the command again with -v for the full traceback)."]
+    assert isinstance(result.exception, SystemExit)
+
+    result = run(monkeypatch, tmp_path, command, KeyError("x"), "-v")
+    assert result.exit_code == BUG_EXIT_CODE
+    lines = result.output.strip().splitlines()
+    assert "Traceback (most recent call last):" in lines and "in fail" in result.output
+    assert lines[-2:] == ["KeyError: 'x'", f"{BUG_NOTE}."]
+
+
+@pytest.mark.parametrize("error", [IndexError("list index out of range"), TypeError("unsupported operand"),
+                                   AttributeError("'NoneType' object has no attribute 'x'"),
+                                   RuntimeError("shape mismatch"), ZeroDivisionError("division by zero")])
+def test_lookup_and_other_python_errors_are_bugs_not_bad_input(error, monkeypatch, tmp_path):
+    result = run(monkeypatch, tmp_path, "train", error, "--verbose")
+    assert result.exit_code == BUG_EXIT_CODE and not result.output.startswith("Error:")
+    assert result.output.strip().splitlines()[-2:] == [f"{type(error).__name__}: {error}", f"{BUG_NOTE}."]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_user_error_is_one_line(command, monkeypatch, tmp_path):
+    result = run(monkeypatch, tmp_path, command, ValueError("epsilon must be positive,\n  got -1"))
+    assert result.exit_code == 1
+    assert result.output == "Error: epsilon must be positive, got -1\n"
+    result = run(monkeypatch, tmp_path, command, UserError("no attack run; run `bayesrobust attack` first"), "-v")
+    assert result.exit_code == 1 and result.output == "Error: no attack run; run `bayesrobust attack` first\n"
+
+
+@pytest.mark.parametrize("error, message", [
+    (FileNotFoundError("no model under results/models/quick/baseNN; run `bayesrobust train` first"),
+     "no model under results/models/quick/baseNN; run `bayesrobust train` first"),
+    (DataNotFoundError("data root /nope does not exist (dataset 'mnist')"),
+     "data root /nope does not exist (dataset 'mnist')"),
+    (FileNotFoundError(2, "No such file or directory", "results/x.nc"), "No such file or directory: results/x.nc"),
+    (PermissionError(13, "Permission denied", "/results/models"), "Permission denied: /results/models"),
+    (NotADirectoryError(20, "Not a directory", "a_file/models"), "Not a directory: a_file/models"),
+    (FileExistsError(17, "File exists", "a", None, "b"), "File exists: a -> b"),
+    (DrawOutOfRangeError("draw 7 out of range: this HMC posterior has 6 samples"),
+     "draw 7 out of range: this HMC posterior has 6 samples"),
+])
+def test_user_errors_name_the_file_or_value(error, message, monkeypatch, tmp_path):
+    result = run(monkeypatch, tmp_path, "attack", error)
+    assert result.exit_code == 1 and result.output == f"Error: {message}\n"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_ctrl_c_aborts_without_a_traceback(command, monkeypatch, tmp_path):
+    for extra in ((), ("-v",)):
+        result = run(monkeypatch, tmp_path, command, KeyboardInterrupt(), *extra)
+        assert result.exit_code == INTERRUPT_EXIT_CODE
+        assert result.output.strip().splitlines() == ["Aborted."]
+
+
+def test_click_usage_errors_are_untouched(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--model", "nope", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and result.output.strip().splitlines()[-1].startswith("Error: Invalid value")
+
+
+def test_the_rule_in_one_place():
+    assert errors.is_user_error(UserError("x")) and errors.is_user_error(DataNotFoundError("x"))
+    assert not errors.is_user_error(KeyError("x")) and not errors.is_user_error(IndexError("x"))
+    # an out-of-range draw is the caller's mistake, and stays an IndexError for code that caught one
+    assert issubclass(DrawOutOfRangeError, UserError) and issubclass(DrawOutOfRangeError, IndexError)
+    assert issubclass(UserError, ValueError)
+    assert errors.user_message(ValueError()) == "ValueError"
