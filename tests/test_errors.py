@@ -5,6 +5,7 @@ with ``Aborted.`` and exit status 130; none of them shows a traceback unless ask
 from __future__ import annotations
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from bayesrobust import errors, experiment, stages
@@ -102,3 +103,19 @@ def test_the_rule_in_one_place():
     assert issubclass(DrawOutOfRangeError, UserError) and issubclass(DrawOutOfRangeError, IndexError)
     assert issubclass(UserError, ValueError)
     assert errors.user_message(ValueError()) == "ValueError"
+
+
+def test_out_of_range_draws_are_user_errors():
+    from bayesrobust.models.architectures import ArchConfig, build
+    from bayesrobust.models.posterior import deterministic
+    post = deterministic(build(ArchConfig("fc2", 4)))
+    with pytest.raises(DrawOutOfRangeError, match="only draw 0"):
+        post.draw_params(1)
+    with pytest.raises(UserError, match=r"out of range: this deterministic posterior has 1 draw"):
+        post.draw_coords([0, 3])
+
+
+def test_unknown_composite_is_a_value_error_not_a_key_error():
+    from bayesrobust.explain.rules import named_composite
+    with pytest.raises(ValueError, match="unknown Zennit composite 'nope'"):
+        named_composite("nope", torch.nn.Linear(2, 2))
