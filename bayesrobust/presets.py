@@ -214,18 +214,21 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
     Raises
     ------
     ValueError
-        A negative epoch count, non-positive learning rate or size, or an unknown dataset.
+        A negative (or NaN) epoch count, non-positive learning rate or size, an adversarial share outside
+        [0, 1], FGSM adversarial training with the L2 norm, or an unknown dataset.
     """
     from .data import dataset_info
     check_model(model)
     for name, value in (("epochs", epochs), ("warmup", warmup)):
-        if value is not None and value < 0:
+        if value is not None and not value >= 0:
             raise ValueError(f"{name} must be non-negative, got {value}")
     for name, value in (("lr", lr), ("hidden", hidden), ("batch_size", batch_size), ("samples", samples),
                         ("chains", chains), ("n_train", n_train), ("prior_scale", prior_scale),
                         ("adv_epsilon", adv_epsilon)):
-        if value is not None and value <= 0:
+        if value is not None and not value > 0:  # also NaN
             raise ValueError(f"{name} must be positive, got {value}")
+    if adv_ratio is not None and not 0 <= adv_ratio <= 1:
+        raise ValueError(f"adv_ratio is the share of adversarial images per batch, in [0, 1]; got {adv_ratio}")
     p = preset
     if dataset is not None:
         info = dataset_info(dataset)
@@ -240,6 +243,9 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
         adv = {"attack": adv_attack, "norm": adv_norm, "epsilon": adv_epsilon, "adv_ratio": adv_ratio}
         p = replace(p, adv_optim=replace(p.adv_optim, **optim),
                     adv=replace(p.adv, **{k: v for k, v in adv.items() if v is not None}))
+        if p.adv.attack == "fgsm" and p.adv.norm != "linf":
+            raise ValueError(f"advNN trains with FGSM, an Linf attack, but the norm is {p.adv.norm!r}; use "
+                             f"--adv-attack pgd for l2 (or --adv-norm linf)")
     else:
         if likelihood_scaling is not None:
             optim["likelihood_scaling"] = likelihood_scaling

@@ -437,6 +437,8 @@ def plot(out: str | Path | None = None, *, figures: Sequence[str] = (), analyses
     """
     from . import results, store
     from .figures import table_name
+    if topk is not None and not 0 < topk <= 100:
+        raise ValueError(f"topk is a percentage of pixels in (0, 100], got {topk}")
     explicit = bool(figures)
     wanted = list(dict.fromkeys(figures or FIGURE_NAMES))
     settings = {"rule": rule, "layer": layer, "subset": subset, "model": model, "topk": topk}

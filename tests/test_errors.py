@@ -119,3 +119,37 @@ def test_unknown_composite_is_a_value_error_not_a_key_error():
     from bayesrobust.explain.rules import named_composite
     with pytest.raises(ValueError, match="unknown Zennit composite 'nope'"):
         named_composite("nope", torch.nn.Linear(2, 2))
+
+
+def test_bad_training_overrides_are_rejected_before_work(tmp_path):
+    """Found by the fuzz test: NaN passed the positivity checks, adv_ratio was not checked, and FGSM with
+    L2 failed only once advNN training had started."""
+    runner = CliRunner()
+    for args, message in [(["--lr", "nan"], "lr must be positive, got nan"),
+                          (["--prior-scale", "nan"], "prior_scale must be positive, got nan"),
+                          (["--adv-ratio", "1.5"], "adv_ratio is the share of adversarial images"),
+                          (["--model", "advNN", "--adv-norm", "l2"], "advNN trains with FGSM, an Linf attack")]:
+        model = [] if "--model" in args else ["--model", "baseNN"]
+        result = runner.invoke(main, ["train", *model, *args, "--out", str(tmp_path)])
+        assert result.exit_code == 1 and message in result.output.strip().splitlines()[-1], result.output
+    result = runner.invoke(main, ["plot", "--topk", "-5", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "topk is a percentage of pixels in (0, 100], got -5" in result.output
+    assert not (tmp_path / "models").exists()
+
+
+def test_usage_errors_found_by_the_fuzz_test_are_one_line(tmp_path):
+    """click listed a missing --model's choices one per line; seeds outside numpy's 0..2**32-1 failed (or
+    overflowed torch's generator) only once work had started; a file name too long for the file system
+    (an OSError, not a bug) was reported as a bug."""
+    runner = CliRunner()
+    result = runner.invoke(main, ["attack", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == \
+        "Error: Missing option '--model'. Choose from: baseNN, advNN, fullBNN."
+    for option in ("--seed", "--inputs-seed"):
+        for value in ("-1", str(2**32), str(2**64)):
+            result = runner.invoke(main, ["table", "--model", "baseNN", option, value, "--out", str(tmp_path)])
+            assert result.exit_code == 2 and "is not in the range 0<=x<=4294967295" in result.output, result.output
+    long = tmp_path / ("x" * 300)
+    result = runner.invoke(main, ["train", "--model", "baseNN", "--out", str(long)])
+    assert result.exit_code == 1 and result.output.startswith("Error: File name too long: "), result.output

@@ -89,9 +89,17 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("pyro").setLevel(logging.WARNING)
 
 
+class Choice(click.Choice):
+    """click's Choice, but a missing required value is reported on one line (``Error: Missing option
+    '--model'. Choose from: baseNN, advNN, fullBNN.``): click lists the choices one per line."""
+
+    def get_missing_message(self, param: click.Parameter, ctx: click.Context | None) -> str:
+        return f"Choose from: {', '.join(map(str, self.choices))}."
+
+
 preset_option = click.option("--preset", default=DEFAULT_PRESET, show_default=True, type=click.Choice(list(PRESETS)),
                              help="Named experiment settings (bayesrobust.presets).")
-model_option = click.option("--model", required=True, type=click.Choice(Model.values()),
+model_option = click.option("--model", required=True, type=Choice(Model.values()),
                             help="baseNN (deterministic), advNN (adversarially trained) or fullBNN (Bayesian).")
 inference_option = click.option("--inference", type=click.Choice(Inference.values()), default=None,
                                 help="fullBNN inference: svi or hmc (NUTS). Default: the preset's.")
@@ -104,7 +112,9 @@ norm_option = click.option("--norm", type=click.Choice(Norm.values()), default="
                            help="Attack norm (PGD; FGSM is Linf).")
 mode_option = click.option("--posterior-mode", type=click.Choice(PosteriorMode.values()), default="mean_grad",
                            show_default=True, help="How the attack averages over posterior draws.")
-seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+#: Seeds go to torch, numpy and ``random``; numpy takes 0 to 2**32 - 1.
+SEED_RANGE = click.IntRange(0, 2**32 - 1)
+seed_option = click.option("--seed", type=SEED_RANGE, default=0, show_default=True, help="Random seed.")
 device_option = click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 data_root_option = click.option("--data-root", type=click.Path(path_type=Path), default=None,
                                 help="Folder with MNIST/, FashionMNIST/, cifar-10-batches-py/ "
