@@ -179,3 +179,10 @@ def test_ctrl_c_while_the_libraries_load_is_aborted_not_a_traceback(module, tmp_
     # went through code run by a C extension during the imports, even though it was handled afterwards
     interrupted = proc.returncode in (INTERRUPT_EXIT_CODE, -signal.SIGINT) and err.strip() == "Aborted."
     assert interrupted or (proc.returncode == 0 and "Usage:" in out), (proc.returncode, out, err)
+
+
+def test_a_stray_argument_with_a_line_break_is_still_one_error_line(tmp_path):
+    """Found by the fuzz test: click printed the stray argument as it was, line break included."""
+    result = CliRunner().invoke(main, ["plot", "--out", str(tmp_path), "a\nb"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == "Error: Got unexpected extra argument (a b)"

@@ -90,10 +90,11 @@ def _numeric(command: str, param: click.Option) -> list[tuple[str, int]]:
 
 def _strings(command: str, name: str, tmp: Path) -> list[tuple[str, int]]:
     if name == "device":
-        return [("cpu", OK), ("gpu", BAD), ("", BAD), ("cuda:x", BAD), ("CPU", BAD), ("cuda", ANY), ("cuda:1", ANY)]
+        return [("cpu", OK), ("gpu", BAD), ("", BAD), ("cuda:x", BAD), ("CPU", BAD), ("cpu\nx", BAD), ("cuda", ANY),
+                ("cuda:1", ANY)]
     if name == "attack_run":
         return [(str(tmp / "run.nc"), OK), ("nope", BAD), ("", BAD), (str(tmp / "nowhere" / "run.nc"), BAD),
-                (TOO_LONG, BAD)]
+                (TOO_LONG, BAD), ("a\nb", BAD)]
     if name == "layers":
         return [("all", OK), ("0", OK), ("0,1", OK), ("-1", OK), ("0 1", OK), ("", OK), ("x", BAD),
                 ("1.5", BAD), ("all,0", BAD), ("99", ANY)]
@@ -102,12 +103,13 @@ def _strings(command: str, name: str, tmp: Path) -> list[tuple[str, int]]:
                 ("-0.1", BAD), ("0", BAD), ("0.1,,x", BAD), ("1e9", ANY)]
     # free text that selects among the stored results (analyze --method/--name, plot --rule/--layer/...): checked
     # against them, so after the sentinel
-    return [("epsilon", OK), ("", OK), ("nope", OK), ("0", OK), ("a/b", OK)]
+    return [("epsilon", OK), ("", OK), ("nope", OK), ("0", OK), ("a/b", OK), ("a\nb", OK)]
 
 
 def _paths(name: str, tmp: Path) -> list[tuple[str, int]]:
     if name == "out":
-        return [(str(tmp / "out"), OK), (str(tmp / "new" / "deeper"), OK), (str(tmp / "a_file"), USAGE),
+        return [(str(tmp / "out"), OK), (str(tmp / "new" / "deeper"), OK), (str(tmp / "a\nb"), OK),
+                (str(tmp / "a_file"), USAGE),
                 (str(tmp / "a_file" / "below"), ANY), ("", ANY), (str(tmp / TOO_LONG), ANY)]
     # --data-root: only read by the stages after their checks, and not at all for the embedded mnist5k
     return [(str(tmp / "nowhere"), OK), (str(tmp / "a_file"), OK), (str(tmp), OK), (str(tmp / TOO_LONG), ANY)]
@@ -279,14 +281,17 @@ def test_fuzz_every_command(sentinels, tmp_path):
         for command in COMMANDS:
             for _ in range(RUNS_PER_COMMAND):
                 case = make_case(rng, command, tmp_path)
-                if "out" not in case.values:  # otherwise ./results in the isolated folder
+                env = {"BAYESROBUST_OUT": None}
+                if "out" not in case.values and rng.random() < 0.2:  # the output folder from the environment
+                    env["BAYESROBUST_OUT"], case.tiers["out_env"] = rng.choice(_paths("out", tmp_path))
+                elif "out" not in case.values:  # not ./results in the isolated folder: a fixed empty one
                     case.args += ["--out", str(tmp_path / "out")]
                 sentinels.clear()
-                result = runner.invoke(main, [command, *case.args])
+                result = runner.invoke(main, [command, *case.args], env=env)
                 seen[case.tier] += 1
                 problem = check(case, result, sentinels)
                 if problem:
-                    problems.append(f"{problem}\n  bayesrobust {command} {' '.join(map(repr, case.args))}\n  "
+                    problems.append(f"{problem}\n  {env} bayesrobust {command} {' '.join(map(repr, case.args))}\n  "
                                     + "\n  ".join(result.output.strip().splitlines()[-4:]))
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "the fuzz did real work"
     assert min(seen[OK], seen[BAD], seen[USAGE]) > 100, seen  # every side of every check is exercised

@@ -50,7 +50,7 @@ def summary(ds: xr.Dataset) -> str:
     return "\n".join(parts)
 
 
-@click.command(context_settings=options.CONTEXT)
+@click.command(cls=options.Command, context_settings=options.CONTEXT)
 @options.out_option
 @options.preset_option
 @click.option("--topk", type=float, default=20, show_default=True, help="k of the top-k% selection.")

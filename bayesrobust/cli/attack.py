@@ -41,7 +41,7 @@ def common_options(func):
     return func
 
 
-@click.command(context_settings=options.CONTEXT)
+@click.command(cls=options.Command, context_settings=options.CONTEXT)
 @options.model_option
 @options.preset_option
 @options.inference_option

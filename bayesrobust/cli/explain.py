@@ -42,7 +42,7 @@ def parse_layers(values: tuple[str, ...]) -> str | list[int]:
         raise ValueError(f"--layers takes 'all' or layer indices (e.g. 0,2 or -1), got {' '.join(values)!r}") from None
 
 
-@click.command(name="explain", context_settings=options.CONTEXT)
+@click.command(name="explain", cls=options.Command, context_settings=options.CONTEXT)
 @options.model_option
 @options.preset_option
 @options.inference_option

@@ -89,6 +89,18 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("pyro").setLevel(logging.WARNING)
 
 
+class Command(click.Command):
+    """A click command whose usage errors are one line too: click quotes most values, but not the stray
+    arguments of ``Got unexpected extra argument (...)``, so a value with a line break broke the line."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as err:
+            err.message = one_line(err.message)
+            raise
+
+
 class Choice(click.Choice):
     """click's Choice, but a missing required value is reported on one line (``Error: Missing option
     '--model'. Choose from: baseNN, advNN, fullBNN.``): click lists the choices one per line."""
