@@ -91,7 +91,7 @@ def test_ctrl_c_aborts_without_a_traceback(command, monkeypatch, tmp_path):
         assert result.output.strip().splitlines() == ["Aborted."]
 
 
-def test_click_usage_errors_are_untouched(tmp_path):
+def test_click_usage_errors_keep_status_2(tmp_path):
     result = CliRunner().invoke(main, ["train", "--model", "nope", "--out", str(tmp_path)])
     assert result.exit_code == 2 and result.output.strip().splitlines()[-1].startswith("Error: Invalid value")
 
