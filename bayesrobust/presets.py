@@ -217,8 +217,8 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
     ValueError
         A negative epoch count; a learning rate, prior scale or advNN ε that is not a finite positive number;
         a size that is not a positive integer (0 is not "the default": that is ``None``); a hidden size above
-        :data:`~bayesrobust.models.architectures.MAX_HIDDEN`; an adversarial share outside [0, 1]; an
-        unknown dataset.
+        :data:`~bayesrobust.models.architectures.MAX_HIDDEN`; an adversarial share outside [0, 1]; FGSM
+        adversarial training with the L2 norm; an unknown dataset.
     """
     from .data import dataset_info
     check_model(model)
@@ -254,7 +254,7 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
         p = replace(p, hmc=replace(p.hmc, **{k: v for k, v in hmc.items() if v is not None}))
     if prior_scale is not None:
         p = replace(p, prior_scale=prior_scale)
-    return p
+    return check_training(p, model, inference)
 
 
 def check_training(preset: Preset, model: str, inference: str | None = None) -> Preset:

@@ -20,7 +20,7 @@ from ..choices import AttackName, Norm, PosteriorMode
 from . import options
 
 
-@click.command(context_settings=options.CONTEXT)
+@click.command(cls=options.Command, context_settings=options.CONTEXT)
 @options.out_option
 @options.preset_option
 @click.option("--topk", type=float, default=20, show_default=True, help="k of the top-k% selection.")

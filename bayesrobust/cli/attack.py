@@ -22,7 +22,7 @@ from . import options
 COMMON_OPTIONS = [
     click.option("--n-inputs", type=int, default=None,
                  help="Number of class-balanced test images (default: the preset's, paper 500)."),
-    click.option("--inputs-seed", type=int, default=0, show_default=True,
+    click.option("--inputs-seed", type=options.SEED_RANGE, default=0, show_default=True,
                  help="Seed of the test subset; keep it fixed across the models of one experiment."),
     click.option("--n-draws", type=int, default=None,
                  help="Posterior draws S of a fullBNN (default: the preset's); always 1 for baseNN/advNN."),
@@ -41,7 +41,7 @@ def common_options(func):
     return func
 
 
-@click.command(context_settings=options.CONTEXT)
+@click.command(cls=options.Command, context_settings=options.CONTEXT)
 @options.model_option
 @options.preset_option
 @options.inference_option

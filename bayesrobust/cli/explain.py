@@ -42,7 +42,7 @@ def parse_layers(values: tuple[str, ...]) -> str | list[int]:
         raise ValueError(f"--layers takes 'all' or layer indices (e.g. 0,2 or -1), got {' '.join(values)!r}") from None
 
 
-@click.command(name="explain", context_settings=options.CONTEXT)
+@click.command(name="explain", cls=options.Command, context_settings=options.CONTEXT)
 @options.model_option
 @options.preset_option
 @options.inference_option
@@ -78,16 +78,16 @@ def main(model, preset, inference, attack_run, method, rules, composite, layers,
     """Explain an attack run's clean and adversarial images; write OUT/explanations/PRESET/RUN_METHOD.nc."""
     options.setup_logging(verbose)
     from tqdm.auto import tqdm
-    bar = tqdm(total=0, desc=f"{method} draws", unit="draw", disable=not progress)
+    bars = []  # the bar starts once the stage has checked its input, so an error is one line
 
     def start(total: int) -> None:
-        bar.total = total
-        bar.refresh()
+        bars.append(tqdm(total=total, desc=f"{method} draws", unit="draw", disable=not progress))
     try:
         done = stages.explain(preset, model, attack_run, inference=inference, out=out, method=method, rules=rules,
                               composite=composite, layers=parse_layers(layers), initial=initial, n_draws=n_draws,
                               keep_draws=keep_draws, batch_size=batch_size, seed=seed, device=device,
-                              force=force, progress=bar.update, on_start=start)
+                              force=force, progress=lambda n: bars[-1].update(n), on_start=start)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     click.echo(done.summary)

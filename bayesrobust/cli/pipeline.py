@@ -25,7 +25,7 @@ from ..explain.rules import RULES
 from . import options
 
 
-@click.command(context_settings=options.CONTEXT)
+@click.command(cls=options.Command, context_settings=options.CONTEXT)
 @options.preset_option
 @options.inference_option
 @options.attack_option

@@ -21,7 +21,7 @@ from ..choices import Subset
 from . import options
 
 
-@click.command(context_settings=options.CONTEXT)
+@click.command(cls=options.Command, context_settings=options.CONTEXT)
 @options.out_option
 @click.option("--figure", "figure_names", multiple=True, type=click.Choice(stages.FIGURE_NAMES),
               help="Figure to draw (repeatable; default: all the stored results allow).")

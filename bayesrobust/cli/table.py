@@ -42,7 +42,7 @@ def parse_epsilons(text: str) -> tuple[float, ...]:
     return tuple(values)
 
 
-@click.command(context_settings=options.CONTEXT)
+@click.command(cls=options.Command, context_settings=options.CONTEXT)
 @options.model_option
 @options.preset_option
 @options.inference_option

@@ -15,7 +15,7 @@ from ..data import DATASETS
 from . import options
 
 
-@click.command(context_settings=options.CONTEXT)
+@click.command(cls=options.Command, context_settings=options.CONTEXT)
 @options.model_option
 @options.preset_option
 @options.inference_option

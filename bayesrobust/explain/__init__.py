@@ -16,13 +16,31 @@ Example::
     ds = explain_attack(posterior, attack_ds, make_explainers("lrp", ["epsilon", "gamma"]))
 """
 
-from .bayesian import DrawReducer, Explainer, PosteriorExplanation, explain_posterior
-from .captum_methods import METHODS, CaptumMethod
-from .explanation import INPUTS, check_attack, explain_attack, make_explainers
-from .layers import resolve_layers
-from .lrp import LRP, layer_relevance
-from .rules import COMPOSITES, RULES
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Each public name and the submodule that defines it. They are imported on first use (PEP 562), so
+#: ``python -m bayesrobust.explain`` starts without loading Zennit and Captum before it can handle Ctrl-C.
+_WHERE = {"DrawReducer": "bayesian", "Explainer": "bayesian", "PosteriorExplanation": "bayesian",
+          "explain_posterior": "bayesian", "METHODS": "captum_methods", "CaptumMethod": "captum_methods",
+          "INPUTS": "explanation", "check_attack": "explanation", "explain_attack": "explanation",
+          "make_explainers": "explanation", "resolve_layers": "layers", "LRP": "lrp", "layer_relevance": "lrp",
+          "COMPOSITES": "rules", "RULES": "rules"}
 
 __all__ = ["COMPOSITES", "CaptumMethod", "DrawReducer", "Explainer", "INPUTS", "LRP", "METHODS",
            "PosteriorExplanation", "RULES", "check_attack", "explain_attack", "explain_posterior",
            "layer_relevance", "make_explainers", "resolve_layers"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -242,7 +242,7 @@ def named_composite(name: str, net: nn.Module, **params: Any) -> Composite:
     ValueError
         Unknown composite, or a parameter it does not take (the message lists those it does).
     """
-    cls = _ZENNIT_COMPOSITES[name]
+    cls = _ZENNIT_COMPOSITES[check_composite(name)]
     if {"low", "high"} <= check_composite_params(name, params):
         first = next(net.parameters())
         low, high = input_bounds(net, tuple(net.arch.in_shape), first.dtype)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..errors import DrawOutOfRangeError
 from .architectures import ArchConfig, Network, build, check_arch, expected_shapes
 
 if TYPE_CHECKING:
@@ -117,10 +118,17 @@ class Posterior:
 
     # -- draws -----------------------------------------------------------------------------------------
     def draw_params(self, j: int) -> dict[str, torch.Tensor]:
-        """The learnable parameters of draw ``j`` (state-dict names of the plain network)."""
+        """The learnable parameters of draw ``j`` (state-dict names of the plain network).
+
+        Raises
+        ------
+        DrawOutOfRangeError
+            (a ``ValueError`` and ``IndexError``) ``j`` is not a draw of this posterior (deterministic: not 0;
+            HMC: beyond the samples); the message says how many there are.
+        """
         if self.kind == "deterministic":
             if j != 0:
-                raise IndexError(f"a deterministic model has only draw 0, asked for draw {j}")
+                raise DrawOutOfRangeError(f"a deterministic model has only draw 0, asked for draw {j}")
             return self.params
         if self.kind == "svi":
             g = _draw_generator(self.seed, j)
@@ -130,7 +138,7 @@ class Posterior:
         n = self.max_draws
         assert n is not None
         if not 0 <= j < n:
-            raise IndexError(f"draw {j} out of range: this HMC posterior has {n} samples")
+            raise DrawOutOfRangeError(f"draw {j} out of range: this HMC posterior has {n} samples")
         flat = int(self._flat_order()[j])
         return {k: v.reshape(n, *v.shape[2:])[flat] for k, v in self.params.items()}
 
@@ -149,14 +157,15 @@ class Posterior:
 
         Raises
         ------
-        IndexError
-            An index out of range (HMC: beyond the samples; deterministic: not 0).
+        DrawOutOfRangeError
+            (a ``ValueError`` and ``IndexError``) An index out of range (HMC: beyond the samples;
+            deterministic: not 0).
         """
         idx = np.asarray(list(indices), dtype=np.int64).reshape(-1)
         n = self.max_draws
         if n is not None and idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise IndexError(f"draw indices {idx.tolist()} out of range: this {self.kind} posterior has {n} "
-                             f"draw(s)")
+            raise DrawOutOfRangeError(f"draw indices {idx.tolist()} out of range: this {self.kind} posterior has "
+                                      f"{n} draw(s)")
         if self.kind != "hmc":
             return np.full(idx.shape, -1, dtype=np.int64), idx.copy()
         per_chain = int(next(iter(self.params.values())).shape[1])
