@@ -385,7 +385,7 @@ def find_tables(out: str | Path, preset: str | None = None) -> dict[Path, xr.Dat
         if preset is not None and preset not in parts[:-1]:
             continue
         if _kind(path) == "robustness_table":
-            found[path] = xr.open_dataset(path, engine="h5netcdf")
+            found[path] = store.open_result(path, "robustness_table")
     return found
 
 
