@@ -437,10 +437,12 @@ def _explanation_up_to_date(target: Path, draws_path: Path | None, config: dict)
         return False
     with store.open_result(target, "explanation") as ds:
         stored = store.config_of(ds)
-    if draws_path is not None:
-        store.open_result(draws_path, "explanation").close()  # complete: every chunk there
     same = json.loads(json.dumps({k: config.get(k) for k in EXPLAIN_SETTINGS}, default=str))
-    return all(stored.get(k) == v for k, v in same.items())
+    if not all(stored.get(k) == v for k, v in same.items()):
+        return False
+    if draws_path is not None:
+        store.open_result(draws_path, "explanation").close()  # readable, every chunk there
+    return True
 
 
 # -- analyze and plot --------------------------------------------------------------------------------------

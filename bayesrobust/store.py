@@ -202,11 +202,12 @@ def clean_leftovers(path: str | Path) -> list[Path]:
     """Remove :func:`leftovers` of ``path``; returns what was removed."""
     removed = leftovers(path)
     for p in removed:
-        _remove(p)
+        remove_path(p)
     return removed
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Remove a file or a folder tree, whichever ``path`` is."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -220,10 +221,10 @@ def _replace(tmp: Path, path: Path) -> None:
         raise IsADirectoryError(f"{path} is a folder; refusing to replace it with a file")
     if tmp.is_dir() and (path.exists() or path.is_symlink()):
         old = path.with_name(f".{path.name}{OLD_SUFFIX}")
-        _remove(old)
+        remove_path(old)
         os.replace(path, old)
         os.replace(tmp, path)
-        _remove(old)
+        remove_path(old)
     else:
         os.replace(tmp, path)
 
@@ -276,18 +277,27 @@ def open_result(path: str | Path, kind: str | None = None) -> xr.Dataset:
     return validate(ds, kind)
 
 
+#: Attribute of a zarr store written with every chunk (even those equal to the fill value, which zarr skips
+#: by default): there any missing chunk is damage. Older stores are checked on ``relevance_draws`` only.
+ALL_CHUNKS_ATTR = "all_chunks_written"
+
+
 def _check_zarr_chunks(path: Path) -> None:
-    """Every chunk of every array of the zarr store at ``path`` exists (a missing chunk would read back as
-    the fill value, e.g. NaN)."""
+    """Every chunk of the zarr store at ``path`` exists (a missing chunk would read back as the fill value,
+    e.g. NaN): of every array if the store says it wrote them all (:data:`ALL_CHUNKS_ATTR`), else of
+    ``relevance_draws`` (whose chunks are never the fill value)."""
     import zarr
     try:
         group = zarr.open_group(str(path), mode="r")
         arrays = list(group.arrays())
+        complete = bool(group.attrs.get(ALL_CHUNKS_ATTR, 0))
     except Exception as err:
         raise CorruptResultError(path, error_reason(err)) from err
     if not arrays:
         raise CorruptResultError(path, "no arrays in the zarr store")
     for name, array in arrays:
+        if not complete and name != "relevance_draws":
+            continue
         if array.nchunks_initialized < array.nchunks:
             raise CorruptResultError(path, f"array {name!r} has {array.nchunks - array.nchunks_initialized} of "
                                            f"{array.nchunks} chunks missing")

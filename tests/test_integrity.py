@@ -133,6 +133,20 @@ def test_retrained_model_makes_its_attack_stale(out):
     assert stages.attack(PRESET, "baseNN", out=out, n_inputs=IMAGES).skipped
 
 
+def test_explanation_of_an_older_version_is_checked_by_the_attack_time(out):
+    """An explanation written before the hashes (it records the attack's ``created`` time only) is still
+    checked against its attack run."""
+    path = paths.explanation_path(out, PRESET, FGSM_RUN, "lrp")
+    with xr.open_dataset(path) as ds:
+        old = ds.load()
+    del old.attrs["attack_sha256"]
+    store.write_netcdf(old, path, "explanation")
+    stages.analyze(out, PRESET)  # same attack time: fine
+    store.write_netcdf(old.assign_attrs(attack_created="2020-01-01T00:00:00+00:00"), path, "explanation")
+    with pytest.raises(store.StaleResultError, match=f"explanation {path} was computed from another version"):
+        stages.analyze(out, PRESET)
+
+
 def test_plot_checks_the_runs_it_reloads(out):
     """plot reloads an analysis' runs: an explanation of a redone attack, or a file redone after the
     analysis, is an error (not a figure left out)."""
@@ -224,6 +238,18 @@ def test_damaged_explanation(out, how):
     stages.analyze(out, PRESET)
 
 
+def test_damaged_robustness_table(out):
+    table = {"epsilons": {"linf": (0.05,)}, "steps": (1,), "n_inputs": IMAGES, "out": out}
+    path = stages.table(PRESET, "baseNN", **table).path
+    damage(path, "garbage")
+    for stage in (lambda: stages.table(PRESET, "baseNN", **table), lambda: stages.plot(out)):
+        with pytest.raises(store.CorruptResultError) as err:
+            stage()
+        assert quoted_command(str(err.value)) == ("python -m bayesrobust.robustness_table --model baseNN --preset "
+                                                  f"tiny --out {out} --force")
+    assert not stages.table(PRESET, "baseNN", force=True, **table).skipped
+
+
 @pytest.mark.parametrize("how", ["missing_chunk", "no_metadata", "a_file"])
 def test_damaged_draws_store(out, how):
     path = paths.explanation_draws_path(out, PRESET, FGSM_RUN, "lrp")
@@ -246,6 +272,17 @@ def test_damaged_draws_store(out, how):
     assert not stages.explain(PRESET, "baseNN", out=out, keep_draws=True, force=True).skipped
     with store.open_result(path, "explanation") as ds:
         assert not np.isnan(ds["relevance_draws"].values).any()
+
+
+def test_zarr_chunk_check_knows_skipped_fill_chunks(tmp_path):
+    """zarr skips chunks equal to the fill value unless told otherwise: in a store that does not say it wrote
+    every chunk only ``relevance_draws`` is checked; in one that does, a missing chunk of any array is damage."""
+    ds = xr.Dataset({"i": ("x", np.zeros(3, dtype=np.int64)), "relevance_draws": ("x", np.ones(3))})
+    ds.to_zarr(tmp_path / "old.zarr", mode="w")  # "i" is all fill value: no chunk stored
+    store._check_zarr_chunks(tmp_path / "old.zarr")
+    ds.assign_attrs({store.ALL_CHUNKS_ATTR: 1}).to_zarr(tmp_path / "new.zarr", mode="w")
+    with pytest.raises(store.CorruptResultError, match="array 'i' has 1 of 1 chunks missing"):
+        store._check_zarr_chunks(tmp_path / "new.zarr")
 
 
 # -- files and folders ---------------------------------------------------------------------------------------

@@ -249,7 +249,7 @@ def explain_attack(posterior: Posterior, attack: xr.Dataset, explainers: Sequenc
         store.validate(ds)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-            ds.to_zarr(tmp, mode="a", write_empty_chunks=True)
+            ds.assign_attrs({store.ALL_CHUNKS_ATTR: 1}).to_zarr(tmp, mode="a", write_empty_chunks=True)
     return ds
 
 

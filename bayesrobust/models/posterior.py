@@ -199,7 +199,7 @@ class Posterior:
                 os.replace(directory, old)
             os.replace(tmp, directory)
             if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+                store.remove_path(old)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
