@@ -131,9 +131,11 @@ class StaleResultError(ValueError):
 
 
 def error_reason(err: BaseException) -> str:
-    """The first line of an exception, for a one-line message."""
+    """The first sentence of an exception's first line (at most 160 characters), for a one-line message."""
     text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
-    return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
+    text = text.split(". ")[0].rstrip(".")
+    text = text if len(text) <= 160 else text[:159] + "…"
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def file_hash(path: str | Path) -> str:
