@@ -107,7 +107,9 @@ def train(preset: str | Preset, model: str, *, inference: str | None = None, out
     wanted = {"preset": p.to_dict(), "model": model, "inference": inference, "seed": seed}
     recover(target)  # a save killed between its renames
     store.clean_leftovers(target)
-    if not force and any((target / name).exists() for name in ("config.json", "weights.pt")):
+    found = target.exists() and (not target.is_dir() or
+                                 any((target / name).exists() for name in ("config.json", "weights.pt")))
+    if not force and found:  # a damaged one raises: never taken for absent
         stored = Posterior.load(target).config
         if up_to_date(stored, wanted):
             acc = float(stored.get("test_accuracy", float("nan")))

@@ -182,11 +182,14 @@ def test_copied_or_moved_output_folder_stays_up_to_date(out, tmp_path):
 
 # -- damaged results -----------------------------------------------------------------------------------------
 def damage(path: Path, how: str) -> None:
+    if how == "missing":
+        path.unlink()
+        return
     data = path.read_bytes()
     path.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"not a result\n" * 20, "empty": b""}[how])
 
 
-@pytest.mark.parametrize("how", ["truncated", "garbage", "empty"])
+@pytest.mark.parametrize("how", ["truncated", "garbage", "empty", "missing"])  # missing: half a checkpoint
 @pytest.mark.parametrize("name", ["weights.pt", "config.json"])
 def test_damaged_model(out, name, how):
     path = paths.model_dir(out, PRESET, "baseNN") / name
@@ -203,6 +206,18 @@ def test_damaged_model(out, name, how):
     assert f"Error: {path} is unreadable" in line
     assert not stages.train(PRESET, "baseNN", out=out, force=True).skipped
     assert not stages.attack(PRESET, "baseNN", out=out, n_inputs=IMAGES).skipped  # a new model's attack
+
+
+def test_file_in_place_of_a_model_folder(out):
+    directory = paths.model_dir(out, PRESET, "baseNN")
+    shutil.rmtree(directory)
+    directory.write_bytes(b"garbage")
+    for stage in (lambda: stages.attack(PRESET, "baseNN", out=out, n_inputs=IMAGES),
+                  lambda: stages.train(PRESET, "baseNN", out=out)):
+        with pytest.raises(store.CorruptResultError, match=f"{directory} is unreadable .*a file where a model"):
+            stage()
+    assert not stages.train(PRESET, "baseNN", out=out, force=True).skipped
+    assert [p.name for p in directory.parent.iterdir()] == ["baseNN"] and directory.is_dir()
 
 
 @pytest.mark.parametrize("how", ["truncated", "garbage", "empty"])

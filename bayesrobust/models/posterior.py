@@ -224,6 +224,8 @@ class Posterior:
         directory = Path(directory)
         recover(directory)
         config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        if directory.exists() and not directory.is_dir():
+            raise CorruptResultError(directory, "a file where a model folder should be")
         if not config_path.is_file() and not weights_path.is_file():
             raise FileNotFoundError(f"no model checkpoint in {directory} (expected {CONFIG_FILE} and "
                                     f"{WEIGHTS_FILE})")
