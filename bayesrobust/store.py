@@ -191,13 +191,12 @@ def normal_mode(path: str | Path) -> None:
 
 
 def leftovers(path: str | Path) -> list[Path]:
-    """What a killed write of ``path`` may have left next to it: ``.NAME.*.tmp`` and ``.NAME.old``."""
+    """What a killed write of ``path`` may have left next to it: the hidden siblings ``.NAME.*`` (temporary
+    ``.NAME.<random>.tmp``, earlier versions' ``.NAME.<random>``, the previous version ``.NAME.old``)."""
     path = Path(path)
     if not path.parent.is_dir():
         return []
-    found = list(path.parent.glob(f".{glob.escape(path.name)}.*{TMP_SUFFIX}"))
-    old = path.with_name(f".{path.name}{OLD_SUFFIX}")
-    return found + ([old] if old.exists() or old.is_symlink() else [])
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*"))
 
 
 def clean_leftovers(path: str | Path) -> list[Path]:
