@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from . import paths, store
+from . import paths, redo, store
 from .stability import Run, model_name
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ class Found:
     attack_path: Path
     attack: xr.Dataset
     explanations: list[tuple[Path, xr.Dataset]] = field(default_factory=list)
+    #: sha256 of the attack file (:func:`bayesrobust.store.file_hash`)
+    attack_sha256: str = ""
 
     @property
     def name(self) -> str:
@@ -181,6 +183,11 @@ def find_runs(out: str | Path, preset: str | None = None, *, attack: str | None 
     ValueError
         Several attack runs left for one model, or runs attacked with different settings (the message lists
         them and the options that choose).
+    StaleResultError
+        An explanation of a chosen run was computed from another version of its attack file
+        (:func:`check_explains`).
+    CorruptResultError
+        An unreadable result file (named, with the command that redoes it).
     """
     out = Path(out)
     preset = resolve_preset(out, preset)
@@ -201,13 +208,16 @@ def find_runs(out: str | Path, preset: str | None = None, *, attack: str | None 
         if target not in runs:
             if not target.exists():
                 raise FileNotFoundError(f"explanation {path} explains attack run {target}, which does not exist")
-            runs[target] = Found(target, store.open_result(target, "attack"))
+            runs[target] = Found(target, store.open_result(target, "attack"), attack_sha256=store.file_hash(target))
         runs[target].explanations.append((path, ds))
     wanted = {"attack": attack, "norm": norm, "epsilon": epsilon}
     kept = [f for f in runs.values()
             if all(_match(f.attack.attrs.get(k), v) for k, v in wanted.items())
             and (int(f.attack.attrs.get("n_draws", 1)) == 1 or _match(f.attack.attrs.get("posterior_mode"), mode))
             and (models is None or f.name in models)]
+    for f in kept:  # only the runs an analysis would use: a stale explanation of another attack does not matter
+        for path, ds in f.explanations:
+            check_explains(out, path, ds, f.attack_path, f.attack, f.attack_sha256)
     if not kept:
         have = sorted({f"{f.name}: {f.settings()}" for f in runs.values()}) or ["none"]
         raise FileNotFoundError(f"no explained attack run of preset {preset!r} matches the filters; explained "
@@ -227,6 +237,40 @@ def find_runs(out: str | Path, preset: str | None = None, *, attack: str | None 
     chosen = sorted((fs[0] for fs in by_model.values()), key=_model_order)
     log.info("explained attack runs of %s: %s", preset, ", ".join(f.attack_path.stem for f in chosen))
     return chosen
+
+
+def check_explains(out: str | Path, explanation_path: Path, explanation: xr.Dataset, attack_path: Path,
+                   attack: xr.Dataset, attack_sha256: str) -> None:
+    """Check that ``explanation`` was computed from this very attack file (the content hash of the attack it
+    recorded, ``attack_sha256``; for explanations of older versions the attack's ``created`` time), and with
+    the same model as the attack (their ``model_sha256``). An explanation that records neither (made by
+    hand) is not checked.
+
+    Raises
+    ------
+    StaleResultError
+        The attack run was redone after the explanation; the message names both files and the explain
+        command that redoes the explanation.
+    """
+    recorded = str(explanation.attrs.get("attack_sha256", "") or "")
+    if recorded:
+        same = recorded == attack_sha256
+    elif explanation.attrs.get("attack_created"):
+        same = str(explanation.attrs["attack_created"]) == str(attack.attrs.get("created", ""))
+    else:
+        return
+    cfg = store.config_of(explanation)
+    explain = redo.explain_command(out, cfg) if cfg.get("model") else redo.for_path(explanation_path)
+    if not same:
+        raise store.StaleResultError(
+            f"explanation {explanation_path} was computed from another version of attack run {attack_path} "
+            f"(the attack was redone after it); redo the explanation: `{explain}`")
+    models = {str(ds.attrs.get("model_sha256", "") or "") for ds in (explanation, attack)}
+    if len(models) > 1 and "" not in models:
+        raise store.StaleResultError(
+            f"explanation {explanation_path} and attack run {attack_path} were computed with different versions "
+            f"of the model; redo the attack (`{redo.attack_command(out, store.config_of(attack))}`), then the "
+            f"explanation (`{explain}`)")
 
 
 def _model_order(f: Found) -> tuple:
@@ -278,35 +322,55 @@ def describe(found: Sequence[Found], out: str | Path) -> list[dict[str, Any]]:
         return str(p.relative_to(out)) if p.is_relative_to(out) else str(p)
     return [{"model": f.name, "label": str(f.attack.attrs["model"]), "n_draws": int(f.attack.attrs.get("n_draws", 1)),
              "attack_path": rel(f.attack_path), "explanation_paths": [rel(p) for p, _ in f.explanations],
+             "attack_sha256": f.attack_sha256 or store.file_hash(f.attack_path),
+             "explanation_sha256": [store.file_hash(p) for p, _ in f.explanations],
              "attack": store.config_of(f.attack), "explanation": [store.config_of(ds) for _, ds in f.explanations]}
             for f in found]
 
 
-def load_runs(out: str | Path, analysis: xr.Dataset) -> dict[str, Run]:
-    """The runs (by model name) an analysis written by ``python -m bayesrobust.analyze`` was built from.
+def load_runs(out: str | Path, analysis: xr.Dataset, name: str | None = None) -> dict[str, Run]:
+    """The runs (by model name) an analysis written by ``python -m bayesrobust.analyze`` was built from,
+    checked to be the very files it was computed from (their sha256, recorded in the analysis) and each
+    explanation to be of its attack run (:func:`check_explains`). ``name`` (the analysis' file stem) only goes
+    into the analyze command of an error.
 
     Raises
     ------
     ValueError
-        The analysis records no paths (it was not written by ``bayesrobust.analyze``).
+        The analysis records no paths or no content hashes (it was not written by this version of
+        ``bayesrobust.analyze``).
+    StaleResultError
+        An explanation of another version of its attack run, or a file redone after the analysis; the
+        message names the files and the command that redoes the stale one.
     FileNotFoundError
         A recorded file is gone.
     """
     out = Path(out)
-    runs = store.config_of(analysis).get("runs", [])
-    if not runs or not all("attack_path" in r for r in runs):
-        raise ValueError("this analysis does not record where its attack and explanation results are; "
-                         f"re-create it with `{ANALYZE_COMMAND.format(out=out)}`")
+    cfg = store.config_of(analysis)
+    runs = cfg.get("runs", [])
+    command = redo.analyze_command(out, cfg, name) if cfg.get("preset") else ANALYZE_COMMAND.format(out=out)
+    if not runs or not all("attack_path" in r and r.get("attack_sha256") and
+                           len(r.get("explanation_sha256") or ()) == len(r["explanation_paths"]) for r in runs):
+        raise ValueError("this analysis does not record which attack and explanation results it was computed "
+                         f"from (their paths and sha256); re-create it with `{command}`")
     loaded = {}
     for r in runs:
         files = [Path(p) if Path(p).is_absolute() else out / p for p in (r["attack_path"], *r["explanation_paths"])]
         for p in files:
             if not p.exists():
                 raise FileNotFoundError(f"{p} (used by this analysis) is gone; re-run the stage that writes it "
-                                        f"and `{ANALYZE_COMMAND.format(out=out)}`")
+                                        f"and `{command}`")
         attack = store.open_result(files[0], "attack")
-        expl = join_explanations([store.open_result(p, "explanation") for p in files[1:]])
-        loaded[r["model"]] = Run(r["label"], int(r["n_draws"]), attack, expl)
+        explanations = [store.open_result(p, "explanation") for p in files[1:]]
+        hashes = [store.file_hash(p) for p in files]
+        for p, ds in zip(files[1:], explanations):
+            check_explains(out, p, ds, files[0], attack, hashes[0])
+        for p, now, then in zip(files, hashes, [r["attack_sha256"], *r["explanation_sha256"]]):
+            if now != then:
+                raise store.StaleResultError(
+                    f"{p} was redone after the analysis{f' {name}' if name else ''} was computed from it; redo "
+                    f"the analysis: `{command}`")
+        loaded[r["model"]] = Run(r["label"], int(r["n_draws"]), attack, join_explanations(explanations))
     return loaded
 
 
@@ -328,18 +392,26 @@ def find_tables(out: str | Path, preset: str | None = None) -> dict[Path, xr.Dat
         if preset is not None and preset not in parts[:-1]:
             continue
         if _kind(path) == "robustness_table":
-            found[path] = xr.open_dataset(path, engine="h5netcdf")
+            found[path] = store.open_result(path, "robustness_table")
     return found
 
 
 def _kind(path: Path) -> str | None:
-    """The ``kind`` attribute of a netCDF result, read without opening it as a Dataset (much faster)."""
+    """The ``kind`` attribute of a netCDF result, read without opening it as a Dataset (much faster).
+
+    Raises
+    ------
+    CorruptResultError
+        The file cannot be read (empty, truncated, not netCDF).
+    """
     import h5py
+    if path.stat().st_size == 0:
+        raise store.CorruptResultError(path, "empty file")
     try:
         with h5py.File(path, "r") as f:
             kind = f.attrs.get("kind")
-    except OSError:
-        return None
+    except OSError as err:  # not absent: reported, never skipped
+        raise store.CorruptResultError(path, store.error_reason(err)) from err
     return kind.decode() if isinstance(kind, bytes) else None if kind is None else str(kind)
 
 

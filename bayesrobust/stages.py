@@ -68,7 +68,9 @@ def _preset(preset: str | Preset) -> Preset:
 
 
 def _result_up_to_date(target: Path, config: dict) -> bool:
-    """Whether the stored result ``target`` exists and was made with ``config``."""
+    """Whether the stored result ``target`` exists and was made with ``config`` (which names the model's
+    content hash, so a retrained model makes it stale). A damaged result raises
+    :class:`~.store.CorruptResultError` (never up to date, never taken for absent)."""
     from . import store
     if not target.is_file():
         return False
@@ -91,9 +93,10 @@ def train(preset: str | Preset, model: str, *, inference: str | None = None, out
     and write it to ``OUT/models/PRESET/MODEL_TAG/``; its test accuracy (posterior predictive over
     ``eval_draws`` draws, default the preset's) is stored in its config."""
     from . import data as datasets
+    from . import store
     from .inference import train_model
     from .models.draws import predictive_accuracy
-    from .models.posterior import Posterior
+    from .models.posterior import Posterior, recover
     from .presets import check_training, override_training
     out = paths.resolve_out(out)
     base = _preset(preset)
@@ -107,7 +110,11 @@ def train(preset: str | Preset, model: str, *, inference: str | None = None, out
     target = paths.model_dir(out, p.name, model, inference)
     tag = paths.model_tag(model, inference)
     wanted = {"preset": p.to_dict(), "model": model, "inference": inference, "seed": seed}
-    if not force and (target / "config.json").is_file():
+    recover(target)  # a save killed between its renames
+    store.clean_leftovers(target)
+    found = target.exists() and (not target.is_dir() or
+                                 any((target / name).exists() for name in ("config.json", "weights.pt")))
+    if not force and found:  # a damaged one raises: never taken for absent
         stored = Posterior.load(target).config
         if up_to_date(stored, wanted):
             acc = float(stored.get("test_accuracy", float("nan")))
@@ -144,6 +151,8 @@ class Target:
     data: Any
     n_draws: int
     device: str
+    #: sha256 of the model's weights.pt: the identity of the model a result was computed from
+    model_sha256: str = ""
 
     @classmethod
     def load(cls, preset: str | Preset, model: str, inference: str | None, n_inputs: int | None,
@@ -151,8 +160,10 @@ class Target:
              out: str | Path) -> Target:
         """Load the trained model (a missing one names its train command) and the class-balanced subset of
         the test split it was trained for (docs/method.md §1)."""
+        from . import store
         from .data import balanced_subset, load
         from .inference import load_model
+        from .models.posterior import WEIGHTS_FILE
         _counts(n_inputs=n_inputs, n_draws=n_draws)
         checks.seed("inputs_seed", inputs_seed)
         device = resolve_device(device)
@@ -162,14 +173,15 @@ class Target:
         dataset = posterior.config.get("dataset", p.dataset)
         data = balanced_subset(load(dataset, "test", data_root), p.n_inputs if n_inputs is None else n_inputs,
                                seed=inputs_seed)
+        sha = store.file_hash(paths.model_dir(out, p.name, model, inference) / WEIGHTS_FILE)
         return cls(p, model, inference, posterior, data,
-                   posterior.resolve_n_draws(p.eval_draws if n_draws is None else n_draws), device)
+                   posterior.resolve_n_draws(p.eval_draws if n_draws is None else n_draws), device, sha)
 
     def config(self, **settings: Any) -> dict[str, Any]:
         """The config stored with a result: the settings plus the model's own training config."""
         return {"preset": self.preset.name, "model": self.model, "inference": self.inference, **settings,
                 "n_draws": self.n_draws, "n_inputs": len(self.data), "dataset": self.data.name,
-                "device": self.device, "model_config": self.posterior.config}
+                "device": self.device, "model_config": self.posterior.config, "model_sha256": self.model_sha256}
 
 
 def make_attack_for(preset: Preset, attack: str, norm: str, epsilon: float | None, steps: int | None,
@@ -214,11 +226,13 @@ def attack(preset: str | Preset, model: str, *, inference: str | None = None, ou
     run = paths.attack_run_name(model, t.inference, params["attack"], params["norm"], params["epsilon"],
                                 t.n_draws, mode, params.get("steps"))
     target = paths.attack_path(out, p.name, run)
+    store.clean_leftovers(target)
     if not force and _result_up_to_date(target, config):
         return Done(target, True, f"{target} is up to date (same settings and model); --force redoes it")
     paths.prepare_out(out, "attacks", p.name)  # an unusable --out is reported before the attack, not after
     ds = run_attack(t.posterior, t.data, made, mode=mode, n_draws=t.n_draws, seed=seed, model_name=model,
                     config=config, chunk_size=chunk_size, device=t.device)
+    ds.attrs["model_sha256"] = t.model_sha256
     path = store.write_netcdf(ds, target, "attack")
     a = ds.attrs
     summary = (f"{made!r} on {paths.model_tag(model, t.inference)} ({len(t.data)} {t.data.name} test images, "
@@ -259,12 +273,14 @@ def table(preset: str | Preset, model: str, *, inference: str | None = None, out
     run = f"{paths.model_tag(model, t.inference)}_robustness_table_S{t.n_draws}"
     run = run if t.n_draws == 1 else f"{run}_{mode}"
     target = paths.attack_path(out, p.name, run)
+    store.clean_leftovers(target)
     if not force and _result_up_to_date(target, config):
         return Done(target, True, f"{target} is up to date (same settings and model); --force redoes it")
     paths.prepare_out(out, "attacks", p.name)  # an unusable --out is reported before the table, not after
     ds = robustness_table(t.posterior, t.data, epsilons=epsilons, steps=steps, random_start=random_start,
                           mode=mode, n_draws=t.n_draws, seed=seed, model_name=model, config=config,
                           chunk_size=chunk_size, device=t.device)
+    ds.attrs["model_sha256"] = t.model_sha256
     path = store.write_netcdf(ds, target, "robustness_table")
     return Done(path, False, f"robust accuracy of {paths.model_tag(model, t.inference)} ({p.name}), PGD step size "
                              f"2.5*eps/steps\n{format_table(ds)}\ntable written to {path}")
@@ -287,7 +303,7 @@ def format_table(ds) -> str:
 # -- explain -----------------------------------------------------------------------------------------------
 #: Config entries that must match for an existing explanation to be reused.
 EXPLAIN_SETTINGS = ("preset", "model", "inference", "attack_run", "method", "rules", "composite", "layers",
-                    "initial", "n_draws", "seed")
+                    "initial", "n_draws", "seed", "attack_sha256", "model_sha256")
 
 
 def resolve_attack_run(out: Path, preset: str, model: str, inference: str | None, run: str | Path | None) -> Path:
@@ -334,14 +350,14 @@ def explain(preset: str | Preset, model: str, attack_run: str | Path | None = No
     ``RUN_METHOD_draws.zarr``). ``n_draws`` defaults to the attack run's, so each image is explained by the
     networks that attacked it. ``on_start(total)`` is called once the work is known (total draw passes) and
     ``progress(1)`` after each."""
-    import xarray as xr
-
     from . import store
     from .explain.captum_methods import METHODS
-    from .explain.explanation import attack_images, explain_attack, make_explainers
+    from .explain.explanation import attack_images, check_attack, explain_attack, make_explainers
     from .explain.layers import resolve_layers
     from .explain.rules import COMPOSITES, RULES
     from .inference import load_model
+    from .models.posterior import WEIGHTS_FILE
+    from .redo import attack_command
     out = paths.resolve_out(out)
     p = _preset(preset)
     device = resolve_device(device)
@@ -364,27 +380,40 @@ def explain(preset: str | Preset, model: str, attack_run: str | Path | None = No
     target = paths.explanation_path(out, p.name, run, method)
     draws_path = paths.explanation_draws_path(out, p.name, run, method) if keep_draws else None
     posterior = load_model(out, p, model, inference)
+    model_sha = store.file_hash(paths.model_dir(out, p.name, model, inference) / WEIGHTS_FILE)
     resolve_layers(posterior.network(), layers)  # fail on a bad layer before any work
     explainers = make_explainers(method, tuple(rules), composite, initial)
-    attack_ds = xr.load_dataset(path, engine="h5netcdf")
+    with store.open_result(path, "attack") as opened:
+        attack_ds = opened.load()
+    attack_sha = store.file_hash(path)
     attack_images(attack_ds)  # a NaN, infinite or out-of-range pixel is refused before any work
     attack_preset = store.config_of(attack_ds).get("preset")
     if attack_preset not in (None, p.name):
         raise ValueError(f"attack run {run} was made with preset {attack_preset!r}, not {p.name!r}")
     expected = {"model": model, "inference": posterior.kind, "arch": posterior.arch.name,
                 "hidden": posterior.arch.hidden}
+    check_attack(attack_ds, expected)  # another model's attack run: say so before comparing model versions
+    attacked = str(attack_ds.attrs.get("model_sha256", "") or "")
+    if attacked and attacked != model_sha:
+        raise store.StaleResultError(
+            f"attack run {path} was made with another version of the model in "
+            f"{paths.model_dir(out, p.name, model, inference)} (retrained since); redo the attack: "
+            f"`{attack_command(out, store.config_of(attack_ds))}`")
     attack_draws = int(attack_ds.attrs.get("n_draws", 1))
     s = posterior.resolve_n_draws(n_draws if n_draws is not None else attack_draws)
     if posterior.kind != "deterministic" and s != attack_draws:
         log.warning("explaining with S=%d draws; the attack used S=%d (draw j is the same network in both)",
                     s, attack_draws)
-    link = run if path.resolve() == paths.attack_path(out, p.name, run).resolve() else str(path)
+    link = _attack_link(out, p.name, run, path)
     layer_sel = layers if isinstance(layers, str) else [int(v) for v in layers]
-    config = {"preset": p.name, "model": model, "inference": inference, "attack_run": str(path),
+    config = {"preset": p.name, "model": model, "inference": inference, "attack_run": link,
               "method": method, "rules": list(rules), "composite": composite, "layers": layer_sel,
               "initial": initial, "n_draws": s, "batch_size": batch_size, "seed": seed, "keep_draws": keep_draws,
-              "device": device, "model_config": posterior.config}
-    if not force and _explanation_up_to_date(target, draws_path, config, attack_ds.attrs.get("created", "")):
+              "device": device, "model_config": posterior.config, "attack_sha256": attack_sha,
+              "model_sha256": model_sha}
+    for result in (target, paths.explanation_draws_path(out, p.name, run, method)):
+        store.clean_leftovers(result)
+    if not force and _explanation_up_to_date(target, draws_path, config):
         return Done(target, True, f"{target} is up to date (same settings and attack run); --force "
                                   f"redoes it")
     paths.prepare_out(out, "explanations", p.name)  # an unusable --out is reported before the work, not after
@@ -392,7 +421,8 @@ def explain(preset: str | Preset, model: str, attack_run: str | Path | None = No
         on_start(s * len(explainers))
     ds = explain_attack(posterior, attack_ds, explainers, layers=layer_sel, n_draws=s, batch_size=batch_size,
                         seed=seed, draws_path=draws_path, config=config, attack_run=link, expected=expected,
-                        progress=progress, device=device)
+                        progress=progress, device=device,
+                        extra_attrs={"attack_sha256": attack_sha, "model_sha256": model_sha})
     written = store.write_netcdf(ds, target, "explanation")
     stale = paths.explanation_draws_path(out, p.name, run, method)
     lines = []
@@ -407,19 +437,34 @@ def explain(preset: str | Preset, model: str, attack_run: str | Path | None = No
     return Done(written, False, "\n".join(lines))
 
 
-def _explanation_up_to_date(target: Path, draws_path: Path | None, config: dict, attack_created: str) -> bool:
-    """Whether ``target`` holds an explanation made with the same :data:`EXPLAIN_SETTINGS` of the same attack
-    run (its ``created`` time: a redone attack makes the explanation stale), and the draws store exists if
-    one is asked for."""
-    import xarray as xr
+def _attack_link(out: Path, preset: str, run: str, path: Path) -> str:
+    """How an explanation names its attack run: the run name when it lies at its place under ``OUT``, else
+    its path relative to ``OUT`` if it is below it, else the path as given — never an absolute path into
+    ``OUT``, so a copied or moved output folder keeps its links."""
+    if path.resolve() == paths.attack_path(out, preset, run).resolve():
+        return run
+    try:
+        return str(path.resolve().relative_to(out.resolve()))
+    except ValueError:
+        return str(path)
 
+
+def _explanation_up_to_date(target: Path, draws_path: Path | None, config: dict) -> bool:
+    """Whether ``target`` holds an explanation made with the same :data:`EXPLAIN_SETTINGS` — among them the
+    content hashes of the attack run and the model (a redone attack or a retrained model makes it stale) —
+    and the draws store exists if one is asked for. A damaged explanation or draws store raises
+    :class:`~.store.CorruptResultError`."""
     from . import store
-    if not target.is_file() or (draws_path is not None and not draws_path.is_dir()):
+    if not target.exists() or (draws_path is not None and not draws_path.exists()):
         return False
-    with xr.open_dataset(target, engine="h5netcdf") as ds:
-        stored, stored_attack = store.config_of(ds), str(ds.attrs.get("attack_created", ""))
+    with store.open_result(target, "explanation") as ds:
+        stored = store.config_of(ds)
     same = json.loads(json.dumps({k: config.get(k) for k in EXPLAIN_SETTINGS}, default=str))
-    return stored_attack == str(attack_created) and all(stored.get(k) == v for k, v in same.items())
+    if not all(stored.get(k) == v for k, v in same.items()):
+        return False
+    if draws_path is not None:
+        store.open_result(draws_path, "explanation").close()  # readable, every chunk there
+    return True
 
 
 # -- analyze and plot --------------------------------------------------------------------------------------
@@ -540,7 +585,8 @@ def plot(out: str | Path | None = None, *, figures: Sequence[str] = (), analyses
             raise FileNotFoundError(f"no analysis{f' of preset {preset}' if preset else ''} under "
                                     f"{out / 'analysis'}; run `python -m bayesrobust.analyze --out {out}` first")
         for name, ds in opened.items():
-            jobs += [(f"{name}_{fig}", build) for fig, build in _analysis_figures(out, ds, wanted, settings).items()]
+            jobs += [(f"{name}_{fig}", build)
+                     for fig, build in _analysis_figures(out, ds, wanted, settings, name).items()]
     if "robustness_table" in wanted:
         groups: dict[str, dict] = {}
         for path, ds in results.find_tables(out, preset).items():
@@ -554,6 +600,8 @@ def plot(out: str | Path | None = None, *, figures: Sequence[str] = (), analyses
     for stem, build in jobs:
         try:
             fig = build()
+        except (store.StaleResultError, store.CorruptResultError):
+            raise  # the stored results contradict each other: an error, never a figure left out
         except (ValueError, FileNotFoundError) as err:
             if explicit:
                 raise ValueError(f"{stem}: {err}") from err
@@ -572,8 +620,11 @@ def _table_figure(tables: dict) -> Any:
     return robustness_table(tables)
 
 
-def _analysis_figures(out: Path, ds: Any, names: Sequence[str], settings: dict) -> dict[str, Callable[[], Any]]:
-    """Builders (figure name → no-argument function) of the figures of one analysis."""
+def _analysis_figures(out: Path, ds: Any, names: Sequence[str], settings: dict,
+                      analysis: str | None = None) -> dict[str, Callable[[], Any]]:
+    """Builders (figure name → no-argument function) of the figures of one analysis (file stem ``analysis``).
+    The figures that reload the runs check they are the files the analysis was computed from
+    (:func:`bayesrobust.results.load_runs`)."""
     from . import figures, results
     topk = settings["topk"] if settings["topk"] is not None else float(ds.attrs.get("topk", 20))
     det = str(ds.attrs.get("det", "baseNN"))
@@ -581,7 +632,7 @@ def _analysis_figures(out: Path, ds: Any, names: Sequence[str], settings: dict) 
 
     @functools.cache
     def runs():
-        return results.load_runs(out, ds)
+        return results.load_runs(out, ds, analysis)
 
     def fig1():
         loaded = runs()
@@ -609,20 +660,23 @@ def _analysis_figures(out: Path, ds: Any, names: Sequence[str], settings: dict) 
 
 
 def save_figure(fig: Any, stem: Path, formats: Sequence[str] = FORMATS, dpi: int = 200) -> list[Path]:
-    """Write ``fig`` to ``STEM.FORMAT`` for each format, each through a temporary file and a rename."""
+    """Write ``fig`` to ``STEM.FORMAT`` for each format, each through a hidden temporary file and a rename
+    (normal permissions; leftovers of a killed earlier run are removed)."""
     import os
-    import tempfile
+
+    from . import store
     stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        store.clean_leftovers(path)
+        name = store.temp_sibling(path)
         try:
             fig.savefig(name, format=fmt, dpi=dpi, bbox_inches="tight", pad_inches=0.04)
+            store.normal_mode(name)
             os.replace(name, path)
         except BaseException:
-            Path(name).unlink(missing_ok=True)
+            name.unlink(missing_ok=True)
             raise
         written.append(path)
     return written

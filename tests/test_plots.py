@@ -398,7 +398,10 @@ def test_analyze_cli_errors(tmp_path, out):
     res = runner.invoke(analyze.main, ["--out", str(tmp_path)])
     assert res.exit_code == 1 and "run `python -m bayesrobust.explain" in res.output
     (tmp_path / "explanations" / PRESET).mkdir(parents=True)
-    (tmp_path / "explanations" / PRESET / "x.nc").write_bytes(b"")  # not a result: ignored
+    (tmp_path / "explanations" / PRESET / "x.nc").write_bytes(b"")  # unreadable: reported, not ignored
+    res = runner.invoke(analyze.main, ["--out", str(tmp_path), "--preset", PRESET])
+    assert res.exit_code == 1 and f"{tmp_path / 'explanations' / PRESET / 'x.nc'} is unreadable (empty" in res.output
+    (tmp_path / "explanations" / PRESET / "x.nc").unlink()
     res = runner.invoke(analyze.main, ["--out", str(tmp_path), "--preset", PRESET])
     assert res.exit_code == 1 and "no explanations under" in res.output
     res = runner.invoke(analyze.main, ["--out", str(tmp_path), "--preset", "quick_fc2"])

@@ -303,7 +303,12 @@ def test_analyze_never_writes_outside_out_for_a_crafted_attribute(out, tmp_path)
 
     def craft(ds):
         ds.attrs["attack"] = "../../evil"
-    _rewrite(work / "attacks" / "quick" / f"{RUN}.nc", craft)
+    attack_file = work / "attacks" / "quick" / f"{RUN}.nc"
+    _rewrite(attack_file, craft)
+
+    def consistent(ds):  # a crafted set: the explanation names the crafted attack file's content hash
+        ds.attrs["attack_sha256"] = store.file_hash(attack_file)
+    _rewrite(work / "explanations" / "quick" / f"{RUN}_lrp.nc", consistent)
     before = {p for p in tmp_path.rglob("*")}
     result = CliRunner().invoke(COMMANDS["analyze"], ["--out", str(work)])
     line = _error_line(result)

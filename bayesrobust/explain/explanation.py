@@ -137,7 +137,7 @@ def _create_draws_store(path: Path, coords: dict[str, Any], shape: tuple[int, ..
                                                                    chunks=chunks))}, coords=coords)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        template.to_zarr(path, mode="w", compute=False)
+        template.to_zarr(path, mode="w", compute=False, write_empty_chunks=True)
 
 
 def explain_attack(posterior: Posterior, attack: xr.Dataset, explainers: Sequence[Explainer], *,
@@ -145,7 +145,8 @@ def explain_attack(posterior: Posterior, attack: xr.Dataset, explainers: Sequenc
                    seed: int = 0, draws_path: str | Path | None = None, config: Mapping[str, Any] | None = None,
                    attack_run: str = "", expected: Mapping[str, Any] | None = None,
                    progress: Callable[[int], object] | None = None,
-                   device: str | torch.device = "cpu") -> xr.Dataset:
+                   device: str | torch.device = "cpu",
+                   extra_attrs: Mapping[str, Any] | None = None) -> xr.Dataset:
     """Explain the clean and adversarial images of ``attack`` with every draw of ``posterior``.
 
     Parameters
@@ -178,12 +179,16 @@ def explain_attack(posterior: Posterior, attack: xr.Dataset, explainers: Sequenc
         Called with 1 after each (rule, draw).
     device
         Where the network runs.
+    extra_attrs
+        More attributes to store (the stage adds the content hashes ``attack_sha256`` and ``model_sha256`` of
+        the attack file and the model checkpoint the explanation was computed from).
 
     Returns
     -------
     xarray.Dataset
         The summary Dataset described in the module docstring (in memory, without ``relevance_draws``;
-        ``attrs['draws_store']`` names the zarr store if any).
+        ``attrs['draws_store']`` names the zarr store if any, by its file name: it lies next to the
+        explanation file).
 
     Raises
     ------
@@ -237,7 +242,8 @@ def explain_attack(posterior: Posterior, attack: xr.Dataset, explainers: Sequenc
                              layers=idx, n_draws=n, posterior_kind=posterior.kind, attack_run=str(attack_run),
                              attack_config=attack.attrs.get("config", ""),
                              attack_created=attack.attrs.get("created", ""),
-                             draws_store=str(draws_path) if draws_path is not None else "")
+                             draws_store=Path(draws_path).name if draws_path is not None else "",
+                             **dict(extra_attrs or {}))
 
     if draws_path is None:
         run(None)
@@ -246,7 +252,9 @@ def explain_attack(posterior: Posterior, attack: xr.Dataset, explainers: Sequenc
     with store.atomic_zarr(draws_path) as tmp:
         _create_draws_store(tmp, coords, (len(INPUTS), len(explainers), len(idx), n, n_images, *image_shape))
         import zarr
-        array = zarr.open_array(str(Path(tmp) / "relevance_draws"), mode="r+")
+        # every chunk is written, even one equal to the fill value: a missing chunk then means a damaged store
+        array = zarr.open_array(str(Path(tmp) / "relevance_draws"), mode="r+").with_config(
+            {"write_empty_chunks": True})
 
         def writer(r: int) -> Callable[[int, torch.Tensor, torch.Tensor], None]:
             def write(j: int, maps: torch.Tensor, _units: torch.Tensor) -> None:
@@ -258,7 +266,7 @@ def explain_attack(posterior: Posterior, attack: xr.Dataset, explainers: Sequenc
         store.validate(ds)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-            ds.to_zarr(tmp, mode="a")
+            ds.assign_attrs({store.ALL_CHUNKS_ATTR: 1}).to_zarr(tmp, mode="a", write_empty_chunks=True)
     return ds
 
 

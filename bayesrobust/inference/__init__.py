@@ -14,7 +14,7 @@ import torch
 
 from .. import data as datasets
 from ..models.bayesian import NormalPrior
-from ..models.posterior import Posterior
+from ..models.posterior import Posterior, recover
 from ..models.posterior import deterministic as one_draw_posterior
 from ..paths import model_dir, model_tag
 from ..presets import INFERENCES, Preset, check_model
@@ -92,12 +92,15 @@ def load_model(out: str | Path, preset: Preset, model: str, inference: str | Non
     ------
     FileNotFoundError
         Not trained yet; the message names the train command to run.
+    CorruptResultError
+        The checkpoint cannot be read (:meth:`Posterior.load`).
     ValueError
         The checkpoint's architecture differs from the preset's.
     """
     check_model(model)
     inference = resolve_inference(preset, model, inference)
     directory = model_dir(out, preset.name, model, inference)
+    recover(directory)
     if not directory.exists():
         raise FileNotFoundError(f"no trained {model_tag(model, inference)} for preset {preset.name!r} in "
                                 f"{directory}; train it first: "

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,11 +185,15 @@ class Posterior:
     # -- checkpoints -----------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write ``weights.pt`` (tensors only), ``config.json`` (and, for HMC, ``diagnostics.json``) into
-        ``directory``, atomically: all go
-        into a temporary sibling folder that replaces ``directory`` only when complete."""
+        ``directory``, atomically: all go into a hidden temporary sibling folder ``.NAME.<random>.tmp`` that
+        replaces ``directory`` only when complete (the previous version waits as ``.NAME.old`` between the two
+        renames, so a kill at any moment leaves a model that :func:`recover` restores). Leftovers of an earlier
+        killed save are removed first. The folder and files get normal permissions."""
+        from .. import store
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        recover(directory)
+        store.clean_leftovers(directory)
+        tmp = store.temp_sibling(directory, directory=True)
         try:
             tensors = {"params": self.params, "scales": self.scales, "buffers": self.buffers,
                        "extra": self.extra}
@@ -201,12 +204,11 @@ class Posterior:
                 (tmp / DIAGNOSTICS_FILE).write_text(json.dumps(self.config["diagnostics"], indent=2))
             old = None
             if directory.exists():
-                old = directory.with_name(f".{directory.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
+                old = _old(directory)
                 os.replace(directory, old)
             os.replace(tmp, directory)
             if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+                store.remove_path(old)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -214,38 +216,61 @@ class Posterior:
 
     @classmethod
     def load(cls, directory: str | Path, arch: ArchConfig | None = None) -> Posterior:
-        """Read a checkpoint written by :meth:`save` (``torch.load(weights_only=True)``: no unpickling).
+        """Read a checkpoint written by :meth:`save` (``torch.load(weights_only=True)``: no unpickling); a save
+        killed between its renames is recovered first (:func:`recover`).
 
         Raises
         ------
         FileNotFoundError
             No checkpoint in ``directory``.
+        CorruptResultError
+            ``config.json`` or ``weights.pt`` cannot be read (the message names the file and the train
+            command that redoes it).
         ValueError
             ``arch`` is given and differs from the checkpoint's architecture; the stored architecture is
             absurd (:func:`~bayesrobust.models.architectures.check_arch`: refused before the weights are
             read); or the stored tensors do not match it (:func:`check_tensors`). One line each.
         """
+        from ..store import CorruptResultError, error_reason
         directory = Path(directory)
-        if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
+        recover(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        if directory.exists() and not directory.is_dir():
+            raise CorruptResultError(directory, "a file where a model folder should be")
+        if not config_path.is_file() and not weights_path.is_file():
             raise FileNotFoundError(f"no model checkpoint in {directory} (expected {CONFIG_FILE} and "
                                     f"{WEIGHTS_FILE})")
-        meta = json.loads((directory / CONFIG_FILE).read_text())
-        if not isinstance(meta, dict) or not isinstance(meta.get("arch"), dict):
-            raise ValueError(f"checkpoint {directory}: {CONFIG_FILE} names no architecture (an 'arch' entry)")
+        for path, other in ((config_path, WEIGHTS_FILE), (weights_path, CONFIG_FILE)):
+            if not path.is_file():
+                raise CorruptResultError(path, f"missing, though {other} is there")
+        try:
+            meta = json.loads(config_path.read_text())
+            arch_entry = meta["arch"]
+            kind = LEGACY_KINDS.get(meta["kind"], meta["kind"])
+            seed, config = int(meta["seed"]), meta["config"]
+            if not isinstance(arch_entry, dict) or not isinstance(config, dict):
+                raise ValueError("arch is not a mapping" if not isinstance(arch_entry, dict)
+                                 else "config is not a mapping")
+        except Exception as err:
+            raise CorruptResultError(config_path, error_reason(err)) from err
         try:  # before anything is allocated: a stored config may name an absurd network
-            saved = check_arch(ArchConfig.from_dict(meta["arch"]))
+            saved = check_arch(ArchConfig.from_dict(arch_entry))
         except ValueError as err:
             raise ValueError(f"checkpoint {directory} refused: {err}") from None
-        if arch is not None and saved != arch:
-            raise ValueError(f"checkpoint {directory} holds architecture {saved} but {arch} was requested")
-        kind = LEGACY_KINDS.get(meta.get("kind"), meta.get("kind"))
+        except (KeyError, TypeError) as err:
+            raise CorruptResultError(config_path, error_reason(err)) from err
         if kind not in KINDS:
             raise ValueError(f"checkpoint {directory} refused: unknown posterior kind {kind!r}; expected one of "
                              f"{', '.join(KINDS)}")
-        tensors = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        if arch is not None and saved != arch:
+            raise ValueError(f"checkpoint {directory} holds architecture {saved} but {arch} was requested")
+        try:
+            tensors = torch.load(weights_path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise CorruptResultError(weights_path, error_reason(err)) from err
         check_tensors(saved, kind, tensors, f"checkpoint {directory}")
-        return cls(saved, kind, tensors["params"], tensors["scales"], tensors["buffers"],
-                   meta.get("config", {}), tensors.get("extra", {}), int(meta.get("seed", 0)))
+        return cls(saved, kind, tensors["params"], tensors["scales"], tensors["buffers"], config,
+                   tensors.get("extra", {}), seed)
 
 
 def check_tensors(arch: ArchConfig, kind: str, tensors: object, where: str = "checkpoint") -> None:
@@ -287,6 +312,23 @@ def check_tensors(arch: ArchConfig, kind: str, tensors: object, where: str = "ch
         leads = {tuple(tensors["params"][k].shape[:2]) for k in params}
         if len(leads) > 1:
             raise ValueError(f"{where} refused: HMC parameters disagree on (chain, sample): {sorted(leads)}")
+
+
+def _old(directory: Path) -> Path:
+    """Where :meth:`Posterior.save` keeps the previous checkpoint while it is being replaced."""
+    return directory.with_name(f".{directory.name}.old")
+
+
+def recover(directory: str | Path) -> bool:
+    """Restore the previous checkpoint of ``directory`` if a save was killed between moving it aside
+    (``.NAME.old``) and moving the new one in: ``directory`` is missing and ``.NAME.old`` holds a checkpoint.
+    Returns whether it did."""
+    directory = Path(directory)
+    old = _old(directory)
+    if directory.exists() or not ((old / CONFIG_FILE).is_file() and (old / WEIGHTS_FILE).is_file()):
+        return False
+    os.replace(old, directory)
+    return True
 
 
 def deterministic(net: Network, config: dict | None = None) -> Posterior:
