@@ -28,6 +28,7 @@ from .choices import AttackName, LikelihoodScaling, Model, Norm, PosteriorMode
 from .explain.rules import RULES
 from .inference import resolve_inference
 from .presets import Preset, check_training, get_preset, override_training
+from .stability import model_name
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,12 @@ class Experiment:
             raise ValueError(f"the analysis compares against baseNN; models {list(self.models)} lack it")
         self.draws = tuple(checks.count("draws", s, allow_none=False) for s in self.draws) \
             or (self.preset.eval_draws,)
+        if Model.BAYES in self.models and self.inference == "hmc":  # chains x samples draws exist, no more
+            hmc = self.preset.hmc
+            if max(self.draws) > hmc.chains * hmc.samples:
+                raise ValueError(f"draws={max(self.draws)} but the HMC posterior of preset {self.preset.name!r} "
+                                 f"has only {hmc.chains * hmc.samples} draws ({hmc.chains} chains x "
+                                 f"{hmc.samples} samples)")
         self.n_inputs = checks.count("n_inputs", self.n_inputs)
         self.steps = checks.count("steps", self.steps)
         if self.epsilon is not None:
@@ -175,7 +182,8 @@ class Experiment:
         """The stability analysis of the explained runs (written to ``OUT/analysis``); returns the Dataset."""
         done = stages.analyze(self.out, self.preset.name, topk=self.topk, attack=self.attack, norm=self.norm,
                               epsilon=self.epsilon if self.epsilon is not None else self.preset.attack_epsilon,
-                              mode=self.mode, method="lrp", name=self.analysis_name)
+                              mode=self.mode, method="lrp", name=self.analysis_name,
+                              models=[model_name(m, s) for m, s in self.runs()])
         self._say(done)
         return done.details["dataset"]
 

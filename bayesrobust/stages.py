@@ -78,6 +78,13 @@ def _result_up_to_date(target: Path, config: dict) -> bool:
         return up_to_date(store.config_of(old), config)
 
 
+def _stored_attrs(target: Path) -> dict:
+    """The attributes of the stored result ``target``."""
+    from . import store
+    with store.open_result(target) as ds:
+        return dict(ds.attrs)
+
+
 def _counts(**values: Any) -> None:
     """Each value ``None`` (the default) or a positive integer; 0 is an error, never read as "the default"."""
     for name, value in values.items():
@@ -107,6 +114,12 @@ def train(preset: str | Preset, model: str, *, inference: str | None = None, out
     p = override_training(base, model, inference, **(overrides or {}))
     inference = resolve_inference(p, model, inference)
     check_training(p, model, inference)
+    if inference == "hmc":  # an HMC posterior has chains x samples draws: checked before the sampling, not after
+        available = p.hmc.chains * p.hmc.samples
+        if eval_draws is not None and eval_draws > available:
+            raise ValueError(f"eval_draws={eval_draws} but the HMC posterior will have only {available} draws "
+                             f"({p.hmc.chains} chains x {p.hmc.samples} samples)")
+        eval_draws = min(p.eval_draws, available) if eval_draws is None else eval_draws
     target = paths.model_dir(out, p.name, model, inference)
     tag = paths.model_tag(model, inference)
     wanted = {"preset": p.to_dict(), "model": model, "inference": inference, "seed": seed}
@@ -228,7 +241,9 @@ def attack(preset: str | Preset, model: str, *, inference: str | None = None, ou
     target = paths.attack_path(out, p.name, run)
     store.clean_leftovers(target)
     if not force and _result_up_to_date(target, config):
-        return Done(target, True, f"{target} is up to date (same settings and model); --force redoes it")
+        a = _stored_attrs(target)
+        return Done(target, True, f"{target} is up to date (same settings and model); --force redoes it",
+                    {k: a[k] for k in ("accuracy", "adversarial_accuracy", "success_rate") if k in a})
     paths.prepare_out(out, "attacks", p.name)  # an unusable --out is reported before the attack, not after
     ds = run_attack(t.posterior, t.data, made, mode=mode, n_draws=t.n_draws, seed=seed, model_name=model,
                     config=config, chunk_size=chunk_size, device=t.device)
@@ -321,7 +336,8 @@ def resolve_attack_run(out: Path, preset: str, model: str, inference: str | None
     found = sorted(p.stem for p in folder.glob("*.nc") if "_robustness_table_" not in p.stem) \
         if folder.is_dir() else []
     listing = ", ".join(found) if found else f"none under {folder}"
-    command = f"python -m bayesrobust.attack --model {model} --preset {preset} --out {out}"
+    command = (f"python -m bayesrobust.attack --model {model} --preset {preset}"
+               + (f" --inference {inference}" if inference else "") + f" --out {out}")
     if run is None:
         tag = paths.model_tag(model, inference)
         mine = [name for name in found if name.startswith(tag + "_")]
@@ -470,12 +486,13 @@ def _explanation_up_to_date(target: Path, draws_path: Path | None, config: dict)
 # -- analyze and plot --------------------------------------------------------------------------------------
 def analyze(out: str | Path | None = None, preset: str | None = None, *, topk: float = 20,
             attack: str | None = None, norm: str | None = None, epsilon: float | None = None,
-            mode: str | None = None, method: str | None = None, name: str | None = None) -> Done:
+            mode: str | None = None, method: str | None = None, name: str | None = None,
+            models: Sequence[str] | None = None) -> Done:
     """The stability analysis (docs/method.md §6) of a preset's explained attack runs under ``out``, written
     to ``OUT/analysis/NAME.nc``; ``Done.details['dataset']`` is the analysis Dataset."""
     from . import results, stability
     out = paths.resolve_out(out)
-    check_topk(topk)
+    topk = check_topk(topk)
     attack = None if attack is None else AttackName.parse(attack, "attack").value
     norm = None if norm is None else Norm.parse(norm, "norm").value
     mode = None if mode is None else PosteriorMode.parse(mode, "posterior mode").value
@@ -483,9 +500,9 @@ def analyze(out: str | Path | None = None, preset: str | None = None, *, topk: f
     if name is not None:
         paths.analysis_path(out, name)  # a name that cannot be a file name is refused before the work
     if out.is_dir():  # (a missing folder is "no results", said by analyse_stored)
-        paths.prepare_out(out)  # an unusable --out is reported before the analysis, not after
+        paths.prepare_out(out, "analysis")  # an unusable --out is reported before the analysis, not after
     ds = results.analyse_stored(out, preset, topk, attack=attack, norm=norm, epsilon=epsilon, mode=mode,
-                                method=method)
+                                method=method, models=models)
     if name is None:
         name = results.analysis_name(ds)
         try:  # the default name comes from the stored runs' attributes: never trusted as a path
@@ -556,7 +573,7 @@ def plot(out: str | Path | None = None, *, figures: Sequence[str] = (), analyses
     from .figures import table_name
     out = paths.resolve_out(out)
     if topk is not None:
-        check_topk(topk)
+        topk = check_topk(topk)
     checks.count("dpi", dpi, allow_none=False)
     unknown = [f for f in figures if f not in FIGURE_NAMES] + [f for f in formats if f not in FORMATS]
     if unknown:
@@ -565,7 +582,7 @@ def plot(out: str | Path | None = None, *, figures: Sequence[str] = (), analyses
     if not formats:
         raise ValueError(f"no file format given; expected some of {', '.join(FORMATS)}")
     if out.is_dir():  # (a missing folder is "no analysis", said below)
-        paths.prepare_out(out)  # an unusable --out is reported before drawing, not after
+        paths.prepare_out(out, "figures")  # an unusable --out is reported before drawing, not after
     explicit = bool(figures)
     wanted = list(dict.fromkeys(figures or FIGURE_NAMES))
     settings = {"rule": rule, "layer": layer, "subset": subset, "model": model, "topk": topk}

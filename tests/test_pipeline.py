@@ -92,6 +92,7 @@ def test_experiment_from_python_returns_the_analysis(tiny_results):
     ({"inference": "vi"}, "unknown inference 'vi'"),
     ({"mode": "mean"}, "unknown posterior mode 'mean'"),
     ({"device": "tpu"}, "unknown device 'tpu'"),
+    ({"inference": "hmc", "draws": [21]}, r"draws=21 but the HMC posterior of preset 'tiny' has only 20 draws"),
 ])
 def test_experiment_checks_every_stage_before_any_work(tmp_path, settings, message):
     from bayesrobust import Experiment

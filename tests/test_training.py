@@ -177,3 +177,18 @@ def test_train_network_keeps_the_callers_rng_and_repeats_for_a_seed(mnist5k_trai
     second, _ = train_network(ArchConfig("fc2", 4), small, cfg, seed=5)
     for (name, a), (_, b) in zip(first.named_parameters(), second.named_parameters()):
         assert torch.equal(a, b), name
+
+
+def test_hmc_eval_draws_are_checked_before_sampling(tmp_path, monkeypatch):
+    """An HMC posterior has chains x samples draws: asking for more to evaluate is refused before NUTS runs,
+    and without --eval-draws the preset's count is capped at what the chains give."""
+    from bayesrobust import inference, stages
+    calls = []
+    monkeypatch.setattr(inference, "train_model", lambda *a, **k: calls.append(a) or 1 / 0)
+    with pytest.raises(ValueError, match=r"eval_draws=50 but the HMC posterior will have only 10 draws "
+                                         r"\(2 chains x 5 samples\)"):
+        stages.train("quick_fc2", "fullBNN", out=tmp_path, eval_draws=50, overrides={"samples": 5})
+    assert calls == []
+    with pytest.raises(ZeroDivisionError):  # reached the sampler: the default 50 eval draws were capped to 10
+        stages.train("quick_fc2", "fullBNN", out=tmp_path, overrides={"samples": 5})
+    assert len(calls) == 1
