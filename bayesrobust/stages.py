@@ -500,7 +500,9 @@ def analyze(out: str | Path | None = None, preset: str | None = None, *, topk: f
     if name is not None:
         paths.analysis_path(out, name)  # a name that cannot be a file name is refused before the work
     if out.is_dir():  # (a missing folder is "no results", said by analyse_stored)
-        paths.prepare_out(out, "analysis")  # an unusable --out is reported before the analysis, not after
+        paths.prepare_out(out)  # an unusable --out is reported before the analysis, not after
+        if (out / "analysis").exists() and not (out / "analysis").is_dir():
+            raise ValueError(f"{out / 'analysis'} is a file; expected the folder of the analysis (move the file away)")
     ds = results.analyse_stored(out, preset, topk, attack=attack, norm=norm, epsilon=epsilon, mode=mode,
                                 method=method, models=models)
     if name is None:
@@ -582,7 +584,9 @@ def plot(out: str | Path | None = None, *, figures: Sequence[str] = (), analyses
     if not formats:
         raise ValueError(f"no file format given; expected some of {', '.join(FORMATS)}")
     if out.is_dir():  # (a missing folder is "no analysis", said below)
-        paths.prepare_out(out, "figures")  # an unusable --out is reported before drawing, not after
+        paths.prepare_out(out)  # an unusable --out is reported before drawing, not after
+        if (out / "figures").exists() and not (out / "figures").is_dir():
+            raise ValueError(f"{out / 'figures'} is a file; expected the folder of the figures (move the file away)")
     explicit = bool(figures)
     wanted = list(dict.fromkeys(figures or FIGURE_NAMES))
     settings = {"rule": rule, "layer": layer, "subset": subset, "model": model, "topk": topk}
