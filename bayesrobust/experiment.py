@@ -27,7 +27,7 @@ from . import checks, paths, stages
 from .choices import AttackName, LikelihoodScaling, Model, Norm, PosteriorMode
 from .explain.rules import RULES
 from .inference import resolve_inference
-from .presets import Preset, check_training, get_preset, override_training
+from .presets import Preset, get_preset, override_training
 from .stability import model_name
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,7 @@ class Experiment:
         stages.resolve_device(self.device)
         for model in self.models:  # every training setting, with the overrides train() applies
             overrides = {"likelihood_scaling": self.likelihood_scaling} if model == Model.BAYES else {}
-            check_training(override_training(self.preset, model, self._inference(model), **overrides), model,
-                           self._inference(model))
+            override_training(self.preset, model, self._inference(model), **overrides)  # checks them all
         self._check_data()
         paths.prepare_out(self.out)  # an unusable folder is reported now, not after training
 

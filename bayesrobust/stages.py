@@ -104,16 +104,15 @@ def train(preset: str | Preset, model: str, *, inference: str | None = None, out
     from .inference import train_model
     from .models.draws import predictive_accuracy
     from .models.posterior import Posterior, recover
-    from .presets import check_training, override_training
+    from .presets import override_training
     out = paths.resolve_out(out)
     base = _preset(preset)
     Model.parse(model)
     _counts(eval_draws=eval_draws)
     checks.seed("seed", seed)
     device = resolve_device(device)
-    p = override_training(base, model, inference, **(overrides or {}))
+    p = override_training(base, model, inference, **(overrides or {}))  # checks every training setting
     inference = resolve_inference(p, model, inference)
-    check_training(p, model, inference)
     if inference == "hmc":  # an HMC posterior has chains x samples draws: checked before the sampling, not after
         available = p.hmc.chains * p.hmc.samples
         if eval_draws is not None and eval_draws > available:
@@ -475,8 +474,7 @@ def _explanation_up_to_date(target: Path, draws_path: Path | None, config: dict)
         return False
     with store.open_result(target, "explanation") as ds:
         stored = store.config_of(ds)
-    same = json.loads(json.dumps({k: config.get(k) for k in EXPLAIN_SETTINGS}, default=str))
-    if not all(stored.get(k) == v for k, v in same.items()):
+    if not up_to_date(stored, {k: config.get(k) for k in EXPLAIN_SETTINGS}):
         return False
     if draws_path is not None:
         store.open_result(draws_path, "explanation").close()  # readable, every chunk there
