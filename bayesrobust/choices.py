@@ -50,10 +50,14 @@ class Model(Choice):
 
 
 class Inference(Choice):
-    """How a fullBNN's posterior is inferred (``hmc`` runs NUTS)."""
+    """How a fullBNN's posterior is inferred (``hmc`` runs NUTS; docs/method.md §10 for the others)."""
 
     SVI = "svi"
     HMC = "hmc"
+    SGHMC = "sghmc"
+    SGLD = "sgld"
+    LAPLACE = "laplace"
+    ENSEMBLE = "ensemble"
 
 
 class AttackName(Choice):
@@ -87,3 +91,26 @@ class Subset(Choice):
     ALL = "all"
     SUCCESSFUL = "successful"
     FAILED = "failed"
+
+
+class StepSchedule(Choice):
+    """Step size of SGHMC/SGLD over the sampling phase (docs/method.md §10.1)."""
+
+    CONSTANT = "constant"
+    DECAY = "decay"
+    CYCLICAL = "cyclical"
+
+
+class LaplaceSubset(Choice):
+    """Which weights a Laplace approximation covers (the others stay at the MAP)."""
+
+    LAST_LAYER = "last_layer"
+    ALL = "all"
+
+
+class LaplaceStructure(Choice):
+    """Structure of the Laplace posterior precision: diagonal, Kronecker-factored (KFAC) or full."""
+
+    DIAG = "diag"
+    KRON = "kron"
+    FULL = "full"
