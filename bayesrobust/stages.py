@@ -732,7 +732,7 @@ def save_figure(fig: Any, stem: Path, formats: Sequence[str] = FORMATS, dpi: int
 
 # -- diagnose ----------------------------------------------------------------------------------------------
 #: Held-out images of the function-space diagnostics (a class-balanced subset of the test split).
-DIAGNOSE_IMAGES = 1000
+DIAGNOSE_IMAGES = 500
 FUNCTION_DIAGNOSTICS_FILE = "function_diagnostics.json"
 
 

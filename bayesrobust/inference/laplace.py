@@ -15,6 +15,8 @@ Draw j uses ε from the generator of ``(seed, j)``, so it is the same network on
 from __future__ import annotations
 
 import time
+import warnings
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,26 +38,13 @@ def last_layer_name(net: nn.Module) -> str:
     return names[-1]
 
 
-def fit_laplace(net: Network, data: Data, cfg: LaplaceConfig, *, likelihood: str = "classification",
-                sigma_noise: float = 1.0, prior_scale: float = 1.0, prior_precision: float | None = None,
-                seed: int = 0) -> Posterior:
-    """The Laplace posterior around the trained ``net`` (its weights are the MAP) on ``data``.
-
-    Parameters
-    ----------
-    likelihood, sigma_noise
-        laplace-torch's ``'classification'`` (softmax cross-entropy) or ``'regression'`` (Gaussian noise of
-        std ``sigma_noise``).
-    prior_scale
-        The N(0, s²) prior of training: the marginal-likelihood fit starts at precision 1 / s².
-    prior_precision
-        Use this prior precision instead of fitting it (``cfg.marglik_steps`` is then ignored).
-
-    Returns
-    -------
-    A ``Posterior`` of kind ``'laplace'`` (``params`` the MAP); ``config['laplace']`` records the subset,
-    structure, fitted prior precision, log marginal likelihood and fit time.
-    """
+def laplace_approximation(net: Network, data: Data, cfg: LaplaceConfig, *, likelihood: str = "classification",
+                          sigma_noise: float = 1.0, prior_scale: float = 1.0,
+                          prior_precision: float | None = None) -> Any:
+    """The fitted laplace-torch object around the trained ``net`` (its weights are the MAP) on ``data``, its
+    prior precision fitted by marginal likelihood (``cfg.marglik_steps`` Adam steps on a scalar precision,
+    from 1 / ``prior_scale``²) unless ``prior_precision`` is given. ``likelihood``: ``'classification'``
+    (softmax cross-entropy) or ``'regression'`` (Gaussian noise of std ``sigma_noise``)."""
     from laplace import Laplace
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -63,21 +52,43 @@ def fit_laplace(net: Network, data: Data, cfg: LaplaceConfig, *, likelihood: str
     y = data.y if likelihood == "classification" or data.y.dim() > 1 else data.y[:, None]
     device = next(net.parameters()).device
     loader = DataLoader(TensorDataset(data.x.to(device), y.to(device)), batch_size=cfg.batch_size)
-    start = time.perf_counter()
-    names = [k for k, _ in net.named_parameters()]
-    kwargs = {}
-    if cfg.subset == "last_layer":
-        layer = last_layer_name(net)
-        kwargs["last_layer_name"] = layer
-        names = [f"{layer}.{k}" for k, _ in dict(net.named_modules())[layer].named_parameters()]
+    kwargs = {"last_layer_name": last_layer_name(net)} if cfg.subset == "last_layer" else {}
     la = Laplace(net, likelihood, subset_of_weights=cfg.subset, hessian_structure=cfg.structure,
                  sigma_noise=sigma_noise, prior_precision=1.0 / prior_scale**2, **kwargs)
     la.fit(loader)
     if prior_precision is not None:
         la.prior_precision = float(prior_precision)
     elif cfg.marglik_steps > 0:
-        la.optimize_prior_precision(pred_type="glm", method="marglik", n_steps=cfg.marglik_steps,
-                                    init_prior_prec=1.0 / prior_scale**2, prior_structure="scalar")
+        with warnings.catch_warnings():  # laplace-torch reminds that its (unused here) predictive is probit
+            warnings.filterwarnings("ignore", message=".*link_approx.*")
+            la.optimize_prior_precision(pred_type="glm", method="marglik", n_steps=cfg.marglik_steps,
+                                        init_prior_prec=1.0 / prior_scale**2, prior_structure="scalar")
+    return la
+
+
+def covered_names(net: Network, cfg: LaplaceConfig) -> list[str]:
+    """State-dict names of the weights the approximation covers, in laplace-torch's vector order."""
+    if cfg.subset == "last_layer":
+        layer = last_layer_name(net)
+        return [f"{layer}.{k}" for k, _ in dict(net.named_modules())[layer].named_parameters()]
+    return [k for k, _ in net.named_parameters()]
+
+
+def fit_laplace(net: Network, data: Data, cfg: LaplaceConfig, *, likelihood: str = "classification",
+                sigma_noise: float = 1.0, prior_scale: float = 1.0, prior_precision: float | None = None,
+                seed: int = 0) -> Posterior:
+    """The Laplace posterior around the trained ``net`` on ``data`` (:func:`laplace_approximation`) as a
+    ``Posterior`` of kind ``'laplace'`` (``params`` the MAP, the sampling factor in ``extra``);
+    ``config['laplace']`` records the subset, structure, fitted prior precision, log marginal likelihood
+    and fit time."""
+    start = time.perf_counter()
+    la = laplace_approximation(net, data, cfg, likelihood=likelihood, sigma_noise=sigma_noise,
+                               prior_scale=prior_scale, prior_precision=prior_precision)
+    return to_posterior(la, net, cfg, seed, fit_seconds=time.perf_counter() - start)
+
+
+def to_posterior(la: Any, net: Network, cfg: LaplaceConfig, seed: int = 0, fit_seconds: float = 0.0) -> Posterior:
+    """A fitted laplace-torch object as a ``Posterior`` of kind ``'laplace'`` around ``net``."""
     extra = {PREFIX + "mean": la.mean.detach().cpu().clone()}
     blocks: list[int] = []
     with torch.no_grad():
@@ -94,15 +105,14 @@ def fit_laplace(net: Network, data: Data, cfg: LaplaceConfig, *, likelihood: str
             extra[PREFIX + "scale"] = la.posterior_scale.detach().cpu().clone()
             damping = False
         log_marglik = float(la.log_marginal_likelihood())
-    seconds = time.perf_counter() - start
     posterior = one_draw_posterior(net)
     posterior.kind = "laplace"
     posterior.seed = seed
     posterior.extra.update(extra)
     posterior.config["laplace"] = {
-        "subset": cfg.subset, "structure": cfg.structure, "names": names, "blocks": blocks, "damping": damping,
-        "prior_precision": la.prior_precision.detach().cpu().reshape(-1).tolist(),
-        "log_marginal_likelihood": log_marglik, "fit_seconds": seconds, "n_params": int(la.n_params)}
+        "subset": cfg.subset, "structure": cfg.structure, "names": covered_names(net, cfg), "blocks": blocks,
+        "damping": damping, "prior_precision": la.prior_precision.detach().cpu().reshape(-1).tolist(),
+        "log_marginal_likelihood": log_marglik, "fit_seconds": fit_seconds, "n_params": int(la.n_params)}
     return posterior
 
 

@@ -85,6 +85,7 @@ def _chain(arch: ArchConfig, data: Data, cfg: SGMCMCConfig, prior: Prior, lik: L
                                seed=seed, device=device)
         net.train()
     params = dict(net.named_parameters())
+    priors = {k: prior(k, v.detach()) for k, v in params.items()}  # a prior depends on the name and shape only
     momenta = {k: torch.zeros_like(v) for k, v in params.items()}
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total, burnin = cfg.epochs * steps_per_epoch, cfg.burnin * steps_per_epoch
@@ -98,7 +99,7 @@ def _chain(arch: ArchConfig, data: Data, cfg: SGMCMCConfig, prior: Prior, lik: L
         for xb, yb in batches(data, cfg.batch_size, shuffle=True, generator=gen):
             xb, yb = xb.to(device), yb.to(device)
             log_lik = lik.distribution(net(xb)).log_prob(yb).sum() * (n / len(xb))
-            log_prior = sum(prior(k, v).log_prob(v) for k, v in params.items())
+            log_prior = sum(priors[k].log_prob(v) for k, v in params.items())
             grads = torch.autograd.grad(-(log_lik + log_prior), list(params.values()))
             eps = step_size(cfg, step, burnin, total) / n
             with torch.no_grad():
