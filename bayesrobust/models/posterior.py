@@ -60,8 +60,10 @@ class Posterior:
         The architecture; draws are :class:`~bayesrobust.models.architectures.Network` instances of it.
     kind
         ``'deterministic'`` (``params`` are the weights), ``'svi'`` (``params`` are the means, ``scales`` the
-        standard deviations of a mean-field Normal) or ``'hmc'`` (``params`` are samples with leading
-        dims ``(chain, sample)``).
+        standard deviations of a mean-field Normal), ``'hmc'``, ``'sghmc'``, ``'sgld'`` or ``'ensemble'``
+        (:data:`SAMPLED`: ``params`` are samples with leading dims ``(chain, sample)``; an ensemble is K chains
+        of one sample), or ``'laplace'`` (``params`` the MAP, the Gaussian's sampling factor in ``extra``;
+        docs/method.md §10.2).
     buffers
         Non-learnable state shared by every draw (BatchNorm running statistics).
     config
