@@ -99,12 +99,16 @@ class Experiment:
             raise ValueError(f"the analysis compares against baseNN; models {list(self.models)} lack it")
         self.draws = tuple(checks.count("draws", s, allow_none=False) for s in self.draws) \
             or (self.preset.eval_draws,)
-        if Model.BAYES in self.models and self.inference == "hmc":  # chains x samples draws exist, no more
-            hmc = self.preset.hmc
-            if max(self.draws) > hmc.chains * hmc.samples:
-                raise ValueError(f"draws={max(self.draws)} but the HMC posterior of preset {self.preset.name!r} "
-                                 f"has only {hmc.chains * hmc.samples} draws ({hmc.chains} chains x "
-                                 f"{hmc.samples} samples)")
+        p = self.preset
+        grids = {"hmc": (p.hmc.chains, p.hmc.samples), "sghmc": (p.sgmcmc.chains, p.sgmcmc.samples),
+                 "sgld": (p.sgmcmc.chains, p.sgmcmc.samples), "ensemble": (p.ensemble.members, 1)}
+        if Model.BAYES in self.models and self.inference in grids:  # chains x samples draws exist, no more
+            chains, samples = grids[self.inference]
+            if max(self.draws) > chains * samples:
+                label = {"hmc": "HMC", "sghmc": "SGHMC", "sgld": "SGLD"}.get(self.inference, self.inference)
+                raise ValueError(f"draws={max(self.draws)} but the {label} posterior of preset "
+                                 f"{self.preset.name!r} has only {chains * samples} draws ({chains} chains x "
+                                 f"{samples} samples)")
         self.n_inputs = checks.count("n_inputs", self.n_inputs)
         self.steps = checks.count("steps", self.steps)
         if self.epsilon is not None:

@@ -119,7 +119,8 @@ def train(preset: str | Preset, model: str, *, inference: str | None = None, out
         chains_, samples_ = sampled[inference]
         available = chains_ * samples_
         if eval_draws is not None and eval_draws > available:
-            raise ValueError(f"eval_draws={eval_draws} but the {inference} posterior will have only {available} "
+            label = {"hmc": "HMC", "sghmc": "SGHMC", "sgld": "SGLD"}.get(inference, inference)
+            raise ValueError(f"eval_draws={eval_draws} but the {label} posterior will have only {available} "
                              f"draws ({chains_} chains x {samples_} samples)")
         eval_draws = min(p.eval_draws, available) if eval_draws is None else eval_draws
     target = paths.model_dir(out, p.name, model, inference)

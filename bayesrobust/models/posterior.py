@@ -37,6 +37,9 @@ KINDS = ("deterministic", "svi", "hmc", "sghmc", "sgld", "ensemble", "laplace")
 #: Kinds whose parameters are stored samples with leading dims (chain, sample) (docs/method.md §10): NUTS,
 #: SGHMC, SGLD, and the deep ensemble (K chains of one sample each: every member is its own chain).
 SAMPLED = ("hmc", "sghmc", "sgld", "ensemble")
+#: How messages name each kind.
+KIND_LABELS = {"deterministic": "deterministic", "svi": "SVI", "hmc": "HMC", "sghmc": "SGHMC", "sgld": "SGLD",
+               "ensemble": "ensemble", "laplace": "Laplace"}
 #: Kind names of older checkpoints → current names (read by :meth:`Posterior.load`).
 LEGACY_KINDS = {"mcmc": "hmc"}
 WEIGHTS_FILE = "weights.pt"
@@ -117,7 +120,8 @@ class Posterior:
         if n is None:
             return self.max_draws or 100
         if self.max_draws is not None and n > self.max_draws:
-            raise ValueError(f"n_draws={n} but this {self.kind} posterior has only {self.max_draws} samples")
+            raise ValueError(f"n_draws={n} but this {KIND_LABELS[self.kind]} posterior has only {self.max_draws} "
+                             f"samples")
         return n
 
     # -- draws -----------------------------------------------------------------------------------------
@@ -145,7 +149,8 @@ class Posterior:
         n = self.max_draws
         assert n is not None
         if not 0 <= j < n:
-            raise DrawOutOfRangeError(f"draw {j} out of range: this {self.kind} posterior has {n} samples")
+            raise DrawOutOfRangeError(f"draw {j} out of range: this {KIND_LABELS[self.kind]} posterior has {n} "
+                                      f"samples")
         flat = int(self._flat_order()[j])
         return {k: v.reshape(n, *v.shape[2:])[flat] for k, v in self.params.items()}
 
