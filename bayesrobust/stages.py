@@ -849,7 +849,8 @@ def evaluate(preset: str | Preset, models: Sequence[str] | None = None, *, out: 
         The out-of-distribution dataset, ``'auto'`` (MNIST ↔ Fashion-MNIST) or ``None``/``'none'``.
     """
     from . import data as datasets
-    from . import evaluation, store
+    from . import store
+    from . import uncertainty_report as report
     from .inference import load_model
     from .models.posterior import WEIGHTS_FILE
     _counts(n_images=n_images, n_draws=n_draws)
@@ -866,7 +867,7 @@ def evaluate(preset: str | Preset, models: Sequence[str] | None = None, *, out: 
     parsed = [split_tag(t) for t in tags]
     ood = OOD_NONE if ood in (None, "none") else ood
     if ood == "auto":
-        ood = evaluation.OOD_OF.get(p.dataset, OOD_NONE)
+        ood = report.OOD_OF.get(p.dataset, OOD_NONE)
     if ood != OOD_NONE:
         datasets.dataset_info(ood)
     posteriors = {t: load_model(out, p, m, i) for t, (m, i) in zip(tags, parsed)}  # missing ones named first
@@ -893,13 +894,13 @@ def evaluate(preset: str | Preset, models: Sequence[str] | None = None, *, out: 
     target = folder / f"{name}.nc"
     if not force and _result_up_to_date(target, config):
         with store.open_result(target, "evaluation") as ds:
-            return Done(target, True, f"{evaluation.format_table(ds.load())}\nup to date: {target}")
-    results = {t: evaluation.evaluate_posterior(post, test.x, test.y, x_ood, draws[t], device)
+            return Done(target, True, f"{report.format_table(ds.load())}\nup to date: {target}")
+    results = {t: report.evaluate_posterior(post, test.x, test.y, x_ood, draws[t], device)
                for t, post in posteriors.items()}
-    ds = evaluation.to_dataset(results, config, len(next(iter(results.values()))["bin_count"]))
+    ds = report.to_dataset(results, config, len(next(iter(results.values()))["bin_count"]))
     store.write_netcdf(ds, target, "evaluation")
-    figures = save_figure(evaluation.reliability_figure(ds), target.with_suffix(""))
-    table = evaluation.format_table(ds)
+    figures = save_figure(report.reliability_figure(ds), target.with_suffix(""))
+    table = report.format_table(ds)
     return Done(target, False, f"{dataset}, {len(test)} images; OOD {ood}\n{table}\nwritten to {target} and "
                                f"{', '.join(str(f) for f in figures)}", {"table": table})
 
