@@ -68,6 +68,9 @@ def _rhat_ess(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     half = bulk.shape[1] // 2  # bulk ESS on split chains, as R-hat (an odd sample count drops the middle one)
     split = torch.cat([bulk[:, :half], bulk[:, bulk.shape[1] - half:]], 0)
     ess = effective_sample_size(split, chain_dim=0, sample_dim=1).numpy()
+    total = split.shape[0] * split.shape[1]  # as ArviZ: autocorrelation time at least 1 / log10(draws)
+    with np.errstate(divide="ignore"):
+        ess = total / np.maximum(total / ess, 1 / np.log10(total))
     rhat[constant], ess[constant] = np.nan, np.nan
     return rhat, ess
 
@@ -146,13 +149,16 @@ def weight_space(posterior: Posterior, n_chains: int, n_samples: int, draws: Dra
     """Weight-space R-hat (max) and bulk ESS (min) of a seeded random subset of at most :data:`WEIGHT_SUBSET`
     scalar weights (the draws of ``draws`` on the same grid)."""
     if posterior.kind in SAMPLED:
-        flat = torch.cat([v.reshape(n_chains, n_samples, -1) for _, v in sorted(posterior.params.items())], -1)
+        grids = {k: v.reshape(n_chains, n_samples, -1) for k, v in sorted(posterior.params.items())}
     else:
-        stacked = posterior.stacked_params(len(draws))
-        flat = torch.cat([v.reshape(1, len(draws), -1) for _, v in sorted(stacked.items())], -1)
+        grids = {k: v.reshape(1, len(draws), -1) for k, v in sorted(posterior.stacked_params(len(draws)).items())}
+    sizes = torch.tensor([v.shape[-1] for v in grids.values()])
     g = torch.Generator().manual_seed(0)
-    pick = torch.randperm(flat.shape[-1], generator=g)[:WEIGHT_SUBSET]
-    rhat, ess = _rhat_ess(flat[..., pick].double().numpy())
+    pick = torch.randperm(int(sizes.sum()), generator=g)[:WEIGHT_SUBSET].sort().values
+    starts = torch.cumsum(sizes, 0) - sizes
+    owner = torch.searchsorted(starts + sizes, pick, right=True)  # which parameter each picked weight is in
+    chosen = torch.cat([v[..., pick[owner == i] - starts[i]] for i, v in enumerate(grids.values())], -1)
+    rhat, ess = _rhat_ess(chosen.double().numpy())
     return {"weight_rhat_max": _stat(rhat, np.max), "weight_rhat_median": _stat(rhat, np.median),
             "weight_ess_bulk_min": _stat(ess, np.min), "weights_checked": int(len(pick))}
 
