@@ -29,9 +29,11 @@ def out(tmp_path_factory):
     """A tiny baseNN and every new fullBNN route, each attacked with FGSM on 6 images with 2 draws."""
     root = tmp_path_factory.mktemp("results")
     _run("train", ["--model", "baseNN", "--preset", "tiny", "--no-progress", "--out", str(root)])
+    shorter = {"sghmc": ["--epochs", "1", "--burnin", "0"], "sgld": ["--epochs", "1", "--burnin", "0"],
+               "ensemble": ["--epochs", "1"], "laplace": []}  # laplace: around the baseNN above
     for inference in ROUTES:
         _run("train", ["--model", "fullBNN", "--preset", "tiny", "--inference", inference, "--no-progress",
-                       "--out", str(root)])
+                       *shorter[inference], "--out", str(root)])
         _run("attack", ["--model", "fullBNN", "--preset", "tiny", "--inference", inference, "--attack", "fgsm",
                         "--n-inputs", "6", "--n-draws", "2", "--out", str(root)])
     return root
