@@ -100,5 +100,5 @@ def reliability_figure(ds: xr.Dataset):
                 color=palette[i % len(palette)], label=f"{tag} (ECE {float(row['ece']):.3f})")
     ax.set(xlabel="confidence (max predictive probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
            title="reliability")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="lower right")
     return fig
