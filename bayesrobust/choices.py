@@ -72,6 +72,7 @@ class PosteriorMode(Choice):
     MEAN_GRAD = "mean_grad"
     PREDICTIVE = "predictive"
     MEAN_IMAGE = "mean_image"
+    MEAN_SIGN = "mean_sign"
 
 
 class LikelihoodScaling(Choice):
