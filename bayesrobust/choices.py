@@ -1,5 +1,5 @@
 """Every named choice of the library, defined once: models, inferences, attacks, norms, posterior modes,
-likelihood scalings, image subsets.
+likelihood scalings, HMC schemes, image subsets.
 
 Each is a ``str`` Enum, so a member compares equal to its value (``Model.BAYES == "fullBNN"``) and is
 stored as that value. Command-line options take their choices from here (``click.Choice(Norm.values())``)
@@ -80,6 +80,13 @@ class LikelihoodScaling(Choice):
 
     FULL = "full"
     REFERENCE = "reference"
+
+
+class HMCScheme(Choice):
+    """Which posterior NUTS samples: the full training set's (correct), or the reference code's subset chains."""
+
+    FULL = "full"
+    SUBSETS = "subsets"
 
 
 class Subset(Choice):

@@ -93,6 +93,12 @@ class HMCConfig:
     n_train: int | None = None
     jit: bool = True
     init_epochs: int = 0
+    #: ``full`` (every chain on the whole training set) or ``subsets`` (the reference code's scheme: chain c
+    #: on its own disjoint set of ``subset_size`` training images, started uniformly in [−init_radius,
+    #: init_radius]; docs/method.md §9.2)
+    scheme: str = "full"
+    subset_size: int = 4000
+    init_radius: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -206,11 +212,13 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
                       chains: int | None = None, n_train: int | None = None, prior_scale: float | None = None,
                       adv_attack: str | None = None, adv_norm: str | None = None,
                       adv_epsilon: float | None = None, adv_ratio: float | None = None,
-                      likelihood_scaling: str | None = None) -> Preset:
+                      likelihood_scaling: str | None = None, hmc_scheme: str | None = None,
+                      subset_size: int | None = None) -> Preset:
     """``preset`` with command-line overrides applied to the settings ``model`` trains with.
 
     ``epochs``/``lr``/``batch_size`` go to the optimiser of baseNN or advNN, or to SVI for a fullBNN;
-    ``warmup``/``samples``/``chains``/``n_train`` to NUTS. ``None`` leaves a field as it is.
+    ``warmup``/``samples``/``chains``/``n_train``/``hmc_scheme``/``subset_size`` to NUTS. ``None`` leaves a
+    field as it is.
 
     Raises
     ------
@@ -225,7 +233,7 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
     for name, value in (("epochs", epochs), ("warmup", warmup)):
         checks.count(name, value, minimum=0)
     for name, value in (("hidden", hidden), ("batch_size", batch_size), ("samples", samples),
-                        ("chains", chains), ("n_train", n_train)):
+                        ("chains", chains), ("n_train", n_train), ("subset_size", subset_size)):
         checks.count(name, value)
     for name, value in (("lr", lr), ("prior_scale", prior_scale), ("adv_epsilon", adv_epsilon)):
         checks.positive(name, value)
@@ -250,7 +258,8 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
         if likelihood_scaling is not None:
             optim["likelihood_scaling"] = likelihood_scaling
         p = replace(p, svi=replace(p.svi, **optim))
-        hmc = {"warmup": warmup, "samples": samples, "chains": chains, "n_train": n_train}
+        hmc = {"warmup": warmup, "samples": samples, "chains": chains, "n_train": n_train, "scheme": hmc_scheme,
+               "subset_size": subset_size}
         p = replace(p, hmc=replace(p.hmc, **{k: v for k, v in hmc.items() if v is not None}))
     if prior_scale is not None:
         p = replace(p, prior_scale=prior_scale)
@@ -268,7 +277,7 @@ def check_training(preset: Preset, model: str, inference: str | None = None) -> 
     ValueError
         The first bad value, named with what was expected.
     """
-    from .choices import AttackName, LikelihoodScaling, Norm
+    from .choices import AttackName, HMCScheme, LikelihoodScaling, Norm
     from .models.architectures import check_arch
     check_model(model)
     check_arch(preset.arch)
@@ -321,4 +330,7 @@ def check_training(preset: Preset, model: str, inference: str | None = None) -> 
                     allow_none=False)
         checks.count("n_train", hmc.n_train)
         checks.count("init_epochs", hmc.init_epochs, minimum=0, allow_none=False)
+        HMCScheme.parse(hmc.scheme, "HMC scheme")
+        checks.count("subset_size", hmc.subset_size, allow_none=False)
+        checks.positive("init_radius", hmc.init_radius, allow_none=False)
     return preset
