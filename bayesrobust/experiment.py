@@ -203,14 +203,18 @@ class Experiment:
 
 def headline(ds: xr.Dataset) -> str:
     """The headline numbers of an analysis: per rule, the median paired Bay−Det and Adv−Det LRP robustness at
-    the last layer, and Spearman ρ(LRP robustness, softmax robustness) per model there."""
+    the last layer with its paired bootstrap 95% CI, and Spearman ρ(LRP robustness, softmax robustness) per
+    model there."""
+    from .stages import format_ci
     last = ds.layer.values[-1]
-    diff = ds.lrp_robustness_diff.sel(layer=last).median("image")
+    at = {"layer": last, "subset": "all"}
     lines = [f"Headline (last layer, top {ds.attrs.get('topk', '?')}%, {ds.sizes['image']} images): "
-             f"median paired LRP robustness difference"]
+             f"median paired LRP robustness difference [paired bootstrap 95% CI]"]
     for comparison in ds.comparison.values:
-        values = ", ".join(f"{rule} {float(diff.sel(comparison=comparison, rule=rule)):+.3f}"
-                           for rule in ds.rule.values)
+        values = ", ".join(
+            f"{rule} " + format_ci(*(float(ds[v].sel(at).sel(comparison=comparison, rule=rule))
+                                     for v in ("diff_median", "diff_ci_low", "diff_ci_high")))
+            for rule in ds.rule.values)
         lines.append(f"  {comparison:>22}: {values}")
     rho = ds.spearman_rho.sel(layer=last, subset="all")
     lines.append("Spearman rho(LRP robustness, softmax robustness), last layer")

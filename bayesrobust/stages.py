@@ -527,6 +527,30 @@ def _frame(da: xr.DataArray, row: str, fmt: str = ".3f") -> str:
     return df.to_string(float_format=lambda v: format(v, fmt), na_rep="nan")
 
 
+def format_ci(median: float, low: float, high: float) -> str:
+    """``+0.030 [+0.010, +0.050]``; ``nan`` parts as ``nan``."""
+    return f"{median:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def _ci_frame(ds: xr.Dataset) -> str:
+    """Median paired differences with their CIs (subset all): a line per (comparison, layer), a column per rule."""
+    import pandas as pd
+
+    from .figures import layer_label, ordered_rules, rule_label
+    rules = ordered_rules(ds.rule.values.tolist())
+    sel = {"subset": "all"}
+    rows, index = [], []
+    for comparison in ds.comparison.values:
+        for layer in ds.layer.values:
+            at = dict(sel, comparison=comparison, layer=layer)
+            rows.append([format_ci(*(float(ds[v].sel(at).sel(rule=r)) for v in ("diff_median", "diff_ci_low",
+                                                                               "diff_ci_high"))) for r in rules])
+            index.append((str(comparison), layer_label(ds, layer)))
+    df = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["comparison", "layer"]),
+                      columns=[rule_label(r) for r in rules])
+    return df.to_string()
+
+
 def analysis_summary(ds: xr.Dataset) -> str:
     """The printed summary of an analysis Dataset (subset: all images)."""
     outcome = [f"{m}: {int(ds.success.sel(model=m).sum())} successful, {int(ds.failed.sel(model=m).sum())} failed"
@@ -534,9 +558,10 @@ def analysis_summary(ds: xr.Dataset) -> str:
     parts = [f"{ds.sizes['image']} images, top {float(ds.attrs.get('topk', 20)):g}%; attacks: " + "; ".join(outcome),
              "\nMedian LRP robustness", _frame(ds.lrp_robustness.median("image"), "model")]
     if ds.sizes["comparison"]:
-        parts += ["\nMedian paired difference (model - Det)",
-                  _frame(ds.lrp_robustness_diff.median("image"), "comparison"),
-                  "\nMann-Whitney p (one-sided, H1: Det less robust)",
+        parts += ["\nMedian paired difference (model - Det) [paired bootstrap 95% CI]", _ci_frame(ds),
+                  "\nWilcoxon signed-rank p (two-sided, paired; Benjamini-Hochberg adjusted)",
+                  _frame(ds.wilcoxon_p_adjusted.sel(subset="all", drop=True), "comparison", ".2g"),
+                  "\nMann-Whitney p (one-sided, H1: Det less robust; the paper's test, unadjusted)",
                   _frame(ds.mannwhitney_p.sel(subset="all", drop=True), "comparison", ".2g")]
     parts += ["\nSpearman rho (LRP robustness, softmax robustness)",
               _frame(ds.spearman_rho.sel(subset="all", drop=True), "model")]
