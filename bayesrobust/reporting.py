@@ -5,7 +5,8 @@ provenance of every result, as one self-contained ``report.html`` and a ``report
 folder under ``OUT`` (the fidelity ladder, §9.5) is reported as a whole:
 
 - every analysis Dataset (``**/analysis/*.nc``): the median paired difference of each comparison with its
-  paired bootstrap 95% CI per rule and layer, the adjusted Wilcoxon p, and Spearman ρ;
+  paired bootstrap 95% CI per rule and layer, the adjusted Wilcoxon p, and Spearman ρ; with several S, a
+  figure of Bay − Det (with CI) against S;
 - the *differences figure*: the last layer's median differences with their CIs, one point per analysis
   (in the order of their paths, which is the ladder's order when its steps are named so), a panel per rule;
 - every PNG figure under ``**/figures/``;
@@ -138,6 +139,33 @@ def differences_figure(analyses: dict[str, xr.Dataset]) -> Any:
     return fig
 
 
+def draws_figure(ds: xr.Dataset) -> Any | None:
+    """Bay − Det at the last layer with its 95% CI against the number of posterior draws S, a panel per rule
+    (``None`` when the analysis has fewer than two Bayesian comparisons)."""
+    import matplotlib.pyplot as plt
+
+    from .figures import ordered_rules, rule_label
+    bay = [c for c in ds.comparison.values.tolist()
+           if str(ds.role.sel(model=str(ds.compared.sel(comparison=c).values)).values) == "Bay"]
+    if len(bay) < 2:
+        return None
+    s = np.array([int(ds.n_draws.sel(model=str(ds.compared.sel(comparison=c).values))) for c in bay])
+    rules = ordered_rules(ds.rule.values.tolist())
+    fig, axes = plt.subplots(1, len(rules), figsize=(3.2 * len(rules), 3.2), sharey=True, squeeze=False)
+    for ax, rule in zip(axes[0], rules):
+        at = ds.sel(subset="all", rule=rule, layer=ds.layer.values[-1], comparison=bay)
+        med, lo, hi = at.diff_median.values, at.diff_ci_low.values, at.diff_ci_high.values
+        ax.errorbar(s, med, yerr=[med - lo, hi - med], fmt="o-", capsize=3)
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xticks(s, [str(v) for v in s])
+        ax.set_xlabel("posterior draws S")
+        ax.set_title(rule_label(rule))
+    axes[0][0].set_ylabel("Bay − Det, last layer\n(median, 95% CI)")
+    fig.tight_layout()
+    return fig
+
+
 def _result_provenance(out: Path) -> pd.DataFrame:
     """One row per stored result under ``out``: path, kind, created, git revision, versions, config."""
     rows = []
@@ -184,11 +212,19 @@ def collect(out: Path) -> tuple[list[Section], pd.DataFrame]:
                                 "Last layer, all images; each point is one analysis, the bar its paired "
                                 "bootstrap 95% confidence interval over images.", figures=paths))
     for name, ds in analyses.items():
+        figures = []
+        if "diff_median" in ds and ds.sizes.get("comparison", 0):
+            import matplotlib.pyplot as plt
+            fig = draws_figure(ds)
+            if fig is not None:
+                figures = save_figure(fig, out / REPORT_FILES / f"draws_{name.replace('/', '__')}", formats=("png",),
+                                      dpi=120)
+                plt.close(fig)
         text = (f"{ds.sizes['image']} images, top {float(ds.attrs.get('topk', 20)):g}%, models "
                 f"{', '.join(ds.model.values.tolist())}; git revision {ds.attrs.get('git_revision', '?')}")
         if "diff_median" not in ds:
             text += " (written by a version without confidence intervals: re-run analyze to add them)"
-        sections.append(Section(f"Analysis {name}", text, analysis_tables(ds)))
+        sections.append(Section(f"Analysis {name}", text, analysis_tables(ds), figures))
     figures = sorted(p for p in out.rglob("*.png") if _visible(p, out) and "figures" in p.relative_to(out).parts)
     if figures:
         sections.append(Section("Figures", figures=figures))

@@ -44,7 +44,7 @@ def study(tmp_path_factory) -> tuple[Path, dict]:
     """Two ladder steps, each a results folder with one analysis, and a figure in one of them."""
     root = tmp_path_factory.mktemp("study")
     analyses = {}
-    runs = [_run("baseNN", 1), _run("advNN", 1), _run("fullBNN", 10)]
+    runs = [_run("baseNN", 1), _run("advNN", 1), _run("fullBNN", 10), _run("fullBNN", 50)]
     for step, topk in (("1_reference", 20), ("2_correct", 40)):
         ds = stability.analyse(runs, topk=topk)
         stability.write(ds, root / step, name=f"quick_fgsm_top{topk}")
@@ -62,7 +62,7 @@ def test_report_is_self_contained_and_shows_every_interval(study):
     page = _Page()
     page.feed(html_path.read_text())
     assert page.open_tables == 0 and page.tables >= 6  # 3 tables per analysis, balanced
-    assert len(page.images) == 2  # the differences figure and fig4
+    assert len(page.images) == 4  # the differences figure, Bay - Det against S per analysis, and fig4
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
@@ -73,7 +73,9 @@ def test_report_is_self_contained_and_shows_every_interval(study):
         assert cell in text and cell in md_path.read_text()
     md = md_path.read_text()
     referenced = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert sorted(referenced) == sorted([f"{REPORT_FILES}/differences.png", "1_reference/figures/quick/fig4.png"])
+    assert sorted(referenced) == sorted([f"{REPORT_FILES}/differences.png", "1_reference/figures/quick/fig4.png",
+                                         f"{REPORT_FILES}/draws_1_reference__quick_fgsm_top20.png",
+                                         f"{REPORT_FILES}/draws_2_correct__quick_fgsm_top40.png"])
     assert all((root / ref).is_file() for ref in referenced)
     for step in analyses:  # the provenance of every result, with its git revision
         assert f"{step}/analysis/" in md and f"{step}/analysis/" in text
