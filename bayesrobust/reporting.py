@@ -103,39 +103,62 @@ def analysis_tables(ds: xr.Dataset) -> list[Table]:
     return tables
 
 
+#: Rules drawn in the panel of another rule (the reference's γ beside the textbook γ), with their marker.
+PANEL_OF = {"gamma_quadratic": "gamma"}
+
+
 def differences_figure(analyses: dict[str, xr.Dataset]) -> Any:
     """Median paired difference at the last layer with its 95% CI, one x position per analysis, a panel per
-    rule and a colour per comparison (the fidelity ladder's figure when the analyses are its steps)."""
+    rule and a colour per comparison (the fidelity ladder's figure when the analyses are its steps). The
+    reference's quadratic γ shares the γ panel, drawn with hollow squares."""
     import matplotlib.pyplot as plt
 
     from .figures import ordered_rules, rule_label
-    rules = ordered_rules(sorted({r for ds in analyses.values() for r in ds.rule.values.tolist()}, key=str))
+    rules = sorted({r for ds in analyses.values() for r in ds.rule.values.tolist()}, key=str)
+    panels = ordered_rules(sorted({PANEL_OF.get(r, r) for r in rules}, key=str))
     comparisons = sorted({c for ds in analyses.values() for c in ds.comparison.values.tolist()})
+    colours = {c: f"C{i}" for i, c in enumerate(comparisons)}
     names = list(analyses)
-    fig, axes = plt.subplots(1, len(rules), figsize=(max(4.0, 1.2 * len(names) + 2) * len(rules) / 1.5, 3.6),
-                             sharey=True, squeeze=False)
-    offsets = np.linspace(-0.2, 0.2, len(comparisons)) if len(comparisons) > 1 else [0.0]
-    for ax, rule in zip(axes[0], rules):
-        for offset, comparison in zip(offsets, comparisons):
-            xs, med, lo, hi = [], [], [], []
-            for i, name in enumerate(names):
-                ds = analyses[name]
-                if comparison not in ds.comparison.values or rule not in ds.rule.values:
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    width = max(4.0, 0.45 * len(names) + 1.5)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 3.6 * nrows), sharey=True, squeeze=False)
+    offsets = np.linspace(-0.25, 0.25, len(comparisons)) if len(comparisons) > 1 else [0.0]
+    for ax, panel in zip(axes.flat, panels):
+        for rule in [r for r in rules if PANEL_OF.get(r, r) == panel]:
+            quadratic = rule != panel
+            for offset, comparison in zip(offsets, comparisons):
+                xs, med, lo, hi = [], [], [], []
+                for i, name in enumerate(names):
+                    ds = analyses[name]
+                    if comparison not in ds.comparison.values or rule not in ds.rule.values:
+                        continue
+                    at = ds.sel(subset="all", comparison=comparison, rule=rule, layer=ds.layer.values[-1])
+                    xs.append(i + offset)
+                    med.append(float(at.diff_median))
+                    lo.append(float(at.diff_ci_low))
+                    hi.append(float(at.diff_ci_high))
+                if not xs:
                     continue
-                at = ds.sel(subset="all", comparison=comparison, rule=rule, layer=ds.layer.values[-1])
-                xs.append(i + offset)
-                med.append(float(at.diff_median))
-                lo.append(float(at.diff_ci_low))
-                hi.append(float(at.diff_ci_high))
-            med_a, lo_a, hi_a = np.array(med), np.array(lo), np.array(hi)
-            ax.errorbar(xs, med_a, yerr=[med_a - lo_a, hi_a - med_a], fmt="o", capsize=3, label=comparison)
+                med_a, lo_a, hi_a = np.array(med), np.array(lo), np.array(hi)
+                ax.errorbar(xs, med_a, yerr=[med_a - lo_a, hi_a - med_a], fmt="s" if quadratic else "o",
+                            mfc="none" if quadratic else colours[comparison], color=colours[comparison],
+                            capsize=3, label=comparison + (f" ({rule})" if quadratic else ""))
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xlim(-0.6, len(names) - 0.4)
-        ax.set_title(rule_label(rule))
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-    axes[0][0].set_ylabel("median paired difference\n(last layer, 95% CI)")
-    axes[0][-1].legend(fontsize=7, loc="best")
+        ax.set_title(rule_label(panel))
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel("median paired difference\n(last layer, 95% CI)")
+    legend = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
     fig.tight_layout()
+    fig.legend(list(legend.values()), list(legend), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(4, len(legend)), fontsize=7, frameon=False)
     return fig
 
 
