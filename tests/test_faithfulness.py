@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from bayesrobust import faithfulness as fa
+from bayesrobust import faithfulness_metrics as fa
 from bayesrobust.explain.rise import RISE, rise_masks
 from bayesrobust.models.architectures import ArchConfig, build
 from bayesrobust.models.draws import DrawSet
