@@ -267,7 +267,8 @@ def wilcoxon_one_sided(diff: np.ndarray, alternative: str) -> tuple[float, float
 
 def evaluate(draws: DrawSet, x: torch.Tensor, explainers: Sequence[Any], *, steps: int = 50,
              deletion_baseline: str = "zero", insertion_baseline: str = "blur",
-             threshold: float = FOREGROUND_THRESHOLD, randomisation: bool = True, seed: int = 0,
+             threshold: float = FOREGROUND_THRESHOLD, randomisation: bool = True,
+             randomisation_images: int | None = None, seed: int = 0,
              batch_size: int | None = None, forward_batch: int = FORWARD_BATCH,
              image: np.ndarray | None = None, progress: Callable[[int], object] | None = None) -> xr.Dataset:
     """Faithfulness and sanity metrics of every explainer's last-layer maps, per draw and for the mean map.
@@ -288,6 +289,9 @@ def evaluate(draws: DrawSet, x: torch.Tensor, explainers: Sequence[Any], *, step
         Foreground threshold of the localisation metrics.
     randomisation
         Run the cascading randomisation check (costs one explanation per layer and draw).
+    randomisation_images
+        Run it on the first this many images only (default all; the others get NaN): for the costly
+        methods (RISE: masks × layers × draws forward passes per image).
     seed
         Seeds the random methods per draw and the random weights of the randomisation.
     image
@@ -315,6 +319,7 @@ def evaluate(draws: DrawSet, x: torch.Tensor, explainers: Sequence[Any], *, step
     check_images(x)
     count("steps", steps, allow_none=False)
     count("forward_batch", forward_batch, allow_none=False)
+    count("randomisation_images", randomisation_images)
     check_baseline(deletion_baseline)
     check_baseline(insertion_baseline)
     if not 0 <= float(threshold) < 1:
@@ -355,10 +360,11 @@ def evaluate(draws: DrawSet, x: torch.Tensor, explainers: Sequence[Any], *, step
             share[m, which] = relevance_share(maps, fg).cpu().numpy()
             hit[m, which] = pointing_game(maps, fg).cpu().numpy()
         if randomisation:
-            randomised, rand_names = cascading_randomisation(draws, x, explainer, per_draw, seed=seed,
+            r = n if randomisation_images is None else min(n, randomisation_images)
+            randomised, rand_names = cascading_randomisation(draws, x[:r], explainer, per_draw[:, :r], seed=seed,
                                                              batch_size=batch_size)
-            rho[m, 0] = rank_correlation(per_draw[:, None], randomised)
-            rho[m, 1] = rank_correlation(mean[None], randomised.mean(0))[None]
+            rho[m, 0, :, :, :r] = rank_correlation(per_draw[:, None, :r], randomised)
+            rho[m, 1, :, :, :r] = rank_correlation(mean[None, :r], randomised.mean(0))[None]
     if not rand_names:
         rand_names = [name for name, _ in reversed(learnable_modules(net))]
     frac = fractions(steps).numpy()
@@ -398,5 +404,6 @@ def evaluate(draws: DrawSet, x: torch.Tensor, explainers: Sequence[Any], *, step
                                                "faithful than a draw's (lower deletion / higher insertion AUC)")
     ds.attrs.update(steps=steps, deletion_baseline=deletion_baseline, insertion_baseline=insertion_baseline,
                     foreground_threshold=float(threshold), n_draws=s, seed=seed,
-                    randomisation=int(bool(randomisation)))
+                    randomisation=int(bool(randomisation)),
+                    randomisation_images=n if randomisation_images is None else min(n, randomisation_images))
     return ds

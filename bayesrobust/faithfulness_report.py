@@ -194,7 +194,8 @@ def run(preset: str, *, out: str | Path | None = None, models: Sequence[str] | N
         methods: Sequence[str] | None = None, n_inputs: int | None = None, inputs_seed: int = 0,
         n_draws: int | None = None, steps: int = 50, deletion_baseline: str = "zero",
         insertion_baseline: str = "blur", threshold: float = 0.5, rise_masks: int = 2000,
-        randomisation: bool = True, seed: int = 0, data_root: str | Path | None = None, device: str = "cpu",
+        randomisation: bool = True, randomisation_inputs: int | None = None, seed: int = 0,
+        data_root: str | Path | None = None, device: str = "cpu",
         progress: Callable[[int], object] | None = None) -> tuple[Path, str, dict[str, Any]]:
     """The faithfulness stage (see the module docstring). Returns ``(folder, summary, details)``; every
     argument is checked, and every model found, before any work."""
@@ -210,6 +211,7 @@ def run(preset: str, *, out: str | Path | None = None, models: Sequence[str] | N
     checks.count("rise_masks", rise_masks, allow_none=False)
     checks.count("n_inputs", n_inputs)
     checks.count("n_draws", n_draws)
+    checks.count("randomisation_inputs", randomisation_inputs)
     checks.seed("seed", seed)
     checks.seed("inputs_seed", inputs_seed)
     fm.check_baseline(deletion_baseline)
@@ -239,7 +241,8 @@ def run(preset: str, *, out: str | Path | None = None, models: Sequence[str] | N
         explainers = [make_explainer(m, rise_masks) for m in usable]
         ds = fm.evaluate(draws, t.data.x, explainers, steps=steps, deletion_baseline=deletion_baseline,
                          insertion_baseline=insertion_baseline, threshold=threshold, randomisation=randomisation,
-                         seed=seed, image=t.data.index.numpy(), progress=progress)
+                         randomisation_images=randomisation_inputs, seed=seed, image=t.data.index.numpy(),
+                         progress=progress)
         ds = ds.assign_coords(rule=np.array(usable, dtype=object))
         ds["pointing_hit"] = ds.pointing_hit.astype(np.int8)
         ds["label"] = ("image", t.data.y.numpy())
@@ -248,7 +251,8 @@ def run(preset: str, *, out: str | Path | None = None, models: Sequence[str] | N
                                                                 deletion_baseline=deletion_baseline,
                                                                 insertion_baseline=insertion_baseline,
                                                                 threshold=threshold, rise_masks=rise_masks,
-                                                                randomisation=randomisation, seed=seed,
+                                                                randomisation=randomisation,
+                                                                randomisation_inputs=randomisation_inputs, seed=seed,
                                                                 inputs_seed=inputs_seed),
                                        model=model, inference=str(t.inference or ""), model_sha256=t.model_sha256),
                     **ds.attrs}

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_faithfulness(tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
     env = {**os.environ, "QUICK": "1", "QUICK_PRESET": "tiny", "OUT": str(out), "DRAWS": "3", "RULES": "epsilon"}
-    args = ["--n-inputs", "10", "--steps", "10", "--rise-masks", "100", "--method", "epsilon",
-            "--method", "saliency", "--method", "rise"]
+    args = ["--n-inputs", "10", "--steps", "10", "--rise-masks", "100", "--randomisation-inputs", "6",
+            "--method", "epsilon", "--method", "saliency", "--method", "rise"]
     proc = subprocess.run(["bash", str(ROOT / "shell" / "exec_faithfulness.sh"), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -61,6 +61,8 @@ def test_per_draw_and_mean_map_results(tiny_faithfulness):
     np.testing.assert_allclose(bay.insertion_curve.isel(fraction=-1), conf, rtol=1e-5)
     np.testing.assert_allclose(bay.deletion_auc_normalised, bay.deletion_auc / conf, rtol=1e-6)
     assert list(bay.randomised.values) == ["5", "3", "1"]     # fc2: logits first, then down
+    rho = bay.randomisation_rho.sel(rule="saliency")
+    assert np.isfinite(rho.isel(image=slice(0, 6))).all() and np.isnan(rho.isel(image=slice(6, None))).all()
 
 
 def test_bad_input_is_refused_before_any_work(tmp_path):

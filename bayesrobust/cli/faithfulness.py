@@ -43,6 +43,8 @@ from . import options
 @click.option("--rise-masks", type=int, default=2000, show_default=True, help="RISE masks N.")
 @click.option("--randomisation/--no-randomisation", default=True, show_default=True,
               help="Run the cascading model-parameter randomisation check.")
+@click.option("--randomisation-inputs", type=int, default=None,
+              help="Run the randomisation check on the first this many images only (default: all).")
 @options.seed_option
 @options.data_root_option
 @options.device_option
@@ -50,12 +52,13 @@ from . import options
 @options.verbose_option
 @options.friendly_errors
 def main(preset, models, methods, n_inputs, inputs_seed, n_draws, steps, deletion_baseline, insertion_baseline,
-         threshold, rise_masks, randomisation, seed, data_root, device, out, verbose):
+         threshold, rise_masks, randomisation, randomisation_inputs, seed, data_root, device, out, verbose):
     """Faithfulness and sanity checks next to LRP robustness; write OUT/faithfulness/PRESET/."""
     options.setup_logging(verbose)
     done = stages.faithfulness(preset, out=out, models=models, methods=methods, n_inputs=n_inputs,
                                inputs_seed=inputs_seed, n_draws=n_draws, steps=steps,
                                deletion_baseline=deletion_baseline, insertion_baseline=insertion_baseline,
-                               threshold=threshold, rise_masks=rise_masks, randomisation=randomisation, seed=seed,
+                               threshold=threshold, rise_masks=rise_masks, randomisation=randomisation,
+                               randomisation_inputs=randomisation_inputs, seed=seed,
                                data_root=data_root, device=device)
     click.echo(done.summary)
