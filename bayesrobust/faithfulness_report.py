@@ -112,7 +112,8 @@ def side_by_side(results: dict[str, xr.Dataset], robustness: dict[str, np.ndarra
     shape = (len(tags), len(methods))
     cols = {name: np.full(shape, np.nan) for name in (
         "lrp_robustness", "deletion_auc", "insertion_auc", "deletion_auc_normalised", "insertion_auc_normalised",
-        "randomisation_rho", "relevance_share", "pointing_game", "mean_vs_draw_p_deletion")}
+        "randomisation_rho", "relevance_share", "pointing_game", "mean_vs_draw_p_deletion",
+        "deletion_confidence_rho", "deletion_auc_draw_std", "randomisation_rho_draw_std")}
     for i, tag in enumerate(tags):
         ds = results[tag]
         cols["lrp_robustness"][i] = robustness[tag]
@@ -126,10 +127,20 @@ def side_by_side(results: dict[str, xr.Dataset], robustness: dict[str, np.ndarra
             cols["relevance_share"][i, k] = float(d.relevance_share.isel(draw=0).mean())
             cols["pointing_game"][i, k] = float(d.pointing_hit.isel(draw=0).mean())
             cols["mean_vs_draw_p_deletion"][i, k] = float(ds.mean_vs_draw_p.sel(rule=method, curve="deletion"))
+            cols["deletion_confidence_rho"][i, k] = float(ds.auc_confidence_rho.sel(rule=method, map="mean",
+                                                                                     curve="deletion"))
+            per_draw = ds.sel(rule=method, map="draw")
+            cols["deletion_auc_draw_std"][i, k] = float(per_draw.deletion_auc.std("draw").mean())
+            cols["randomisation_rho_draw_std"][i, k] = float(
+                per_draw.randomisation_rho.isel(randomised=-1).median("image").std("draw"))
     out = xr.Dataset({k: (("model", "rule"), v) for k, v in cols.items()},
                      coords={"model": np.array(tags, dtype=object), "rule": np.array(methods, dtype=object)})
     out["lrp_robustness"].attrs["long_name"] = "median LRP robustness under FGSM, last layer (stored analysis)"
     out["randomisation_rho"].attrs["long_name"] = "median Spearman rho, mean map vs all layers randomised"
+    out["deletion_confidence_rho"].attrs["long_name"] = "Spearman rho of the mean map's deletion AUC and the clean "\
+        "confidence over images and draws"
+    out["deletion_auc_draw_std"].attrs["long_name"] = "std over draws of the draw maps' deletion AUC, mean over images"
+    out["randomisation_rho_draw_std"].attrs["long_name"] = "std over draws of the per-draw randomisation rho"
     out.attrs = store.provenance("faithfulness_side_by_side", {"preset": preset, "models": tags,
                                                                "methods": list(methods)}, preset=preset)
     return out
@@ -137,10 +148,12 @@ def side_by_side(results: dict[str, xr.Dataset], robustness: dict[str, np.ndarra
 
 def format_side_by_side(ds: xr.Dataset) -> str:
     """The side-by-side table as text, one row per (model, method)."""
-    names = ["lrp_robustness", "deletion_auc", "insertion_auc", "deletion_auc_normalised", "randomisation_rho",
-             "relevance_share", "pointing_game", "mean_vs_draw_p_deletion"]
+    names = ["lrp_robustness", "deletion_auc", "insertion_auc", "deletion_auc_normalised", "deletion_confidence_rho",
+             "randomisation_rho", "randomisation_rho_draw_std", "relevance_share", "pointing_game",
+             "mean_vs_draw_p_deletion"]
     df = ds[names].to_dataframe()[names].dropna(how="all", subset=names[1:])
-    df.columns = ["LRP rob.", "del AUC", "ins AUC", "del/conf", "rand rho", "fg share", "pointing", "p mean<draw"]
+    df.columns = ["LRP rob.", "del AUC", "ins AUC", "del/conf", "del~conf", "rand rho", "rho sd", "fg share",
+                  "pointing", "p mean<draw"]
     return df.to_string(float_format=lambda v: format(v, ".3f"), na_rep="-")
 
 
@@ -263,7 +276,11 @@ def run(preset: str, *, out: str | Path | None = None, models: Sequence[str] | N
     table = side_by_side(results, robustness, methods, p.name)
     written.append(store.write_netcdf(table, folder / "side_by_side.nc", "faithfulness_side_by_side"))
     written += save_figure(side_by_side_figure(table), folder / "side_by_side", ("png",), 120)
-    lines += ["Stable and faithful, side by side (mean map; deletion: lower is more faithful; rand rho: lower "
-              "passes the randomisation check)", format_side_by_side(table)]
+    lines += ["Stable and faithful, side by side. LRP rob.: median LRP robustness under FGSM (stored analysis); "
+              "the mean map's del/ins AUC (deletion: lower is more faithful), del/conf: deletion AUC over the "
+              "clean confidence, del~conf: their Spearman rho; rand rho: rank correlation once every layer is "
+              "random (lower passes), rho sd: its spread over draws; fg share / pointing: localisation; "
+              "p mean<draw: Wilcoxon p that the mean map deletes better than a single draw's",
+              format_side_by_side(table)]
     lines += [f"wrote {w}" for w in written]
     return folder, "\n".join(lines), {"table": table, "results": results, "written": written}

@@ -189,3 +189,39 @@ def test_localisation_on_synthetic_images():
     np.testing.assert_allclose(share.numpy(), [1.0, 0.0, 100 / 202], rtol=1e-12)
     assert fa.pointing_game(maps, fg).tolist() == [True, False, False]
     assert torch.isnan(fa.relevance_share(-maps[:1], fg)).all()
+
+
+def random_posterior(arch: str, hidden: int):
+    from bayesrobust.models.posterior import Posterior
+    torch.manual_seed(0)
+    net = build(ArchConfig(arch, hidden))
+    params = {k: v.detach().clone() for k, v in net.named_parameters()}
+    return Posterior(net.arch, "svi", params, {k: torch.full_like(v, 0.05) for k, v in params.items()}, seed=1)
+
+
+def test_rise_per_draw_sees_the_same_masks():
+    from bayesrobust.explain import explain_posterior
+    posterior = random_posterior("fc2", 8)
+    x = torch.rand(5, 1, H, W)
+    seen = {}
+    result = explain_posterior(posterior, x, RISE(n_masks=60, forward_batch=70), n_draws=3,
+                               on_draw=lambda j, maps, units: seen.setdefault(j, maps.clone()))
+    for j in range(3):  # each draw's map is RISE on that draw's network, with the masks of a fresh RISE
+        net = posterior.network(j).requires_grad_(False)
+        direct, _ = RISE(n_masks=60, forward_batch=7)(net, x, [0, 1, 2])
+        torch.testing.assert_close(seen[j], direct, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(result.mean, torch.stack(list(seen.values())).mean(0), rtol=1e-5, atol=1e-7)
+
+
+def test_nine_methods_on_one_interface():
+    from bayesrobust.faithfulness_report import ALL_METHODS, make_explainer
+    assert len(ALL_METHODS) == 9
+    posterior = random_posterior("conv", 4)
+    draws = DrawSet(posterior, 2)
+    x = torch.rand(3, 1, H, W)
+    ds = fa.evaluate(draws, x, [make_explainer(m, 50) for m in ALL_METHODS], steps=4, randomisation_images=2)
+    assert list(ds.rule.values) == list(ALL_METHODS)
+    assert ds.deletion_auc.dims == ("rule", "map", "draw", "image") and ds.sizes["draw"] == 2
+    assert np.isfinite(ds.deletion_auc).all() and np.isfinite(ds.insertion_auc).all()
+    assert np.isfinite(ds.randomisation_rho.isel(image=slice(0, 2))).all()
+    assert list(ds.randomised.values) == ["7", "3", "0"]
