@@ -322,8 +322,8 @@ def evaluate(draws: DrawSet, x: torch.Tensor, explainers: Sequence[Any], *, step
     count("randomisation_images", randomisation_images)
     check_baseline(deletion_baseline)
     check_baseline(insertion_baseline)
-    if not 0 <= float(threshold) < 1:
-        raise ValueError(f"the foreground threshold must be in [0, 1), got {threshold!r}")
+    if not 0 <= float(threshold) <= 1:  # NaN fails too
+        raise ValueError(f"the foreground threshold is a pixel value in [0, 1], got {threshold!r}")
     names = [e.name for e in explainers]
     if not names or len(set(names)) != len(names):
         raise ValueError(f"expected explainers with distinct names, got {names}")

@@ -229,8 +229,8 @@ def run(preset: str, *, out: str | Path | None = None, models: Sequence[str] | N
     checks.seed("inputs_seed", inputs_seed)
     fm.check_baseline(deletion_baseline)
     fm.check_baseline(insertion_baseline)
-    if not 0 <= float(threshold) < 1:
-        raise ValueError(f"the foreground threshold must be in [0, 1), got {threshold!r}")
+    if not 0 <= float(threshold) <= 1:  # NaN fails too
+        raise ValueError(f"the foreground threshold is a pixel value in [0, 1], got {threshold!r}")
     found = trained_models(out, p.name)
     if models:
         wanted = [Model.parse(m, "model").value for m in models]

@@ -30,7 +30,8 @@ from . import options
               help="Explanation methods; repeat for several (default: all nine; gradcam on conv nets only).")
 @click.option("--n-inputs", type=int, default=None,
               help="Test images (default: the preset's, the same class-balanced subset as the attacks).")
-@click.option("--inputs-seed", type=int, default=0, show_default=True, help="Seed of the image subset.")
+@click.option("--inputs-seed", type=options.SEED_RANGE, default=0, show_default=True,
+              help="Seed of the image subset.")
 @click.option("--n-draws", type=int, default=None, help="Posterior draws S (default: the preset's eval_draws).")
 @click.option("--steps", type=int, default=50, show_default=True,
               help="Insertion/deletion steps (each moves 1/steps of the pixels).")
