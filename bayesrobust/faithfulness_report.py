@@ -203,20 +203,33 @@ def curves_figure(ds: xr.Dataset, tag: str):
     return fig
 
 
+def _save(fig: Any, stem: Path) -> list[Path]:
+    """Write ``fig`` to ``STEM.png`` atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    from .stages import save_figure
+    try:
+        return save_figure(fig, stem, ("png",), 120)
+    finally:
+        plt.close(fig)
+
+
 def run(preset: str, *, out: str | Path | None = None, models: Sequence[str] | None = None,
         methods: Sequence[str] | None = None, n_inputs: int | None = None, inputs_seed: int = 0,
         n_draws: int | None = None, steps: int = 50, deletion_baseline: str = "zero",
         insertion_baseline: str = "blur", threshold: float = 0.5, rise_masks: int = 2000,
         randomisation: bool = True, randomisation_inputs: int | None = None, seed: int = 0,
-        data_root: str | Path | None = None, device: str = "cpu",
+        data_root: str | Path | None = None, device: str = "cpu", force: bool = False,
         progress: Callable[[int], object] | None = None) -> tuple[Path, str, dict[str, Any]]:
     """The faithfulness stage (see the module docstring). Returns ``(folder, summary, details)``; every
-    argument is checked, and every model found, before any work."""
+    argument is checked, and every model found, before any work. A model's result stored with the same
+    settings and the same model (its weights' sha256) is reused unless ``force``; the table and the figures
+    are always redrawn."""
     from . import faithfulness_metrics as fm
     from .explain.bayesian import posterior_draws
     from .models.draws import has_convolution
     from .presets import get_preset
-    from .stages import Target, save_figure
+    from .stages import Target, _result_up_to_date
     out = paths.resolve_out(out)
     p = get_preset(preset)
     methods = check_methods(methods)
@@ -251,31 +264,35 @@ def run(preset: str, *, out: str | Path | None = None, models: Sequence[str] | N
         if len(usable) < len(methods):
             lines.append(f"{paths.model_tag(model, inference)}: gradcam skipped (no convolution in "
                          f"{t.posterior.arch.name})")
-        explainers = [make_explainer(m, rise_masks) for m in usable]
-        ds = fm.evaluate(draws, t.data.x, explainers, steps=steps, deletion_baseline=deletion_baseline,
-                         insertion_baseline=insertion_baseline, threshold=threshold, randomisation=randomisation,
-                         randomisation_images=randomisation_inputs, seed=seed, image=t.data.index.numpy(),
-                         progress=progress)
-        ds = ds.assign_coords(rule=np.array(usable, dtype=object))
-        ds["pointing_hit"] = ds.pointing_hit.astype(np.int8)
-        ds["label"] = ("image", t.data.y.numpy())
         tag = paths.model_tag(model, t.inference)
-        ds.attrs = {**store.provenance("faithfulness", t.config(methods=usable, steps=steps,
-                                                                deletion_baseline=deletion_baseline,
-                                                                insertion_baseline=insertion_baseline,
-                                                                threshold=threshold, rise_masks=rise_masks,
-                                                                randomisation=randomisation,
-                                                                randomisation_inputs=randomisation_inputs, seed=seed,
-                                                                inputs_seed=inputs_seed),
-                                       model=model, inference=str(t.inference or ""), model_sha256=t.model_sha256),
-                    **ds.attrs}
-        written.append(store.write_netcdf(ds, folder / f"{tag}.nc", "faithfulness"))
+        target = folder / f"{tag}.nc"
+        config = t.config(methods=usable, steps=steps, deletion_baseline=deletion_baseline,
+                          insertion_baseline=insertion_baseline, threshold=threshold, rise_masks=rise_masks,
+                          randomisation=randomisation, randomisation_inputs=randomisation_inputs, seed=seed,
+                          inputs_seed=inputs_seed)
+        store.clean_leftovers(target)
+        if not force and _result_up_to_date(target, config):
+            with store.open_result(target, "faithfulness") as old:
+                ds = old.load()
+            lines.append(f"{target} is up to date (same settings and model); --force redoes it")
+        else:
+            explainers = [make_explainer(m, rise_masks) for m in usable]
+            ds = fm.evaluate(draws, t.data.x, explainers, steps=steps, deletion_baseline=deletion_baseline,
+                             insertion_baseline=insertion_baseline, threshold=threshold,
+                             randomisation=randomisation, randomisation_images=randomisation_inputs, seed=seed,
+                             image=t.data.index.numpy(), progress=progress)
+            ds = ds.assign_coords(rule=np.array(usable, dtype=object))
+            ds["pointing_hit"] = ds.pointing_hit.astype(np.int8)
+            ds["label"] = ("image", t.data.y.numpy())
+            ds.attrs = {**store.provenance("faithfulness", config, model=model, inference=str(t.inference or ""),
+                                           model_sha256=t.model_sha256), **ds.attrs}
+            written.append(store.write_netcdf(ds, target, "faithfulness"))
         results[tag] = ds
         robustness[tag] = lrp_robustness_of(out, p.name, model, t.n_draws, methods)
-        written += save_figure(curves_figure(ds, tag), folder / f"curves_{tag}", ("png",), 120)
+        written += _save(curves_figure(ds, tag), folder / f"curves_{tag}")
     table = side_by_side(results, robustness, methods, p.name)
     written.append(store.write_netcdf(table, folder / "side_by_side.nc", "faithfulness_side_by_side"))
-    written += save_figure(side_by_side_figure(table), folder / "side_by_side", ("png",), 120)
+    written += _save(side_by_side_figure(table), folder / "side_by_side")
     lines += ["Stable and faithful, side by side. LRP rob.: median LRP robustness under FGSM (stored analysis); "
               "the mean map's del/ins AUC (deletion: lower is more faithful), del/conf: deletion AUC over the "
               "clean confidence, del~conf: their Spearman rho; rand rho: rank correlation once every layer is "

@@ -707,7 +707,7 @@ def faithfulness(preset: str | Preset, *, out: str | Path | None = None, models:
                  n_draws: int | None = None, steps: int = 50, deletion_baseline: str = "zero",
                  insertion_baseline: str = "blur", threshold: float = 0.5, rise_masks: int = 2000,
                  randomisation: bool = True, randomisation_inputs: int | None = None, seed: int = 0,
-                 data_root: str | Path | None = None, device: str = "cpu",
+                 data_root: str | Path | None = None, device: str = "cpu", force: bool = False,
                  progress: Callable[[int], object] | None = None) -> Done:
     """Faithfulness and sanity checks of every trained model of ``preset`` and every method, per draw and for
     the mean map, next to the stored LRP robustness (docs/method.md §10); written to
@@ -718,5 +718,5 @@ def faithfulness(preset: str | Preset, *, out: str | Path | None = None, models:
         n_draws=n_draws, steps=steps, deletion_baseline=deletion_baseline, insertion_baseline=insertion_baseline,
         threshold=threshold, rise_masks=rise_masks, randomisation=randomisation,
         randomisation_inputs=randomisation_inputs, seed=seed, data_root=data_root,
-        device=resolve_device(device), progress=progress)
+        device=resolve_device(device), force=force, progress=progress)
     return Done(folder, False, summary, details)

@@ -65,6 +65,22 @@ def test_per_draw_and_mean_map_results(tiny_faithfulness):
     assert np.isfinite(rho.isel(image=slice(0, 6))).all() and np.isnan(rho.isel(image=slice(6, None))).all()
 
 
+def test_rerun_reuses_the_results_and_rebuilds_the_table(tiny_faithfulness):
+    from bayesrobust.faithfulness import main
+    out, _ = tiny_faithfulness
+    folder = out / "faithfulness" / "tiny"
+    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.nc")}
+    args = ["--preset", "tiny", "--out", str(out), "--n-draws", "3", "--n-inputs", "10", "--steps", "10",
+            "--rise-masks", "100", "--randomisation-inputs", "6", "--method", "epsilon", "--method", "saliency",
+            "--method", "rise"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("is up to date") == 3
+    after = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.nc")}
+    assert all(after[name] == before[name] for name in before if name != "side_by_side.nc")
+    assert after["side_by_side.nc"] != before["side_by_side.nc"]
+
+
 def test_bad_input_is_refused_before_any_work(tmp_path):
     from bayesrobust.faithfulness import main
     result = CliRunner().invoke(main, ["--preset", "tiny", "--out", str(tmp_path), "--steps", "0"])

@@ -46,6 +46,7 @@ from . import options
               help="Run the cascading model-parameter randomisation check.")
 @click.option("--randomisation-inputs", type=int, default=None,
               help="Run the randomisation check on the first this many images only (default: all).")
+@options.force_option
 @options.seed_option
 @options.data_root_option
 @options.device_option
@@ -53,7 +54,8 @@ from . import options
 @options.verbose_option
 @options.friendly_errors
 def main(preset, models, methods, n_inputs, inputs_seed, n_draws, steps, deletion_baseline, insertion_baseline,
-         threshold, rise_masks, randomisation, randomisation_inputs, seed, data_root, device, out, verbose):
+         threshold, rise_masks, randomisation, randomisation_inputs, force, seed, data_root, device, out,
+         verbose):
     """Faithfulness and sanity checks next to LRP robustness; write OUT/faithfulness/PRESET/."""
     options.setup_logging(verbose)
     done = stages.faithfulness(preset, out=out, models=models, methods=methods, n_inputs=n_inputs,
@@ -61,5 +63,5 @@ def main(preset, models, methods, n_inputs, inputs_seed, n_draws, steps, deletio
                                deletion_baseline=deletion_baseline, insertion_baseline=insertion_baseline,
                                threshold=threshold, rise_masks=rise_masks, randomisation=randomisation,
                                randomisation_inputs=randomisation_inputs, seed=seed,
-                               data_root=data_root, device=device)
+                               data_root=data_root, device=device, force=force)
     click.echo(done.summary)
