@@ -158,30 +158,36 @@ def format_side_by_side(ds: xr.Dataset) -> str:
 
 
 def side_by_side_figure(ds: xr.Dataset):
-    """Two panels per model kind and method: LRP robustness (y) against the deletion AUC and against the
-    randomisation rank correlation (x); a marker per method, a colour per model."""
+    """LRP robustness (y) against the deletion AUC and against the randomisation rank correlation (x), and the
+    two faithfulness scores against each other (every method, also those without a stored robustness); a
+    marker per method, a colour per model."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
     markers = "osD^v<>Px*"
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    no_rob = bool(np.isnan(ds.lrp_robustness.values).all())
     for i, model in enumerate(ds.model.values):
         for k, method in enumerate(ds.rule.values):
             row = ds.sel(model=model, rule=method)
-            y = float(row.lrp_robustness) if not no_rob else float(row.insertion_auc)
-            for ax, x in zip(axes, (float(row.deletion_auc), float(row.randomisation_rho))):
+            rob, dele, rand = (float(row[v]) for v in ("lrp_robustness", "deletion_auc", "randomisation_rho"))
+            style = {"marker": markers[k % len(markers)], "color": colours[i % len(colours)]}
+            for ax, (x, y) in zip(axes, ((dele, rob), (rand, rob), (rand, dele))):
                 if np.isfinite(x) and np.isfinite(y):
-                    ax.scatter(x, y, marker=markers[k % len(markers)], color=colours[i % len(colours)],
-                               label=f"{model}, {method}")
-    ylabel = "LRP robustness under FGSM (median)" if not no_rob else "insertion AUC (no stored analysis)"
-    axes[0].set(xlabel="deletion AUC (lower: more faithful)", ylabel=ylabel)
-    axes[1].set(xlabel="rank correlation after randomising every layer (lower: passes)", ylabel=ylabel)
-    handles, labels = axes[0].get_legend_handles_labels()
+                    ax.scatter(x, y, label=f"{model}, {method}" if ax is axes[2] else None, **style)
+    rob_label = "LRP robustness under FGSM (median)"
+    axes[0].set(xlabel="deletion AUC (lower: more faithful)", ylabel=rob_label)
+    axes[1].set(xlabel="rank corr. once all layers random (lower: passes)", ylabel=rob_label)
+    axes[2].set(xlabel="rank corr. once all layers random (lower: passes)",
+                ylabel="deletion AUC (lower: more faithful)")
+    if np.isnan(ds.lrp_robustness.values).all():
+        for ax in axes[:2]:
+            ax.text(0.5, 0.5, "no stored analysis\n(bayesrobust analyze)", ha="center", va="center",
+                    transform=ax.transAxes)
+    handles, labels = axes[2].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside right center", fontsize=7, ncols=1 + len(labels) // 20)
-    fig.suptitle(f"stable and faithful, side by side ({ds.attrs.get('preset', '')})")
+        fig.legend(handles, labels, loc="outside right center", fontsize=7, ncols=1 + len(labels) // 24)
+    fig.suptitle(f"stable and faithful, side by side ({ds.attrs.get('preset', '')}; mean maps)")
     return fig
 
 
