@@ -2,7 +2,7 @@
 provenance of every result, as one self-contained ``report.html`` and a ``report.md`` (docs/method.md §7.8).
 
 :func:`write_report` searches ``OUT`` recursively, so a study that keeps each of its steps in its own results
-folder under ``OUT`` (the fidelity ladder, §9.5) is reported as a whole:
+folder under ``OUT`` (the fidelity ladder, docs/method.md §9.7) is reported as a whole:
 
 - every analysis Dataset (``**/analysis/*.nc``): the median paired difference of each comparison with its
   paired bootstrap 95% CI per rule and layer, the adjusted Wilcoxon p, and Spearman ρ; with several S, a

@@ -376,8 +376,8 @@ def explain(preset: str | Preset, model: str, attack_run: str | Path | None = No
     out = paths.resolve_out(out)
     p = _preset(preset)
     device = resolve_device(device)
-    if method != "lrp" and method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected lrp or one of {', '.join(METHODS)}")
+    if method != "lrp" and method not in METHODS and method != "rise":
+        raise ValueError(f"unknown method {method!r}; expected lrp, rise or one of {', '.join(METHODS)}")
     if method != "lrp" and (rules or composite):
         raise ValueError(f"rules and composites choose LRP rules; they do not apply to method {method!r}")
     for rule in rules:
@@ -724,3 +724,24 @@ def save_figure(fig: Any, stem: Path, formats: Sequence[str] = FORMATS, dpi: int
             raise
         written.append(path)
     return written
+
+
+# -- faithfulness ------------------------------------------------------------------------------------------
+def faithfulness(preset: str | Preset, *, out: str | Path | None = None, models: Sequence[str] | None = None,
+                 methods: Sequence[str] | None = None, n_inputs: int | None = None, inputs_seed: int = 0,
+                 n_draws: int | None = None, steps: int = 50, deletion_baseline: str = "zero",
+                 insertion_baseline: str = "blur", threshold: float = 0.5, rise_masks: int = 2000,
+                 randomisation: bool = True, randomisation_inputs: int | None = None, seed: int = 0,
+                 data_root: str | Path | None = None, device: str = "cpu", force: bool = False,
+                 progress: Callable[[int], object] | None = None) -> Done:
+    """Faithfulness and sanity checks of every trained model of ``preset`` and every method, per draw and for
+    the mean map, next to the stored LRP robustness (docs/method.md §10); written to
+    ``OUT/faithfulness/PRESET/`` (:mod:`bayesrobust.faithfulness_report`)."""
+    from . import faithfulness_report
+    folder, summary, details = faithfulness_report.run(
+        _preset(preset).name, out=out, models=models, methods=methods, n_inputs=n_inputs, inputs_seed=inputs_seed,
+        n_draws=n_draws, steps=steps, deletion_baseline=deletion_baseline, insertion_baseline=insertion_baseline,
+        threshold=threshold, rise_masks=rise_masks, randomisation=randomisation,
+        randomisation_inputs=randomisation_inputs, seed=seed, data_root=data_root,
+        device=resolve_device(device), force=force, progress=progress)
+    return Done(folder, False, summary, details)

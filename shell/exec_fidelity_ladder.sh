@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The fidelity ladder (docs/method.md §9.5): the reference code's settings all on, then each switch turned to
+# The fidelity ladder (docs/method.md §9.7): the reference code's settings all on, then each switch turned to
 # the correct setting one at a time, then all correct; each step in its own results folder OUT/PRESET/STEP,
 # reported together in OUT/report.html. FGSM with S = 100 at every step; PGD-40 and S in {10, 50, 100} at the
 # two ends (reference, correct). baseNN and advNN do not depend on the switches: trained once, copied.

@@ -7,6 +7,7 @@
     bayesrobust explain --model fullBNN --attack-run ...
     bayesrobust analyze ; bayesrobust plot ; bayesrobust pipeline ; bayesrobust table --model baseNN
     bayesrobust report                         # OUT/report.html and OUT/report.md
+    bayesrobust faithfulness                   # insertion/deletion, localisation, randomisation checks
 
 ``python -m bayesrobust.train`` (and ``.attack``, ``.explain``, ``.analyze``, ``.plot``, ``.pipeline``,
 ``.robustness_table``) run the same commands. Every command parses its options, calls the library
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 import click
 
-from . import analyze, attack, explain, pipeline, plot, report, table, train
+from . import analyze, attack, explain, faithfulness, pipeline, plot, report, table, train
 
 COMMANDS = {"train": train.main, "attack": attack.main, "explain": explain.main, "analyze": analyze.main,
-            "plot": plot.main, "pipeline": pipeline.main, "table": table.main, "report": report.main}
+            "plot": plot.main, "pipeline": pipeline.main, "table": table.main, "report": report.main,
+            "faithfulness": faithfulness.main}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, commands=COMMANDS)
