@@ -27,7 +27,7 @@ import pytest
 from click.testing import CliRunner
 
 from bayesrobust import data as datasets
-from bayesrobust import experiment, faithfulness_report, inference, results
+from bayesrobust import experiment, faithfulness_report, inference, results, results_report
 from bayesrobust.cli import COMMANDS, main
 from bayesrobust.errors import BUG_NOTE, UserError
 from bayesrobust.presets import PRESETS
@@ -248,6 +248,7 @@ def sentinels(monkeypatch):
     monkeypatch.setattr(results, "find_tables", stop("find_tables"))
     monkeypatch.setattr(experiment.Experiment, "run", stop("Experiment.run"))
     monkeypatch.setattr(faithfulness_report, "trained_models", stop("trained_models"))
+    monkeypatch.setattr(results_report, "write_report", stop("write_report"))
     # train reads the test split before training: once is enough
     monkeypatch.setattr(datasets, "load", functools.lru_cache(maxsize=None)(datasets.load))
     monkeypatch.delenv("BAYESROBUST_OUT", raising=False)

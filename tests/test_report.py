@@ -14,7 +14,7 @@ from test_analysis import _run
 
 from bayesrobust import stability
 from bayesrobust.cli import main
-from bayesrobust.reporting import REPORT_FILES, write_report
+from bayesrobust.results_report import REPORT_FILES, write_report
 from bayesrobust.stages import format_ci, save_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

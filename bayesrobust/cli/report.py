@@ -1,6 +1,6 @@
 """``bayesrobust report`` (also ``python -m bayesrobust.report``): one self-contained HTML page and a Markdown
 file with every analysis (median differences with confidence intervals), every figure and the provenance of
-every result under OUT (:mod:`bayesrobust.reporting`).
+every result under OUT (:mod:`bayesrobust.results_report`).
 
 Example::
 
@@ -22,7 +22,7 @@ from . import options
 def main(out, title, verbose):
     """Write OUT/report.html (figures embedded) and OUT/report.md from every result under OUT."""
     from ..paths import resolve_out
-    from ..reporting import write_report
+    from ..results_report import write_report
     options.setup_logging(verbose)
     html_path, md_path = write_report(resolve_out(out), title=title)
     click.echo(f"report written to {html_path} and {md_path}")
