@@ -1,5 +1,5 @@
 """Every named choice of the library, defined once: models, inferences, attacks, norms, posterior modes,
-likelihood scalings, image subsets.
+likelihood scalings, HMC schemes, image subsets.
 
 Each is a ``str`` Enum, so a member compares equal to its value (``Model.BAYES == "fullBNN"``) and is
 stored as that value. Command-line options take their choices from here (``click.Choice(Norm.values())``)
@@ -50,7 +50,7 @@ class Model(Choice):
 
 
 class Inference(Choice):
-    """How a fullBNN's posterior is inferred (``hmc`` runs NUTS; docs/method.md §10 for the others)."""
+    """How a fullBNN's posterior is inferred (``hmc`` runs NUTS; docs/method.md §11 for the others)."""
 
     SVI = "svi"
     HMC = "hmc"
@@ -76,6 +76,7 @@ class PosteriorMode(Choice):
     MEAN_GRAD = "mean_grad"
     PREDICTIVE = "predictive"
     MEAN_IMAGE = "mean_image"
+    MEAN_SIGN = "mean_sign"
 
 
 class LikelihoodScaling(Choice):
@@ -83,6 +84,13 @@ class LikelihoodScaling(Choice):
 
     FULL = "full"
     REFERENCE = "reference"
+
+
+class HMCScheme(Choice):
+    """Which posterior NUTS samples: the full training set's (correct), or the reference code's subset chains."""
+
+    FULL = "full"
+    SUBSETS = "subsets"
 
 
 class Subset(Choice):
@@ -94,7 +102,7 @@ class Subset(Choice):
 
 
 class StepSchedule(Choice):
-    """Step size of SGHMC/SGLD over the sampling phase (docs/method.md §10.1)."""
+    """Step size of SGHMC/SGLD over the sampling phase (docs/method.md §11.1)."""
 
     CONSTANT = "constant"
     DECAY = "decay"

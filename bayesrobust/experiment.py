@@ -24,7 +24,7 @@ from pathlib import Path
 import xarray as xr
 
 from . import checks, paths, stages
-from .choices import AttackName, LikelihoodScaling, Model, Norm, PosteriorMode
+from .choices import AttackName, HMCScheme, LikelihoodScaling, Model, Norm, PosteriorMode
 from .explain.rules import RULES
 from .inference import resolve_inference
 from .presets import Preset, get_preset, override_training
@@ -58,6 +58,10 @@ class Experiment:
         LRP rules explained, and k of the top-k% of the analysis.
     likelihood_scaling
         fullBNN SVI: ``full`` (N/B-scaled minibatch likelihood, default) or ``reference`` (the paper code's).
+    hmc_scheme, subset_size, chains
+        fullBNN NUTS: ``full`` (every chain on the whole training set, default) or ``subsets`` (the paper
+        code's: chain c on its own block of ``subset_size`` images); the number of chains (default: the
+        preset's).
     report
         Called with each stage's one-line summaries (default: the ``logging`` INFO level).
     """
@@ -75,6 +79,9 @@ class Experiment:
     rules: Sequence[str] = PAPER_RULES
     topk: float = 20
     likelihood_scaling: str | None = None
+    hmc_scheme: str | None = None
+    subset_size: int | None = None
+    chains: int | None = None
     seed: int = 0
     data_root: str | Path | None = None
     device: str = "cpu"
@@ -94,13 +101,17 @@ class Experiment:
         self.mode = PosteriorMode.parse(self.mode, "posterior mode").value
         if self.likelihood_scaling is not None:
             self.likelihood_scaling = LikelihoodScaling.parse(self.likelihood_scaling, "likelihood scaling").value
+        if self.hmc_scheme is not None:
+            self.hmc_scheme = HMCScheme.parse(self.hmc_scheme, "HMC scheme").value
+        self.subset_size = checks.count("subset_size", self.subset_size)
+        self.chains = checks.count("chains", self.chains)
         self.models = tuple(Model.parse(m, "model").value for m in self.models)
         if Model.BASE not in self.models:
             raise ValueError(f"the analysis compares against baseNN; models {list(self.models)} lack it")
         self.draws = tuple(checks.count("draws", s, allow_none=False) for s in self.draws) \
             or (self.preset.eval_draws,)
         p = self.preset
-        grids = {"hmc": (p.hmc.chains, p.hmc.samples), "sghmc": (p.sgmcmc.chains, p.sgmcmc.samples),
+        grids = {"hmc": (self.chains or p.hmc.chains, p.hmc.samples), "sghmc": (p.sgmcmc.chains, p.sgmcmc.samples),
                  "sgld": (p.sgmcmc.chains, p.sgmcmc.samples), "ensemble": (p.ensemble.members, 1)}
         if Model.BAYES in self.models and self.inference in grids:  # chains x samples draws exist, no more
             chains, samples = grids[self.inference]
@@ -123,8 +134,7 @@ class Experiment:
         stages.make_attack_for(self.preset, self.attack, self.norm, self.epsilon, self.steps, None, True)
         stages.resolve_device(self.device)
         for model in self.models:  # every training setting, with the overrides train() applies
-            overrides = {"likelihood_scaling": self.likelihood_scaling} if model == Model.BAYES else {}
-            override_training(self.preset, model, self._inference(model), **overrides)  # checks them all
+            override_training(self.preset, model, self._inference(model), **self._overrides(model))  # checks all
         self._check_data()
         paths.prepare_out(self.out)  # an unusable folder is reported now, not after training
 
@@ -139,6 +149,13 @@ class Experiment:
     def _say(self, done: stages.Done) -> stages.Done:
         (self.report or log.info)(done.summary)
         return done
+
+    def _overrides(self, model: str) -> dict[str, object]:
+        """The training overrides of ``model`` (the fullBNN's reference-fidelity switches)."""
+        if model != Model.BAYES:
+            return {}
+        return {"likelihood_scaling": self.likelihood_scaling, "hmc_scheme": self.hmc_scheme,
+                "subset_size": self.subset_size, "chains": self.chains}
 
     def _inference(self, model: str) -> str | None:
         return self.inference if model == Model.BAYES else None
@@ -157,9 +174,8 @@ class Experiment:
         """Train every model; returns model → checkpoint folder."""
         found = {}
         for model in self.models:
-            overrides = {"likelihood_scaling": self.likelihood_scaling} if model == Model.BAYES else {}
             done = self._say(stages.train(self.preset, model, inference=self._inference(model), out=self.out,
-                                          overrides=overrides, seed=self.seed, device=self.device,
+                                          overrides=self._overrides(model), seed=self.seed, device=self.device,
                                           data_root=self.data_root, progress=self.progress, force=self.force))
             found[model] = done.path
         return found
@@ -207,14 +223,18 @@ class Experiment:
 
 def headline(ds: xr.Dataset) -> str:
     """The headline numbers of an analysis: per rule, the median paired Bay−Det and Adv−Det LRP robustness at
-    the last layer, and Spearman ρ(LRP robustness, softmax robustness) per model there."""
+    the last layer with its paired bootstrap 95% CI, and Spearman ρ(LRP robustness, softmax robustness) per
+    model there."""
+    from .stages import format_ci
     last = ds.layer.values[-1]
-    diff = ds.lrp_robustness_diff.sel(layer=last).median("image")
+    at = {"layer": last, "subset": "all"}
     lines = [f"Headline (last layer, top {ds.attrs.get('topk', '?')}%, {ds.sizes['image']} images): "
-             f"median paired LRP robustness difference"]
+             f"median paired LRP robustness difference [paired bootstrap 95% CI]"]
     for comparison in ds.comparison.values:
-        values = ", ".join(f"{rule} {float(diff.sel(comparison=comparison, rule=rule)):+.3f}"
-                           for rule in ds.rule.values)
+        values = ", ".join(
+            f"{rule} " + format_ci(*(float(ds[v].sel(at).sel(comparison=comparison, rule=rule))
+                                     for v in ("diff_median", "diff_ci_low", "diff_ci_high")))
+            for rule in ds.rule.values)
         lines.append(f"  {comparison:>22}: {values}")
     rho = ds.spearman_rho.sel(layer=last, subset="all")
     lines.append("Spearman rho(LRP robustness, softmax robustness), last layer")

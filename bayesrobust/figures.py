@@ -72,7 +72,8 @@ STYLE: dict[str, Any] = {
     "pdf.fonttype": 42, "ps.fonttype": 42, "figure.dpi": 100,
 }
 _CMAP = mpl.colormaps["RdBu_r"].with_extremes(bad="#d9d9d9")
-_RULE_LABELS = {"epsilon": "LRP-ε", "gamma": "LRP-γ", "alpha1beta0": "LRP-α1β0"}
+_RULE_LABELS = {"epsilon": "LRP-ε", "gamma": "LRP-γ", "alpha1beta0": "LRP-α1β0",
+                "gamma_quadratic": "LRP-γ (quadratic, reference)"}
 _SUBSET_LABELS = {"all": "all images", "successful": "successful attacks", "failed": "failed attacks"}
 
 F = TypeVar("F", bound=Callable[..., Figure])

@@ -31,7 +31,7 @@ from .models.architectures import MAX_HIDDEN, ArchConfig
 
 MODELS = Model.values()
 INFERENCES = Inference.values()
-#: The stochastic-gradient MCMC inferences (docs/method.md §10.1).
+#: The stochastic-gradient MCMC inferences (docs/method.md §11.1).
 SG_MCMC = (Inference.SGHMC.value, Inference.SGLD.value)
 
 
@@ -95,11 +95,17 @@ class HMCConfig:
     n_train: int | None = None
     jit: bool = True
     init_epochs: int = 0
+    #: ``full`` (every chain on the whole training set) or ``subsets`` (the reference code's scheme: chain c
+    #: on its own disjoint set of ``subset_size`` training images, started uniformly in [−init_radius,
+    #: init_radius]; docs/method.md §9.2)
+    scheme: str = "full"
+    subset_size: int = 4000
+    init_radius: float = 2.0
 
 
 @dataclass(frozen=True)
 class SGMCMCConfig:
-    """SGHMC / SGLD on minibatches of the full training set (docs/method.md §10.1).
+    """SGHMC / SGLD on minibatches of the full training set (docs/method.md §11.1).
 
     ``lr`` is the step size on the *mean* per-image loss (as in SGD); the sampler's step on the full-data
     potential is ``lr / N``. ``friction`` α is the share of momentum lost per step (SGHMC; SGLD is α = 1).
@@ -123,7 +129,7 @@ class SGMCMCConfig:
 
 @dataclass(frozen=True)
 class LaplaceConfig:
-    """Laplace approximation around the trained baseNN (laplace-torch; docs/method.md §10.2): which weights
+    """Laplace approximation around the trained baseNN (laplace-torch; docs/method.md §11.2): which weights
     (``subset``), the precision structure, and marginal-likelihood steps for the prior precision."""
 
     subset: str = "last_layer"
@@ -260,17 +266,18 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
                       chains: int | None = None, n_train: int | None = None, prior_scale: float | None = None,
                       adv_attack: str | None = None, adv_norm: str | None = None,
                       adv_epsilon: float | None = None, adv_ratio: float | None = None,
-                      likelihood_scaling: str | None = None, burnin: int | None = None,
+                      likelihood_scaling: str | None = None, hmc_scheme: str | None = None,
+                      subset_size: int | None = None, burnin: int | None = None,
                       friction: float | None = None, temperature: float | None = None,
                       schedule: str | None = None, members: int | None = None,
                       laplace_subset: str | None = None, laplace_structure: str | None = None) -> Preset:
     """``preset`` with command-line overrides applied to the settings ``model`` trains with.
 
     ``epochs``/``lr``/``batch_size`` go to the optimiser of baseNN or advNN, or to SVI for a fullBNN;
-    ``warmup``/``samples``/``chains``/``n_train`` to NUTS. SGHMC/SGLD take ``epochs``/``lr``/``batch_size``/
-    ``samples``/``chains``/``burnin``/``friction``/``temperature``/``schedule``; the ensemble and Laplace
-    routes train baseNNs, so ``epochs``/``lr``/``batch_size`` go to ``base`` (with ``members``, resp.
-    ``laplace_subset``/``laplace_structure``). ``None`` leaves a field as it is.
+    ``warmup``/``samples``/``chains``/``n_train``/``hmc_scheme``/``subset_size`` to NUTS. SGHMC/SGLD take
+    ``epochs``/``lr``/``batch_size``/``samples``/``chains``/``burnin``/``friction``/``temperature``/``schedule``;
+    the ensemble and Laplace routes train baseNNs, so ``epochs``/``lr``/``batch_size`` go to ``base`` (with
+    ``members``, resp. ``laplace_subset``/``laplace_structure``). ``None`` leaves a field as it is.
 
     Raises
     ------
@@ -285,7 +292,7 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
     for name, value in (("epochs", epochs), ("warmup", warmup)):
         checks.count(name, value, minimum=0)
     for name, value in (("hidden", hidden), ("batch_size", batch_size), ("samples", samples),
-                        ("chains", chains), ("n_train", n_train)):
+                        ("chains", chains), ("n_train", n_train), ("subset_size", subset_size)):
         checks.count(name, value)
     for name, value in (("lr", lr), ("prior_scale", prior_scale), ("adv_epsilon", adv_epsilon)):
         checks.positive(name, value)
@@ -320,7 +327,8 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
         if likelihood_scaling is not None:
             optim["likelihood_scaling"] = likelihood_scaling
         p = replace(p, svi=replace(p.svi, **optim))
-        hmc = {"warmup": warmup, "samples": samples, "chains": chains, "n_train": n_train}
+        hmc = {"warmup": warmup, "samples": samples, "chains": chains, "n_train": n_train, "scheme": hmc_scheme,
+               "subset_size": subset_size}
         p = replace(p, hmc=replace(p.hmc, **{k: v for k, v in hmc.items() if v is not None}))
     if prior_scale is not None:
         p = replace(p, prior_scale=prior_scale)
@@ -338,7 +346,7 @@ def check_training(preset: Preset, model: str, inference: str | None = None) -> 
     ValueError
         The first bad value, named with what was expected.
     """
-    from .choices import AttackName, LaplaceStructure, LaplaceSubset, LikelihoodScaling, Norm, StepSchedule
+    from .choices import AttackName, HMCScheme, LaplaceStructure, LaplaceSubset, LikelihoodScaling, Norm, StepSchedule
     from .models.architectures import check_arch
     check_model(model)
     check_arch(preset.arch)
@@ -411,4 +419,7 @@ def check_training(preset: Preset, model: str, inference: str | None = None) -> 
                     allow_none=False)
         checks.count("n_train", hmc.n_train)
         checks.count("init_epochs", hmc.init_epochs, minimum=0, allow_none=False)
+        HMCScheme.parse(hmc.scheme, "HMC scheme")
+        checks.count("subset_size", hmc.subset_size, allow_none=False)
+        checks.positive("init_radius", hmc.init_radius, allow_none=False)
     return preset

@@ -163,7 +163,7 @@ def find_runs(out: str | Path, preset: str | None = None, *, attack: str | None 
     attack, norm, epsilon
         Keep only attack runs with these attributes (``'fgsm'``/``'pgd'``, ``'linf'``/``'l2'``, radius).
     mode
-        Posterior-averaging mode of the Bayesian runs (``mean_grad``, ``predictive``, ``mean_image``);
+        Posterior-averaging mode of the Bayesian runs (``mean_grad``, ``predictive``, ``mean_image``, ``mean_sign``);
         deterministic runs (S = 1) match any mode.
     method
         Keep only explanations whose ``method`` attribute is this.

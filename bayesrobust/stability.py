@@ -10,7 +10,10 @@ Bayesian model the relevance is the posterior mean map). :func:`analyse` compute
   image, never pairing different images (the images are matched by test-set index);
 - Mann–Whitney U tests, one-sided: H1 "the deterministic net's LRP robustness is stochastically *less* than
   the other model's", per comparison, rule, layer and image subset;
-- Spearman ρ between LRP robustness and softmax robustness per model, rule, layer and subset.
+- Spearman ρ between LRP robustness and softmax robustness per model, rule, layer and subset;
+- the median of each paired difference with a paired bootstrap 95% confidence interval over images and the
+  two-sided Wilcoxon signed-rank test, per comparison, rule, layer and subset, and Benjamini–Hochberg adjusted
+  p-values of both tests (the family: every comparison, rule and layer of one subset).
 
 Subsets (docs/method.md §6.4): ``all`` images, ``successful`` (correct on x,
 wrong on x̃) and ``failed`` (correct on both) — by each model's own attack outcome, so the two samples of a
@@ -108,14 +111,51 @@ def _tests(ds: xr.Dataset, comparisons: Sequence[tuple[str, str]]) -> xr.Dataset
                 for i in range(ds.sizes["model"]):
                     keep = masks[i, s]
                     rho[:, i, s, r, y] = metrics.spearman_with(lrp[i, r, y, keep], soft[i, keep])
+    paired = _paired_tests(ds, comparisons, masks, index)
     cdims, mdims = ("comparison", "subset", "rule", "layer"), ("model", "subset", "rule", "layer")
+    mw_adjusted = np.stack([metrics.fdr_bh(mw[1][:, s]) for s in range(len(SUBSETS))], axis=1)
     return xr.Dataset({
+        **paired,
+        "mannwhitney_p_adjusted": (cdims, mw_adjusted, {
+            "description": "mannwhitney_p, Benjamini-Hochberg adjusted over comparisons x rules x layers "
+                           "within each subset"}),
         "mannwhitney_u": (cdims, mw[0], {"description": "U of the reference model's LRP robustness"}),
         "mannwhitney_p": (cdims, mw[1], {"description": "one-sided p, H1: reference's LRP robustness is "
                                                         "stochastically less than the compared model's"}),
         "spearman_rho": (mdims, rho[0], {"description": "Spearman rho(LRP robustness, softmax robustness)"}),
         "spearman_p": (mdims, rho[1], {"description": "two-sided p of spearman_rho"}),
     }, coords={"subset": list(SUBSETS)})
+
+
+def _paired_tests(ds: xr.Dataset, comparisons: Sequence[tuple[str, str]], masks: np.ndarray,
+                  index: dict[str, int]) -> dict[str, tuple]:
+    """Median paired difference with its bootstrap 95% CI (:func:`~bayesrobust.metrics.median_ci`) and the
+    Wilcoxon signed-rank test per (comparison, subset, rule, layer); a subset of a comparison is the images in
+    that subset for *both* models (e.g. attacked successfully on both)."""
+    diff = ds["lrp_robustness_diff"].values  # (comparison, rule, layer, image)
+    shape = (len(comparisons), len(SUBSETS), ds.sizes["rule"], ds.sizes["layer"])
+    ci, wx = np.full((3, *shape), np.nan), np.full((2, *shape), np.nan)
+    for c, (model, ref) in enumerate(comparisons):
+        for s in range(len(SUBSETS)):
+            keep = masks[index[model], s] & masks[index[ref], s]
+            for r in range(shape[2]):
+                for y in range(shape[3]):
+                    ci[:, c, s, r, y] = metrics.median_ci(diff[c, r, y, keep])
+                    wx[:, c, s, r, y] = metrics.wilcoxon_signed_rank(diff[c, r, y, keep])
+    adjusted = np.stack([metrics.fdr_bh(wx[1][:, s]) for s in range(len(SUBSETS))], axis=1)
+    dims = ("comparison", "subset", "rule", "layer")
+    return {
+        "diff_median": (dims, ci[0], {"description": "median paired difference (compared minus reference)"}),
+        "diff_ci_low": (dims, ci[1], {"description": "lower bound of the 95% paired bootstrap CI of diff_median",
+                                      "n_resamples": metrics.BOOTSTRAP_RESAMPLES, "method": "percentile"}),
+        "diff_ci_high": (dims, ci[2], {"description": "upper bound of the 95% paired bootstrap CI of diff_median",
+                                       "n_resamples": metrics.BOOTSTRAP_RESAMPLES, "method": "percentile"}),
+        "wilcoxon_stat": (dims, wx[0], {"description": "Wilcoxon signed-rank statistic of the paired differences"}),
+        "wilcoxon_p": (dims, wx[1], {"description": "two-sided p of the Wilcoxon signed-rank test"}),
+        "wilcoxon_p_adjusted": (dims, adjusted, {
+            "description": "wilcoxon_p, Benjamini-Hochberg adjusted over comparisons x rules x layers within "
+                           "each subset"}),
+    }
 
 
 def analyse(runs: Sequence[Run | tuple], topk: float = 20, *, det: str = "baseNN", adv: str = "advNN",
@@ -145,7 +185,9 @@ def analyse(runs: Sequence[Run | tuple], topk: float = 20, *, det: str = "baseNN
         coordinates ``compared`` and ``reference``), ``subset`` (all / successful / failed). Variables:
         ``lrp_robustness`` (model, rule, layer, image); ``softmax_robustness``, ``success``, ``failed``,
         ``pred``, ``pred_adv`` (model, image); ``label`` (image); ``lrp_robustness_diff`` (comparison, rule,
-        layer, image); ``mannwhitney_u``, ``mannwhitney_p`` (comparison, subset, rule, layer);
+        layer, image); ``mannwhitney_u``, ``mannwhitney_p``, ``mannwhitney_p_adjusted``, ``diff_median``,
+        ``diff_ci_low``, ``diff_ci_high``, ``wilcoxon_stat``, ``wilcoxon_p``, ``wilcoxon_p_adjusted``
+        (comparison, subset, rule, layer);
         ``spearman_rho``, ``spearman_p`` (model, subset, rule, layer). A rule or layer missing for a model is
         NaN there.
 

@@ -406,8 +406,8 @@ def explain(preset: str | Preset, model: str, attack_run: str | Path | None = No
     out = paths.resolve_out(out)
     p = _preset(preset)
     device = resolve_device(device)
-    if method != "lrp" and method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected lrp or one of {', '.join(METHODS)}")
+    if method != "lrp" and method not in METHODS and method != "rise":
+        raise ValueError(f"unknown method {method!r}; expected lrp, rise or one of {', '.join(METHODS)}")
     if method != "lrp" and (rules or composite):
         raise ValueError(f"rules and composites choose LRP rules; they do not apply to method {method!r}")
     for rule in rules:
@@ -557,6 +557,30 @@ def _frame(da: xr.DataArray, row: str, fmt: str = ".3f") -> str:
     return df.to_string(float_format=lambda v: format(v, fmt), na_rep="nan")
 
 
+def format_ci(median: float, low: float, high: float) -> str:
+    """``+0.030 [+0.010, +0.050]``; ``nan`` parts as ``nan``."""
+    return f"{median:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def _ci_frame(ds: xr.Dataset) -> str:
+    """Median paired differences with their CIs (subset all): a line per (comparison, layer), a column per rule."""
+    import pandas as pd
+
+    from .figures import layer_label, ordered_rules, rule_label
+    rules = ordered_rules(ds.rule.values.tolist())
+    sel = {"subset": "all"}
+    rows, index = [], []
+    for comparison in ds.comparison.values:
+        for layer in ds.layer.values:
+            at = dict(sel, comparison=comparison, layer=layer)
+            rows.append([format_ci(*(float(ds[v].sel(at).sel(rule=r)) for v in ("diff_median", "diff_ci_low",
+                                                                               "diff_ci_high"))) for r in rules])
+            index.append((str(comparison), layer_label(ds, layer)))
+    df = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["comparison", "layer"]),
+                      columns=[rule_label(r) for r in rules])
+    return df.to_string()
+
+
 def analysis_summary(ds: xr.Dataset) -> str:
     """The printed summary of an analysis Dataset (subset: all images)."""
     outcome = [f"{m}: {int(ds.success.sel(model=m).sum())} successful, {int(ds.failed.sel(model=m).sum())} failed"
@@ -564,9 +588,10 @@ def analysis_summary(ds: xr.Dataset) -> str:
     parts = [f"{ds.sizes['image']} images, top {float(ds.attrs.get('topk', 20)):g}%; attacks: " + "; ".join(outcome),
              "\nMedian LRP robustness", _frame(ds.lrp_robustness.median("image"), "model")]
     if ds.sizes["comparison"]:
-        parts += ["\nMedian paired difference (model - Det)",
-                  _frame(ds.lrp_robustness_diff.median("image"), "comparison"),
-                  "\nMann-Whitney p (one-sided, H1: Det less robust)",
+        parts += ["\nMedian paired difference (model - Det) [paired bootstrap 95% CI]", _ci_frame(ds),
+                  "\nWilcoxon signed-rank p (two-sided, paired; Benjamini-Hochberg adjusted)",
+                  _frame(ds.wilcoxon_p_adjusted.sel(subset="all", drop=True), "comparison", ".2g"),
+                  "\nMann-Whitney p (one-sided, H1: Det less robust; the paper's test, unadjusted)",
                   _frame(ds.mannwhitney_p.sel(subset="all", drop=True), "comparison", ".2g")]
     parts += ["\nSpearman rho (LRP robustness, softmax robustness)",
               _frame(ds.spearman_rho.sel(subset="all", drop=True), "model")]
@@ -731,6 +756,27 @@ def save_figure(fig: Any, stem: Path, formats: Sequence[str] = FORMATS, dpi: int
     return written
 
 
+# -- faithfulness ------------------------------------------------------------------------------------------
+def faithfulness(preset: str | Preset, *, out: str | Path | None = None, models: Sequence[str] | None = None,
+                 methods: Sequence[str] | None = None, n_inputs: int | None = None, inputs_seed: int = 0,
+                 n_draws: int | None = None, steps: int = 50, deletion_baseline: str = "zero",
+                 insertion_baseline: str = "blur", threshold: float = 0.5, rise_masks: int = 2000,
+                 randomisation: bool = True, randomisation_inputs: int | None = None, seed: int = 0,
+                 data_root: str | Path | None = None, device: str = "cpu", force: bool = False,
+                 progress: Callable[[int], object] | None = None) -> Done:
+    """Faithfulness and sanity checks of every trained model of ``preset`` and every method, per draw and for
+    the mean map, next to the stored LRP robustness (docs/method.md §10); written to
+    ``OUT/faithfulness/PRESET/`` (:mod:`bayesrobust.faithfulness_report`)."""
+    from . import faithfulness_report
+    folder, summary, details = faithfulness_report.run(
+        _preset(preset).name, out=out, models=models, methods=methods, n_inputs=n_inputs, inputs_seed=inputs_seed,
+        n_draws=n_draws, steps=steps, deletion_baseline=deletion_baseline, insertion_baseline=insertion_baseline,
+        threshold=threshold, rise_masks=rise_masks, randomisation=randomisation,
+        randomisation_inputs=randomisation_inputs, seed=seed, data_root=data_root,
+        device=resolve_device(device), force=force, progress=progress)
+    return Done(folder, False, summary, details)
+
+
 # -- diagnose ----------------------------------------------------------------------------------------------
 #: Held-out images of the function-space diagnostics (a class-balanced subset of the test split).
 DIAGNOSE_IMAGES = 500
@@ -752,7 +798,7 @@ def function_diagnostics(posterior: Any, test: Any, n_images: int = DIAGNOSE_IMA
 def diagnose(preset: str | Preset, model: str = "fullBNN", *, inference: str | None = None,
              out: str | Path | None = None, n_images: int | None = None, n_draws: int | None = None,
              data_root: str | Path | None = None, device: str = "cpu", force: bool = False) -> Done:
-    """Function-space convergence of a trained model (docs/method.md §10.4): R-hat/ESS of held-out log
+    """Function-space convergence of a trained model (docs/method.md §11.4): R-hat/ESS of held-out log
     predictive probabilities and of probe-batch logits across chains, chain-to-chain disagreement, and
     weight-space numbers beside them. Computed at training for every posterior and stored with the checkpoint
     (``config['function_diagnostics']``); other settings (``n_images``, ``n_draws`` for posteriors without
@@ -833,7 +879,7 @@ def evaluate(preset: str | Preset, models: Sequence[str] | None = None, *, out: 
              n_images: int | None = None, n_draws: int | None = None, ood: str | None = "auto",
              data_root: str | Path | None = None, device: str = "cpu", force: bool = False) -> Done:
     """Accuracy, NLL, Brier, ECE, predictive entropy, mutual information and OOD AUROC of trained models side
-    by side (docs/method.md §10.5), written to ``OUT/evaluation/PRESET/evaluation_N{n}_S{S}_{ood}.nc`` with
+    by side (docs/method.md §11.5), written to ``OUT/evaluation/PRESET/evaluation_N{n}_S{S}_{ood}.nc`` with
     the reliability diagram beside it (``.png``/``.pdf``).
 
     Parameters

@@ -247,6 +247,21 @@ def write_netcdf(ds: xr.Dataset, path: str | Path, kind: str | None = None) -> P
     return path
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a hidden temporary sibling and a rename, like
+    :func:`write_netcdf` (reports, tables)."""
+    path = Path(path)
+    clean_leftovers(path)
+    tmp = temp_sibling(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        _replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def open_result(path: str | Path, kind: str | None = None) -> xr.Dataset:
     """Open a stored result (netCDF file or zarr folder) lazily and validate it.
 

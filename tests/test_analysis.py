@@ -107,6 +107,29 @@ def test_mann_whitney_and_spearman(ds):
     assert np.isnan(ds.spearman_rho.sel(layer=1)).all()
 
 
+def test_paired_confidence_intervals_and_wilcoxon(ds):
+    """The stored CI and Wilcoxon values are those of the per-image paired differences of the subset (the
+    images in it for both models), and the adjusted p-values are Benjamini-Hochberg over one subset's family."""
+    for comparison in ds.comparison.values:
+        model, ref = str(ds.compared.sel(comparison=comparison).values), "baseNN"
+        for subset in ("all", "successful"):
+            if subset == "all":
+                keep = np.ones(ds.sizes["image"], bool)
+            else:
+                keep = ds.success.sel(model=model).values.astype(bool) & ds.success.sel(model=ref).values.astype(bool)
+            at = ds.sel(comparison=comparison, subset=subset, rule="gamma", layer=0)
+            d = ds.lrp_robustness_diff.sel(comparison=comparison, rule="gamma", layer=0).values[keep]
+            ci = metrics.median_ci(d)
+            np.testing.assert_array_equal([float(at.diff_median), float(at.diff_ci_low), float(at.diff_ci_high)],
+                                          list(ci))
+            wx = metrics.wilcoxon_signed_rank(d)
+            np.testing.assert_array_equal([float(at.wilcoxon_stat), float(at.wilcoxon_p)], list(wx))
+    family = ds.wilcoxon_p.sel(subset="all").values
+    np.testing.assert_array_equal(ds.wilcoxon_p_adjusted.sel(subset="all").values, metrics.fdr_bh(family))
+    all_ = ds.sel(subset="all", layer=0, rule="gamma", comparison="fullBNN_S50-baseNN")
+    assert float(all_.diff_ci_low) <= float(all_.diff_median) <= float(all_.diff_ci_high)
+
+
 def test_attrs_and_round_trip(ds, tmp_path):
     assert ds.attrs["kind"] == "analysis" and ds.attrs["topk"] == 20
     cfg = store.config_of(ds)

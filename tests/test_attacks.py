@@ -157,6 +157,40 @@ def test_mean_image_equals_average_of_per_draw_attacks(svi, test_images, attack)
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
 
 
+def _input_gradient(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    xr = x.clone().requires_grad_(True)
+    F.cross_entropy(net(xr), y, reduction="sum").backward()
+    return xr.grad
+
+
+def test_mean_sign_pgd_against_a_naive_loop(svi, test_images):
+    """The reference's step, written out: x ← proj(x + α·mean_s sign ∇ₓL(f_s(x), y)), from the same start."""
+    x, y = test_images.x[:10].double(), test_images.y[:10]
+    nets = [svi.network(j).double() for j in range(4)]
+    attack = PGD(norm="linf", epsilon=0.2, steps=3, step_size=0.05, random_start=True)
+    x_adv = attack.random_start_point(x, torch.Generator().manual_seed(3))
+    for _ in range(3):
+        step = torch.stack([_input_gradient(n, x_adv, y).sign() for n in nets]).mean(0)
+        x_adv = (x + (x_adv + 0.05 * step - x).clamp(-0.2, 0.2)).clamp(0, 1)
+    ours = PosteriorAverage(attack, mode="mean_sign")(DrawSet(svi, 4, dtype=torch.float64), x, y,
+                                                      generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(ours, x_adv, rtol=0, atol=1e-12)
+    # a fractional step: some pixels moved by less than α·steps where draws disagree, none by more than ε
+    assert ((ours - x).abs() <= 0.2 + 1e-12).all()
+
+
+def test_mean_sign_fgsm_equals_mean_image_where_nothing_is_clipped(svi, test_images):
+    x, y = test_images.x[:16].double(), test_images.y[:16]
+    draws = DrawSet(svi, 4, dtype=torch.float64)
+    signed = PosteriorAverage(FGSM(epsilon=0.1), mode="mean_sign")(draws, x, y)
+    averaged = PosteriorAverage(FGSM(epsilon=0.1), mode="mean_image")(draws, x, y)
+    steps = torch.stack([_input_gradient(svi.network(j).double(), x, y).sign() for j in range(4)])
+    unclipped = ((x + 0.1 * steps >= 0) & (x + 0.1 * steps <= 1)).all(0)
+    assert unclipped.float().mean() > 0.05 and (~unclipped).any()  # both cases occur in these images
+    torch.testing.assert_close(signed[unclipped], averaged[unclipped], rtol=0, atol=1e-12)
+    assert not torch.allclose(signed[~unclipped], averaged[~unclipped])  # and clipping makes them differ
+
+
 def test_gradient_does_not_depend_on_chunking(svi, test_images):
     x, y = test_images.x[:20], test_images.y[:20]
     draws = DrawSet(svi, 3)

@@ -45,7 +45,7 @@ from bayesrobust.models.posterior import Posterior, deterministic
 FC = ArchConfig("fc2", hidden=7, in_shape=(1, 6, 6), n_classes=4)
 CONV = ArchConfig("conv", hidden=5, in_shape=(1, 18, 18), n_classes=4)
 RESNET = ArchConfig("resnet20", hidden=16, in_shape=(3, 8, 8), n_classes=4)
-RULES = ("epsilon", "gamma", "alpha1beta0")
+RULES = ("epsilon", "gamma", "alpha1beta0", "gamma_quadratic")
 
 
 pytestmark = pytest.mark.threads(1)  # tiny networks: one thread is faster
@@ -163,7 +163,14 @@ def rule_zplus(a, w, b, r, eps=1e-6):
     return ap * (wp.T @ s) + an * (wn.T @ s)
 
 
-NAIVE = {"epsilon": rule_epsilon, "gamma": rule_gamma, "alpha1beta0": rule_zplus}
+def rule_gamma_quadratic(a, w, b, r, gamma=0.1, eps=1e-6):
+    """The reference code's rule: ρ(p) = p + γ·p·max(0, p) on weights and bias, one term for every input."""
+    rw, rb = w + gamma * w * np.maximum(w, 0), b + gamma * b * np.maximum(b, 0)
+    return a * (rw.T @ (r / stab(rw @ a + rb, eps)))
+
+
+NAIVE = {"epsilon": rule_epsilon, "gamma": rule_gamma, "alpha1beta0": rule_zplus,
+         "gamma_quadratic": rule_gamma_quadratic}
 
 
 def naive_lrp(net: nn.Module, x: np.ndarray, layer: int, rule: str) -> np.ndarray:

@@ -27,7 +27,7 @@ import pytest
 from click.testing import CliRunner
 
 from bayesrobust import data as datasets
-from bayesrobust import experiment, inference, results
+from bayesrobust import experiment, faithfulness_report, inference, results, results_report
 from bayesrobust.cli import COMMANDS, main
 from bayesrobust.errors import BUG_NOTE, UserError
 from bayesrobust.presets import PRESETS
@@ -78,6 +78,7 @@ NUMERIC = {
     ("*", "topk"): "topk", ("attack", "epsilon"): "nonneg", ("pipeline", "epsilon"): "radius",
     ("train", "adv_epsilon"): "radius",
     ("analyze", "epsilon"): "any",
+    ("faithfulness", "threshold"): "ratio",
 }
 
 
@@ -246,6 +247,8 @@ def sentinels(monkeypatch):
     monkeypatch.setattr(results, "find_analyses", stop("find_analyses"))
     monkeypatch.setattr(results, "find_tables", stop("find_tables"))
     monkeypatch.setattr(experiment.Experiment, "run", stop("Experiment.run"))
+    monkeypatch.setattr(faithfulness_report, "trained_models", stop("trained_models"))
+    monkeypatch.setattr(results_report, "write_report", stop("write_report"))
     # train reads the test split before training: once is enough
     monkeypatch.setattr(datasets, "load", functools.lru_cache(maxsize=None)(datasets.load))
     monkeypatch.delenv("BAYESROBUST_OUT", raising=False)

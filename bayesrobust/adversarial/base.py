@@ -33,6 +33,19 @@ from ..models.draws import chunks
 #: ``(x_adv, y) -> ∇ₓ Σᵢ L(f(x_adv)ᵢ, yᵢ)``, shaped like ``x_adv``; must not write any parameter's ``.grad``.
 LossGradient = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+
+class StepDirection:
+    """A loss gradient that already returns the step direction: ``(x_adv, y) -> d`` with ``d`` used as is
+    (not passed through :meth:`Attack.ascent_direction` again), e.g. the mean over draws of the draws' sign
+    steps (:func:`bayesrobust.adversarial.posterior.mean_sign_direction`). Wraps a function of the
+    :data:`LossGradient` signature."""
+
+    def __init__(self, direction: LossGradient):
+        self.direction = direction
+
+    def __call__(self, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.direction(x_adv, y)
+
 NORMS = Norm.values()
 
 #: Added to per-image L2 norms before dividing (as torchattacks' ``eps_for_division``).
@@ -210,6 +223,14 @@ class Attack(abc.ABC):
             delta = delta * torch.where(length > self.epsilon, self.epsilon / length.clamp_min(L2_TINY),
                                         torch.ones_like(length))
         return (x + delta).clamp(0, 1)
+
+    def step_direction(self, gradient: LossGradient | StepDirection, x_adv: torch.Tensor, y: torch.Tensor
+                       ) -> torch.Tensor:
+        """The unit step at ``x_adv``: :meth:`ascent_direction` of the loss gradient, or the direction itself
+        when ``gradient`` is a :class:`StepDirection`."""
+        if isinstance(gradient, StepDirection):
+            return gradient(x_adv, y)
+        return self.ascent_direction(gradient(x_adv, y))
 
     def ascent_direction(self, grad: torch.Tensor) -> torch.Tensor:
         """The steepest-ascent unit step of :attr:`norm`: sign(g) (Linf) or g / (‖g‖₂ + 1e-10) (L2)."""

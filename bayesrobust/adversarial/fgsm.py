@@ -40,4 +40,4 @@ class FGSM(Attack):
 
     def perturb(self, gradient: LossGradient, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator | None) -> torch.Tensor:
-        return self.project(x + self.epsilon * self.ascent_direction(gradient(x, y)), x)
+        return self.project(x + self.epsilon * self.step_direction(gradient, x, y), x)

@@ -75,7 +75,7 @@ class PGD(Attack):
                 generator: torch.Generator | None) -> torch.Tensor:
         x_adv = self.random_start_point(x, generator) if self.random_start else x.clone()
         for _ in range(self.steps):
-            step = self.step_size * self.ascent_direction(gradient(x_adv, y))
+            step = self.step_size * self.step_direction(gradient, x_adv, y)
             x_adv = self.project(x_adv + step, x)
         return x_adv
 

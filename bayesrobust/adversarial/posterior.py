@@ -1,7 +1,7 @@
 """The posterior-average wrapper: any attack on a Bayesian model over S posterior draws (docs/method.md §4.3).
 
 Randomness is a wrapper, not a variant: :class:`PosteriorAverage` turns FGSM or PGD into an
-attack on the posterior predictive, in one of three named modes.
+attack on the posterior predictive, in one of four named modes.
 
 ``mean_grad`` (default)
     Steps along the gradient of the expected loss, ∇ₓ (1/S) Σₛ L(f_s(x), y) — expectation over
@@ -14,8 +14,12 @@ attack on the posterior predictive, in one of three named modes.
 ``mean_image`` (the reference code's)
     Attacks every draw separately and averages the S adversarial images (Carbone et al. 2021,
     arXiv:2102.11010). The average stays in the ε-ball and in [0, 1] (both convex).
+``mean_sign`` (what the reference code's attack loop computes, docs/method.md §9.3)
+    Every step moves by the mean over draws of each draw's own unit step: (1/S) Σₛ sign ∇ₓ L(f_s(x), y) in
+    Linf (in L2, the mean of the draws' unit-length gradients), a fractional step that shrinks where the
+    draws disagree. For FGSM it equals ``mean_image`` wherever no draw's step is clipped to [0, 1].
 
-A deterministic model is the S = 1 case of the same code: all three modes then equal the plain attack.
+A deterministic model is the S = 1 case of the same code: all four modes then equal the plain attack.
 The draws are those of a :class:`~bayesrobust.models.draws.DrawSet` (its ``indices`` record which).
 """
 
@@ -28,7 +32,15 @@ from ..checks import count
 from ..choices import PosteriorMode
 from ..models.draws import DrawSet
 from ..models.posterior import Posterior
-from .base import Attack, LossGradient, accumulate_gradient, check_inputs, module_gradient, per_image_loss
+from .base import (
+    Attack,
+    LossGradient,
+    StepDirection,
+    accumulate_gradient,
+    check_inputs,
+    module_gradient,
+    per_image_loss,
+)
 
 MODES = PosteriorMode.values()
 
@@ -69,6 +81,23 @@ def predictive_gradient(draws: DrawSet, chunk_size: int | None = None) -> LossGr
     return gradient
 
 
+def mean_sign_direction(draws: DrawSet, attack: Attack, chunk_size: int | None = None) -> StepDirection:
+    """The step of mode ``mean_sign``: (1/S) Σₛ ``attack.ascent_direction``(∇ₓ Σᵢ CE(f_s(x)ᵢ, yᵢ)).
+
+    In Linf that is the mean of the draws' gradient signs, each pixel in [−1, 1]; in L2 the mean of their
+    unit-length gradients (length ≤ 1).
+    """
+    chunk_size = draws.chunk_size if chunk_size is None else count("chunk_size", chunk_size)
+
+    def direction(x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        d = torch.zeros_like(x_adv)
+        for _ in draws:
+            g = accumulate_gradient(torch.zeros_like(x_adv), draws.net, x_adv, y, chunk_size=chunk_size)
+            d += attack.ascent_direction(g)
+        return d / len(draws)
+    return StepDirection(direction)
+
+
 class PosteriorAverage:
     """Attack the posterior predictive of a Bayesian model over S draws.
 
@@ -77,7 +106,8 @@ class PosteriorAverage:
     attack
         Any :class:`~bayesrobust.adversarial.base.Attack` (FGSM, PGD), used unchanged.
     mode
-        ``'mean_grad'`` (default), ``'predictive'`` or ``'mean_image'`` (see the module docstring).
+        ``'mean_grad'`` (default), ``'predictive'``, ``'mean_image'`` or ``'mean_sign'`` (see the module
+        docstring).
     n_draws
         S when called with a :class:`Posterior`; ``None`` is the posterior's default. Ignored for a
         :class:`DrawSet` (its draws are used) and a plain module (S = 1).
@@ -127,6 +157,9 @@ class PosteriorAverage:
                 gradient = module_gradient(draws.net, chunk)  # the loaded draw
                 total += self.attack.run(gradient, x, y, generator=generator)
             return self.attack.project(total / len(draws), x)
+        if self.mode == "mean_sign":
+            step = mean_sign_direction(draws, self.attack, self.chunk_size)
+            return self.attack.run(step, x, y, generator=generator)
         make = mean_grad_gradient if self.mode == "mean_grad" else predictive_gradient
         return self.attack.run(make(draws, self.chunk_size), x, y, generator=generator)
 

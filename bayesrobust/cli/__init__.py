@@ -6,6 +6,8 @@
     bayesrobust attack --model fullBNN --attack fgsm
     bayesrobust explain --model fullBNN --attack-run ...
     bayesrobust analyze ; bayesrobust plot ; bayesrobust pipeline ; bayesrobust table --model baseNN
+    bayesrobust report                         # OUT/report.html and OUT/report.md
+    bayesrobust faithfulness                   # insertion/deletion, localisation, randomisation checks
     bayesrobust diagnose --model fullBNN --inference sghmc ; bayesrobust evaluate --data-root ../shared/datasets
 
 ``python -m bayesrobust.train`` (and ``.attack``, ``.explain``, ``.analyze``, ``.plot``, ``.pipeline``,
@@ -17,10 +19,11 @@ from __future__ import annotations
 
 import click
 
-from . import analyze, attack, diagnose, evaluate, explain, pipeline, plot, table, train
+from . import analyze, attack, diagnose, evaluate, explain, faithfulness, pipeline, plot, report, table, train
 
 COMMANDS = {"train": train.main, "attack": attack.main, "explain": explain.main, "analyze": analyze.main,
-            "plot": plot.main, "pipeline": pipeline.main, "table": table.main}
+            "plot": plot.main, "pipeline": pipeline.main, "table": table.main, "report": report.main,
+            "faithfulness": faithfulness.main}
 COMMANDS.update({"diagnose": diagnose.main, "evaluate": evaluate.main})
 
 

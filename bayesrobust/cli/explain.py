@@ -49,8 +49,8 @@ def parse_layers(values: tuple[str, ...]) -> str | list[int]:
 @click.option("--attack-run", default=None,
               help="The attack run to explain: its name (a file stem under OUT/attacks/PRESET) or a path "
                    "(default: the model's only attack run).")
-@click.option("--method", type=click.Choice(["lrp", *METHODS]), default="lrp", show_default=True,
-              help="LRP (Zennit) or a Captum attribution.")
+@click.option("--method", type=click.Choice(["lrp", *METHODS, "rise"]), default="lrp", show_default=True,
+              help="LRP (Zennit), a Captum attribution or RISE (random masks).")
 @click.option("--rule", "rules", type=click.Choice(list(RULES)), multiple=True,
               help="LRP rule on every Linear/Conv layer; repeat for several (default: epsilon unless "
                    "--composite is given).")

@@ -19,7 +19,7 @@ import time
 
 import click
 
-from ..choices import LikelihoodScaling
+from ..choices import HMCScheme, LikelihoodScaling
 from ..experiment import PAPER_RULES, Experiment, headline
 from ..explain.rules import RULES
 from . import options
@@ -43,6 +43,11 @@ from . import options
 @click.option("--likelihood-scaling", type=click.Choice(LikelihoodScaling.values()), default=None,
               help="fullBNN SVI: N/B-scaled likelihood (full, default) or the reference code's unscaled one; "
                    "use another --out to keep both.")
+@click.option("--hmc-scheme", type=click.Choice(HMCScheme.values()), default=None,
+              help="fullBNN NUTS: every chain on the whole training set (full, default) or each on its own block "
+                   "of --subset-size images (subsets: the reference code's); use another --out to keep both.")
+@click.option("--subset-size", type=int, default=None, help="NUTS subsets scheme: images per chain (paper: 4000).")
+@click.option("--chains", type=int, default=None, help="NUTS chains (default: the preset's; paper's subsets: 15).")
 @options.seed_option
 @options.data_root_option
 @options.device_option
@@ -51,13 +56,14 @@ from . import options
 @options.verbose_option
 @options.friendly_errors
 def main(preset, inference, attack_name, norm, epsilon, steps, posterior_mode, draws, n_inputs, rules, topk,
-         likelihood_scaling, seed, data_root, device, out, force, verbose):
+         likelihood_scaling, hmc_scheme, subset_size, chains, seed, data_root, device, out, force, verbose):
     """Train, attack, explain, analyse and plot one preset under OUT."""
     options.setup_logging(verbose)
     start = time.perf_counter()
     experiment = Experiment(preset, out, inference=inference, attack=attack_name, norm=norm, epsilon=epsilon,
                             steps=steps, mode=posterior_mode, draws=draws, n_inputs=n_inputs, rules=rules,
-                            topk=topk, likelihood_scaling=likelihood_scaling, seed=seed, data_root=data_root,
+                            topk=topk, likelihood_scaling=likelihood_scaling, hmc_scheme=hmc_scheme,
+                            subset_size=subset_size, chains=chains, seed=seed, data_root=data_root,
                             device=device, force=force, report=click.echo)
     analysis = experiment.run()
     click.echo("\n" + headline(analysis))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from .. import stages
-from ..choices import AttackName, LaplaceStructure, LaplaceSubset, LikelihoodScaling, Norm, StepSchedule
+from ..choices import AttackName, HMCScheme, LaplaceStructure, LaplaceSubset, LikelihoodScaling, Norm, StepSchedule
 from ..data import DATASETS
 from . import options
 
@@ -39,6 +39,11 @@ from . import options
 @click.option("--likelihood-scaling", type=click.Choice(LikelihoodScaling.values()), default=None,
               help="SVI: scale the minibatch likelihood by N/B (full, correct; default) or not (reference: "
                    "the paper code's setting, KL N/B times too strong).")
+@click.option("--hmc-scheme", type=click.Choice(HMCScheme.values()), default=None,
+              help="NUTS: every chain on the whole training set (full, correct; default) or each chain on its own "
+                   "disjoint subset of --subset-size images, started uniformly in [-2, 2] (subsets: the paper "
+                   "code's scheme).")
+@click.option("--subset-size", type=int, default=None, help="NUTS subsets scheme: images per chain (paper: 4000).")
 @click.option("--burnin", type=int, default=None, help="SGHMC/SGLD: burn-in epochs per chain.")
 @click.option("--friction", type=float, default=None, help="SGHMC: momentum share lost per step, in (0, 1].")
 @click.option("--temperature", type=float, default=None, help="SGHMC/SGLD: posterior temperature (1: Bayes).")
@@ -58,17 +63,17 @@ from . import options
 @options.verbose_option
 @options.friendly_errors
 def main(model, preset, inference, dataset, data_root, epochs, lr, batch_size, hidden, warmup, samples, chains,
-         n_train, prior_scale, adv_attack, adv_norm, adv_epsilon, adv_ratio, likelihood_scaling, burnin, friction,
-         temperature, schedule, members, laplace_subset, laplace_structure, eval_draws, seed,
-         device, out, progress, force, verbose):
+         n_train, prior_scale, adv_attack, adv_norm, adv_epsilon, adv_ratio, likelihood_scaling, hmc_scheme,
+         subset_size, burnin, friction, temperature, schedule, members, laplace_subset, laplace_structure,
+         eval_draws, seed, device, out, progress, force, verbose):
     """Train one model and write it under OUT/models/PRESET/MODEL/."""
     options.setup_logging(verbose)
     overrides = dict(dataset=dataset, epochs=epochs, lr=lr, hidden=hidden, batch_size=batch_size, warmup=warmup,
                      samples=samples, chains=chains, n_train=n_train, prior_scale=prior_scale,
                      adv_attack=adv_attack, adv_norm=adv_norm, adv_epsilon=adv_epsilon, adv_ratio=adv_ratio,
-                     likelihood_scaling=likelihood_scaling, burnin=burnin, friction=friction,
-                     temperature=temperature, schedule=schedule, members=members, laplace_subset=laplace_subset,
-                     laplace_structure=laplace_structure)
+                     likelihood_scaling=likelihood_scaling, hmc_scheme=hmc_scheme, subset_size=subset_size,
+                     burnin=burnin, friction=friction, temperature=temperature, schedule=schedule, members=members,
+                     laplace_subset=laplace_subset, laplace_structure=laplace_structure)
     done = stages.train(preset, model, inference=inference, out=out, overrides=overrides, eval_draws=eval_draws,
                         seed=seed, device=device, data_root=data_root, progress=progress, force=force)
     click.echo(done.summary)

@@ -6,6 +6,7 @@
 - :mod:`~bayesrobust.explain.lrp`: :class:`LRP`, relevance of every layer's argmax unit at the pixels;
 - :mod:`~bayesrobust.explain.captum_methods`: :class:`CaptumMethod` (IG, GradientSHAP, saliency,
   SmoothGrad, Grad-CAM) behind the same interface;
+- :mod:`~bayesrobust.explain.rise`: :class:`RISE`, random-mask relevance behind the same interface;
 - :mod:`~bayesrobust.explain.bayesian`: :func:`explain_posterior`, one map per draw reduced to mean, std
   and sign agreement;
 - :mod:`~bayesrobust.explain.explanation`: :func:`explain_attack`, the explanation Dataset of an attack run
@@ -27,11 +28,11 @@ _WHERE = {"DrawReducer": "bayesian", "Explainer": "bayesian", "PosteriorExplanat
           "explain_posterior": "bayesian", "METHODS": "captum_methods", "CaptumMethod": "captum_methods",
           "INPUTS": "explanation", "check_attack": "explanation", "explain_attack": "explanation",
           "make_explainers": "explanation", "resolve_layers": "layers", "LRP": "lrp", "layer_relevance": "lrp",
-          "COMPOSITES": "rules", "RULES": "rules"}
+          "COMPOSITES": "rules", "RULES": "rules", "RISE": "rise", "rise_masks": "rise"}
 
 __all__ = ["COMPOSITES", "CaptumMethod", "DrawReducer", "Explainer", "INPUTS", "LRP", "METHODS",
            "PosteriorExplanation", "RULES", "check_attack", "explain_attack", "explain_posterior",
-           "layer_relevance", "make_explainers", "resolve_layers"]
+           "layer_relevance", "make_explainers", "resolve_layers", "RISE", "rise_masks"]
 
 
 def __getattr__(name: str) -> Any:

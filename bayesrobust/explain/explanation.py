@@ -42,6 +42,7 @@ from .bayesian import Explainer, explain_posterior, posterior_draws
 from .captum_methods import METHODS, CaptumMethod
 from .layers import LayerSelection, layer_names, resolve_layers
 from .lrp import LRP
+from .rise import RISE
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ ATTACK_VARIABLES = ("label", "pred", "pred_adv", "success", "failed")
 def make_explainers(method: str = "lrp", rules: Sequence[str] = ("epsilon",), composite: str | None = None,
                     initial: str = "one_hot", **params: Any) -> list[Explainer]:
     """The explainers of one run: an :class:`LRP` per rule (and one for ``composite``) for
-    ``method='lrp'``, else the one :class:`CaptumMethod` ``method``.
+    ``method='lrp'``, :class:`~bayesrobust.explain.rise.RISE` for ``'rise'``, else the one
+    :class:`CaptumMethod` ``method``.
 
     Raises
     ------
@@ -71,10 +73,12 @@ def make_explainers(method: str = "lrp", rules: Sequence[str] = ("epsilon",), co
         if not explainers:
             raise ValueError("no LRP rule or composite given")
         return explainers
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of lrp, {', '.join(METHODS)}")
+    if method not in METHODS and method != "rise":
+        raise ValueError(f"unknown method {method!r}; expected one of lrp, {', '.join(METHODS)}, rise")
     if composite is not None:
         raise ValueError(f"a Zennit composite applies to method 'lrp' only, not {method!r}")
+    if method == "rise":
+        return [RISE(**params)]
     return [CaptumMethod(method, **params)]
 
 

@@ -15,8 +15,12 @@ from local explanations to global insights with Zennit, CoRelAy, and ViRelAy", a
        :class:`zennit.rules.Gamma`): the weights become ``w + γ·w⁺`` for the positive contributions
        (``a⁺`` with ``w + γw⁺``, ``a⁻`` with ``w + γw⁻``, bias ``b + γb⁺``) of an output with
        ``z_j > 0`` and the mirrored choice for ``z_j < 0``; outputs with ``z_j = 0`` get no relevance. The
-       reference code instead uses ``ρ(w) = w + γ·w·max(0, w)``, quadratic in ``w``: a different rule that
-       we do not reproduce (the textbook and Zennit rule is linear in ``w``).
+       reference code instead uses ``ρ(w) = w + γ·w·max(0, w)``, quadratic in ``w``: a different rule, kept
+       apart as ``gamma_quadratic`` (the textbook and Zennit rule is linear in ``w``).
+   ``gamma_quadratic`` (γ = 0.1; the reference code's rule, docs/method.md §9.4)
+       ``R_i = Σ_j a_i ρ(w_ij) / (z_j + stab) · R_j`` with ``ρ(w) = w + γ·w·max(0, w)`` applied to the weights
+       and the bias (``z_j = Σ_i a_i ρ(w_ij) + ρ(b_j)``), one term for every input whatever its sign:
+       :class:`QuadraticGamma`. Only for reproducing the paper's numbers on purpose.
    ``alpha1beta0``
        LRP-α₁β₀ = z⁺ (Bach et al. 2015; Montavon et al. 2017), :class:`zennit.rules.ZPlus`:
        ``R_i = Σ_j (a_i⁺ w_ij⁺ + a_i⁻ w_ij⁻) / (Σ_i (a_i⁺ w_ij⁺ + a_i⁻ w_ij⁻) + b_j⁺) · R_j``
@@ -53,7 +57,7 @@ from torch import nn
 from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
 from zennit.composites import COMPOSITES as _ZENNIT_COMPOSITES
 from zennit.composites import LayerMapComposite, layer_map_base
-from zennit.core import Composite, Hook, stabilize
+from zennit.core import BasicHook, Composite, Hook, ParamMod, stabilize
 from zennit.rules import Gamma, Pass, ZPlus
 from zennit.types import BatchNorm, Linear
 
@@ -109,6 +113,28 @@ class GradientEpsilon(Hook):
         return (self.stored_tensors["input"] * grad_input[0], *grad_input[1:])
 
 
+class QuadraticGamma(BasicHook):
+    """The reference code's γ rule, ``ρ(p) = p + γ·p·max(0, p)`` on the weight and the bias (quadratic in p).
+
+    ``R_i = a_i Σ_j ρ(w_ij) R_j / stab(z_j)``, ``z_j = Σ_i a_i ρ(w_ij) + ρ(b_j)``, ``stab(z) = z + stabilizer·sign z``
+    (``sign 0 = +1``): the generic "modified weights" LRP step of Montavon et al. (2019, "Layer-wise relevance
+    propagation: an overview") with this ρ. Not the textbook γ rule (``w + γ·w⁺``, :class:`zennit.rules.Gamma`),
+    which is what ``gamma`` computes.
+    """
+
+    def __init__(self, gamma: float = 0.1, stabilizer: float = 1e-6):
+        gamma, stabilizer = float(gamma), float(stabilizer)
+        self.gamma, self.stabilizer = gamma, stabilizer
+        super().__init__(
+            param_modifiers=[ParamMod(lambda p, _: p + gamma * p * p.clamp(min=0), param_keys=["weight", "bias"],
+                                      require_params=False)],
+            gradient_mapper=lambda out_grad, outputs: [out_grad / stabilize(outputs[0], stabilizer)],
+        )
+
+    def copy(self) -> QuadraticGamma:
+        return QuadraticGamma(self.gamma, self.stabilizer)
+
+
 @dataclass(frozen=True)
 class RuleSpec:
     """A named LRP rule: the Zennit hook class and its default parameters."""
@@ -132,11 +158,12 @@ class RuleSpec:
         return self.hook(**{**self.defaults, **params})
 
 
-#: The paper's three rules with its parameters (ε = 0.1, γ = 0.1) as defaults.
+#: The paper's three rules with its parameters (ε = 0.1, γ = 0.1) as defaults, and the reference code's γ rule.
 RULES: dict[str, RuleSpec] = {
     "epsilon": RuleSpec(GradientEpsilon, {"epsilon": 0.1}),
     "gamma": RuleSpec(Gamma, {"gamma": 0.1, "stabilizer": STABILIZER}),
     "alpha1beta0": RuleSpec(ZPlus, {"stabilizer": STABILIZER}),
+    "gamma_quadratic": RuleSpec(QuadraticGamma, {"gamma": 0.1, "stabilizer": STABILIZER}),
 }
 
 #: Zennit's registered composites, by name.

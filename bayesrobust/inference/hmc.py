@@ -9,6 +9,12 @@ not a sample of the full-data posterior. Here every chain targets the posterior 
 set (``n_train`` images when the preset caps it, e.g. the quick presets), and the chains are pooled only
 after R-hat, bulk/tail ESS (arviz) and divergences have been computed and saved.
 
+The reference's own scheme is available by name (``HMCConfig.scheme = "subsets"``, ``train --hmc-scheme
+subsets``) to reproduce the paper on purpose: chain c samples the posterior given only its own disjoint set
+of ``subset_size`` training images (:func:`chain_subsets`), starts uniformly in [−2, 2]
+(:func:`uniform_start`), and the chains are pooled. Each chain is then a sample of a different, much wider
+posterior, and R-hat across them measures that difference, not convergence.
+
 Chains run one after another in this process (each with its own seed, inside
 :func:`~bayesrobust.models.bayesian.pyro_scope`, so the caller's Pyro parameter store and RNG states are
 unchanged afterwards), which keeps ``jit_compile`` and progress bars reliable on a CPU; on a GPU the same
@@ -130,6 +136,30 @@ def _chain_start(model: BayesianNetwork, data: Data, cfg: HMCConfig, seed: int,
     return {SITE_PREFIX + k: v.detach().clone() for k, v in net.named_parameters()}
 
 
+def chain_subsets(n_images: int, chains: int, subset_size: int, seed: int) -> torch.Tensor:
+    """Disjoint training-image indices of the reference's subset chains, (chains, subset_size) int64.
+
+    A seeded permutation of the ``n_images`` indices cut into consecutive blocks: chain c gets block c.
+
+    Raises
+    ------
+    ValueError
+        ``chains × subset_size`` exceeds ``n_images`` (the blocks could not be disjoint).
+    """
+    if chains * subset_size > n_images:
+        raise ValueError(f"the subsets scheme needs chains x subset_size <= training images; got {chains} x "
+                         f"{subset_size} = {chains * subset_size:,} > {n_images:,}")
+    order = torch.randperm(n_images, generator=torch.Generator().manual_seed(seed))
+    return order[:chains * subset_size].reshape(chains, subset_size)
+
+
+def uniform_start(model: BayesianNetwork, radius: float, seed: int) -> dict[str, torch.Tensor]:
+    """Every sample site drawn uniformly in [−radius, radius] (the reference's chain start), from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return {name: (torch.rand(v.shape, generator=gen, dtype=v.dtype) * (2 * radius) - radius).to(v.device)
+            for name, v in model.initial_values().items()}
+
+
 def train_hmc(arch: ArchConfig, data: Data, cfg: HMCConfig, prior_scale: float = 1.0, seed: int = 0,
               device: str | torch.device = "cpu", progress: bool = False,
               likelihood: str | Likelihood = "categorical", noise_scale: float | None = None, *,
@@ -150,29 +180,41 @@ def train_hmc(arch: ArchConfig, data: Data, cfg: HMCConfig, prior_scale: float =
     Returns
     -------
     A ``Posterior`` of kind ``'hmc'`` whose parameters have leading dims (chain, sample); the diagnostics
-    of :func:`diagnostics` are in ``config['diagnostics']``, per-chain wall time in ``extra``. A
+    of :func:`diagnostics` are in ``config['diagnostics']``, the scheme in ``config['hmc_scheme']``,
+    per-chain wall time in ``extra`` (and, for the subsets scheme, each chain's image indices as
+    ``extra['chain_subsets']``, (chains, subset_size)). A
     ``RuntimeWarning`` is issued when R-hat > 1.1 or any transition diverged.
     """
     if cfg.warmup < 0 or cfg.samples <= 0 or cfg.chains <= 0 or cfg.init_epochs < 0:
         raise ValueError(f"need warmup >= 0, samples > 0 and chains > 0 (init_epochs >= 0); got "
                          f"warmup={cfg.warmup}, samples={cfg.samples}, chains={cfg.chains}, "
                          f"init_epochs={cfg.init_epochs}")
-    if cfg.n_train is not None:
+    if cfg.scheme not in ("full", "subsets"):
+        raise ValueError(f"unknown HMC scheme {cfg.scheme!r}; expected full or subsets")
+    subsets = None
+    if cfg.scheme == "subsets":
+        subsets = chain_subsets(len(data), cfg.chains, cfg.subset_size, seed)
+    elif cfg.n_train is not None:
         if cfg.n_train <= 0:
             raise ValueError(f"n_train must be positive, got {cfg.n_train}")
         if cfg.n_train < len(data):  # class-balanced: the datasets are often stored sorted by class
             data = balanced_subset(data, cfg.n_train, seed=seed)
     prior = make_prior(prior, prior_scale)
-    lik = make_likelihood(likelihood, noise_scale).with_dataset_size(len(data))  # full batch: unscaled
+    n_chain = len(data) if subsets is None else cfg.subset_size  # images each chain's likelihood sees
+    lik = make_likelihood(likelihood, noise_scale).with_dataset_size(n_chain)  # full batch: unscaled
     build_kernel = NUTSKernel.from_config(cfg) if kernel is None else kernel
-    x, y = data.x.to(device), data.y.to(device)
     chains: list[dict[str, torch.Tensor]] = []
     divergences, seconds = [], []
     for chain in range(cfg.chains):
         chain_seed = seed + 1000 * chain
+        chain_data = data if subsets is None else data.subset(subsets[chain])
+        x, y = chain_data.x.to(device), chain_data.y.to(device)
         with pyro_scope(chain_seed):
             model = BayesianNetwork(arch, prior, lik, device=device)
-            init = _chain_start(model, data, cfg, chain_seed, device)
+            if subsets is None:
+                init = _chain_start(model, chain_data, cfg, chain_seed, device)
+            else:
+                init = uniform_start(model, cfg.init_radius, chain_seed)
             mcmc = MCMC(build_kernel(model, init), num_samples=cfg.samples, warmup_steps=cfg.warmup,
                         num_chains=1, disable_progbar=not progress)
             start = time.perf_counter()
@@ -191,11 +233,16 @@ def train_hmc(arch: ArchConfig, data: Data, cfg: HMCConfig, prior_scale: float =
     stacked = {site: torch.stack([c[site] for c in chains]) for site in init}
     diag = diagnostics({site_to_param(k): v.numpy() for k, v in stacked.items()}, divergences)
     diag["seconds_per_iteration"] = float(sum(seconds) / (cfg.chains * (cfg.warmup + cfg.samples)))
-    if diag["divergences"] or (np.isfinite(diag["rhat_max"]) and diag["rhat_max"] > RHAT_WARN):
+    rhat_means_convergence = cfg.scheme == "full"  # subset chains target different posteriors
+    if diag["divergences"] or (rhat_means_convergence and np.isfinite(diag["rhat_max"])
+                               and diag["rhat_max"] > RHAT_WARN):
         warnings.warn(f"NUTS did not converge cleanly: max R-hat {diag['rhat_max']:.3f} "
                       f"(warn above {RHAT_WARN}), {diag['divergences']} divergent transitions; "
                       f"consider more warmup/samples or chains", RuntimeWarning, stacklevel=2)
     params = {site_to_param(k): v for k, v in stacked.items()}
     buffers = {k: v.detach().cpu().clone() for k, v in model.net.named_buffers()}
-    return Posterior(arch, "hmc", params, buffers=buffers, seed=seed, config={"diagnostics": diag},
-                     extra={"chain_seconds": torch.tensor(seconds)})
+    extra = {"chain_seconds": torch.tensor(seconds)}
+    if subsets is not None:
+        extra["chain_subsets"] = subsets
+    return Posterior(arch, "hmc", params, buffers=buffers, seed=seed,
+                     config={"diagnostics": diag, "hmc_scheme": cfg.scheme}, extra=extra)

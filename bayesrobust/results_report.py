@@ -1,0 +1,333 @@
+"""The report of a results folder: every analysis with its confidence intervals, every figure and the
+provenance of every result, as one self-contained ``report.html`` and a ``report.md`` (docs/method.md §7.8).
+
+:func:`write_report` searches ``OUT`` recursively, so a study that keeps each of its steps in its own results
+folder under ``OUT`` (the fidelity ladder, docs/method.md §9.7) is reported as a whole:
+
+- every analysis Dataset (``**/analysis/*.nc``): the median paired difference of each comparison with its
+  paired bootstrap 95% CI per rule and layer, the adjusted Wilcoxon p, and Spearman ρ; with several S, a
+  figure of Bay − Det (with CI) against S;
+- the *differences figure*: the last layer's median differences with their CIs, one point per analysis
+  (in the order of their paths, which is the ladder's order when its steps are named so), a panel per rule;
+- every PNG figure under ``**/figures/``;
+- the provenance of every result (models' ``config.json``, netCDF and zarr attributes): kind, creation time,
+  git revision, library versions and the full config.
+
+``report.html`` embeds its figures (base64 PNG), so it can be mailed or archived alone; ``report.md``
+references them by relative path. Both are written atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from . import store
+
+log = logging.getLogger(__name__)
+
+REPORT_HTML = "report.html"
+REPORT_MD = "report.md"
+#: Folder (under OUT) of the figures the report draws itself.
+REPORT_FILES = "report_files"
+
+
+@dataclass
+class Table:
+    caption: str
+    frame: pd.DataFrame
+
+
+@dataclass
+class Section:
+    title: str
+    text: str = ""
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+
+
+def _visible(path: Path, root: Path) -> bool:
+    """Not inside a hidden (temporary or replaced) folder or file of the atomic writers."""
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def find_analyses(out: Path) -> list[Path]:
+    """Every stored analysis under ``out`` (recursively), sorted by path."""
+    return sorted(p for p in out.rglob("analysis/*.nc") if _visible(p, out))
+
+
+def _ci_cells(ds: xr.Dataset, comparison: str, layer: Any, rules: Sequence[Any]) -> list[str]:
+    from .stages import format_ci
+    at = ds.sel(subset="all", comparison=comparison, layer=layer)
+    return [format_ci(float(at.diff_median.sel(rule=r)), float(at.diff_ci_low.sel(rule=r)),
+                      float(at.diff_ci_high.sel(rule=r))) for r in rules]
+
+
+def analysis_tables(ds: xr.Dataset) -> list[Table]:
+    """The tables of one analysis: median differences [95% CI], adjusted Wilcoxon p, Spearman ρ (all images)."""
+    from .figures import layer_label, ordered_rules, rule_label
+    rules = ordered_rules(ds.rule.values.tolist())
+    columns = [rule_label(r) for r in rules]
+    tables = []
+    if ds.sizes.get("comparison", 0) and "diff_median" in ds:
+        rows, index, prows = [], [], []
+        for comparison in ds.comparison.values.tolist():
+            for layer in ds.layer.values.tolist():
+                index.append((comparison, layer_label(ds, layer)))
+                rows.append(_ci_cells(ds, comparison, layer, rules))
+                p = ds.wilcoxon_p_adjusted.sel(subset="all", comparison=comparison, layer=layer)
+                prows.append([f"{float(p.sel(rule=r)):.2g}" for r in rules])
+        names = ["comparison", "layer"]
+        tables.append(Table("Median paired difference of LRP robustness (model − Det) [paired bootstrap 95% CI]",
+                            pd.DataFrame(rows, pd.MultiIndex.from_tuples(index, names=names), columns)))
+        tables.append(Table("Wilcoxon signed-rank p (two-sided, Benjamini–Hochberg adjusted)",
+                            pd.DataFrame(prows, pd.MultiIndex.from_tuples(index, names=names), columns)))
+    rows, index = [], []
+    for model in ds.model.values.tolist():
+        for layer in ds.layer.values.tolist():
+            index.append((model, layer_label(ds, layer)))
+            rho = ds.spearman_rho.sel(subset="all", model=model, layer=layer)
+            rows.append([f"{float(rho.sel(rule=r)):+.2f}" for r in rules])
+    tables.append(Table("Spearman ρ (LRP robustness, softmax robustness)",
+                        pd.DataFrame(rows, pd.MultiIndex.from_tuples(index, names=["model", "layer"]), columns)))
+    return tables
+
+
+#: Rules drawn in the panel of another rule (the reference's γ beside the textbook γ), with their marker.
+PANEL_OF = {"gamma_quadratic": "gamma"}
+
+
+def differences_figure(analyses: dict[str, xr.Dataset]) -> Any:
+    """Median paired difference at the last layer with its 95% CI, one x position per analysis, a panel per
+    rule and a colour per comparison (the fidelity ladder's figure when the analyses are its steps). The
+    reference's quadratic γ shares the γ panel, drawn with hollow squares."""
+    import matplotlib.pyplot as plt
+
+    from .figures import ordered_rules, rule_label
+    rules = sorted({r for ds in analyses.values() for r in ds.rule.values.tolist()}, key=str)
+    panels = ordered_rules(sorted({PANEL_OF.get(r, r) for r in rules}, key=str))
+    comparisons = sorted({c for ds in analyses.values() for c in ds.comparison.values.tolist()})
+    colours = {c: f"C{i}" for i, c in enumerate(comparisons)}
+    names = list(analyses)
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    width = max(4.0, 0.45 * len(names) + 1.5)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 3.6 * nrows), sharey=True, squeeze=False)
+    offsets = np.linspace(-0.25, 0.25, len(comparisons)) if len(comparisons) > 1 else [0.0]
+    for ax, panel in zip(axes.flat, panels):
+        for rule in [r for r in rules if PANEL_OF.get(r, r) == panel]:
+            quadratic = rule != panel
+            for offset, comparison in zip(offsets, comparisons):
+                xs, med, lo, hi = [], [], [], []
+                for i, name in enumerate(names):
+                    ds = analyses[name]
+                    if comparison not in ds.comparison.values or rule not in ds.rule.values:
+                        continue
+                    at = ds.sel(subset="all", comparison=comparison, rule=rule, layer=ds.layer.values[-1])
+                    xs.append(i + offset)
+                    med.append(float(at.diff_median))
+                    lo.append(float(at.diff_ci_low))
+                    hi.append(float(at.diff_ci_high))
+                if not xs:
+                    continue
+                med_a, lo_a, hi_a = np.array(med), np.array(lo), np.array(hi)
+                ax.errorbar(xs, med_a, yerr=[med_a - lo_a, hi_a - med_a], fmt="s" if quadratic else "o",
+                            mfc="none" if quadratic else colours[comparison], color=colours[comparison],
+                            capsize=3, label=comparison + (f" ({rule})" if quadratic else ""))
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_xlim(-0.6, len(names) - 0.4)
+        ax.set_title(rule_label(panel))
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel("median paired difference\n(last layer, 95% CI)")
+    legend = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.tight_layout()
+    fig.legend(list(legend.values()), list(legend), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(4, len(legend)), fontsize=7, frameon=False)
+    return fig
+
+
+def draws_figure(ds: xr.Dataset) -> Any | None:
+    """Bay − Det at the last layer with its 95% CI against the number of posterior draws S, a panel per rule
+    (``None`` when the analysis has fewer than two Bayesian comparisons)."""
+    import matplotlib.pyplot as plt
+
+    from .figures import ordered_rules, rule_label
+    bay = [c for c in ds.comparison.values.tolist()
+           if str(ds.role.sel(model=str(ds.compared.sel(comparison=c).values)).values) == "Bay"]
+    if len(bay) < 2:
+        return None
+    s = np.array([int(ds.n_draws.sel(model=str(ds.compared.sel(comparison=c).values))) for c in bay])
+    rules = ordered_rules(ds.rule.values.tolist())
+    fig, axes = plt.subplots(1, len(rules), figsize=(3.2 * len(rules), 3.2), sharey=True, squeeze=False)
+    for ax, rule in zip(axes[0], rules):
+        at = ds.sel(subset="all", rule=rule, layer=ds.layer.values[-1], comparison=bay)
+        med, lo, hi = at.diff_median.values, at.diff_ci_low.values, at.diff_ci_high.values
+        ax.errorbar(s, med, yerr=[med - lo, hi - med], fmt="o-", capsize=3)
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xticks(s, [str(v) for v in s])
+        ax.set_xlabel("posterior draws S")
+        ax.set_title(rule_label(rule))
+    axes[0][0].set_ylabel("Bay − Det, last layer\n(median, 95% CI)")
+    fig.tight_layout()
+    return fig
+
+
+def _result_provenance(out: Path) -> pd.DataFrame:
+    """One row per stored result under ``out``: path, kind, created, git revision, versions, config."""
+    rows = []
+    for path in sorted(out.rglob("config.json")):
+        if not _visible(path, out) or path.parent.parent.parent.name != "models":
+            continue
+        meta = json.loads(path.read_text())
+        cfg = meta.get("config", {})
+        rows.append({"result": str(path.parent.relative_to(out)), "kind": f"model ({meta.get('kind')})",
+                     "created": "", "git_revision": "", "versions": "",
+                     "config": json.dumps(cfg, sort_keys=True, default=str)})
+    candidates = [p for p in out.rglob("*.nc") if _visible(p, out)]
+    candidates += [p for p in out.rglob("*.zarr") if p.is_dir() and _visible(p, out)]
+    for path in sorted(candidates):
+        try:
+            with xr.open_zarr(path) if path.is_dir() else xr.open_dataset(path, engine="h5netcdf") as ds:
+                attrs = dict(ds.attrs)
+        except Exception as exc:  # noqa: BLE001 - a report lists a damaged file instead of failing on it
+            rows.append({"result": str(path.relative_to(out)), "kind": f"unreadable ({type(exc).__name__})",
+                         "created": "", "git_revision": "", "versions": "", "config": ""})
+            continue
+        rows.append({"result": str(path.relative_to(out)), "kind": str(attrs.get("kind", "?")),
+                     "created": str(attrs.get("created", "")), "git_revision": str(attrs.get("git_revision", "")),
+                     "versions": str(attrs.get("versions", "")), "config": str(attrs.get("config", ""))})
+    return pd.DataFrame(rows, columns=["result", "kind", "created", "git_revision", "versions", "config"])
+
+
+def collect(out: Path) -> tuple[list[Section], pd.DataFrame]:
+    """The report's sections (differences figure, one per analysis, figures) and its provenance table."""
+    from .stages import save_figure
+    sections = []
+    analyses = {}
+    for path in find_analyses(out):
+        ds = store.open_result(path, "analysis").load()
+        name = str(path.relative_to(out).with_suffix("")).replace("/analysis/", "/").removeprefix("analysis/")
+        analyses[name] = ds
+    with_ci = {k: v for k, v in analyses.items() if "diff_median" in v and v.sizes.get("comparison", 0)}
+    if with_ci:
+        import matplotlib.pyplot as plt
+        fig = differences_figure(with_ci)
+        paths = save_figure(fig, out / REPORT_FILES / "differences", formats=("png",), dpi=120)
+        plt.close(fig)
+        sections.append(Section("Median paired differences across analyses",
+                                "Last layer, all images; each point is one analysis, the bar its paired "
+                                "bootstrap 95% confidence interval over images.", figures=paths))
+    for name, ds in analyses.items():
+        figures = []
+        if "diff_median" in ds and ds.sizes.get("comparison", 0):
+            import matplotlib.pyplot as plt
+            fig = draws_figure(ds)
+            if fig is not None:
+                figures = save_figure(fig, out / REPORT_FILES / f"draws_{name.replace('/', '__')}", formats=("png",),
+                                      dpi=120)
+                plt.close(fig)
+        text = (f"{ds.sizes['image']} images, top {float(ds.attrs.get('topk', 20)):g}%, models "
+                f"{', '.join(ds.model.values.tolist())}; git revision {ds.attrs.get('git_revision', '?')}")
+        if "diff_median" not in ds:
+            text += " (written by a version without confidence intervals: re-run analyze to add them)"
+        sections.append(Section(f"Analysis {name}", text, analysis_tables(ds), figures))
+    figures = sorted(p for p in out.rglob("*.png") if _visible(p, out) and "figures" in p.relative_to(out).parts)
+    if figures:
+        sections.append(Section("Figures", figures=figures))
+    return sections, _result_provenance(out)
+
+
+# -- rendering ---------------------------------------------------------------------------------------------------
+def _md_table(frame: pd.DataFrame) -> str:
+    flat = frame.reset_index()
+    header = "| " + " | ".join(str(c) for c in flat.columns) + " |"
+    rule = "|" + "---|" * len(flat.columns)
+    body = ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in flat.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def render_markdown(sections: Sequence[Section], provenance: pd.DataFrame, out: Path, title: str) -> str:
+    lines = [f"# {title}", ""]
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        if section.text:
+            lines += [section.text, ""]
+        for table in section.tables:
+            lines += [f"**{table.caption}**", "", _md_table(table.frame), ""]
+        for fig in section.figures:
+            rel = fig.relative_to(out).as_posix()
+            lines += [f"![{rel}]({rel})", ""]
+    lines += ["## Provenance of every result", ""]
+    brief = provenance.drop(columns=["config", "versions"])
+    lines += [_md_table(brief.set_index("result")), "", "<details><summary>configs and versions</summary>", ""]
+    for row in provenance.itertuples(index=False):
+        lines += [f"- `{row.result}`: versions `{row.versions}`", "", f"  ```json\n  {row.config}\n  ```", ""]
+    lines += ["</details>", ""]
+    return "\n".join(lines)
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">' \
+           f"<figcaption>{html.escape(path.name)}</figcaption></figure>"
+
+
+def render_html(sections: Sequence[Section], provenance: pd.DataFrame, title: str) -> str:
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
+             "table{border-collapse:collapse;font-size:13px;margin:0.5em 0}"
+             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+             "img{max-width:100%}code,pre{font-size:11px;white-space:pre-wrap;word-break:break-all}")
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"]
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        if section.text:
+            parts.append(f"<p>{html.escape(section.text)}</p>")
+        for table in section.tables:
+            parts.append(f"<h3>{html.escape(table.caption)}</h3>" + table.frame.to_html(escape=True))
+        parts.extend(_img(fig) for fig in section.figures)
+    parts.append("<h2>Provenance of every result</h2>")
+    parts.append(provenance.drop(columns=["config"]).to_html(index=False, escape=True))
+    parts.append("<details><summary>configs</summary>")
+    for row in provenance.itertuples(index=False):
+        parts.append(f"<h4><code>{html.escape(row.result)}</code></h4><pre>{html.escape(row.config)}</pre>")
+    parts.append("</details></body></html>")
+    return "\n".join(parts)
+
+
+def write_report(out: str | Path, title: str = "bayesrobust report") -> tuple[Path, Path]:
+    """Write ``OUT/report.html`` (self-contained) and ``OUT/report.md``; returns their paths.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``out`` is not a folder, or holds no analysis (run ``bayesrobust analyze`` first).
+    """
+    out = Path(out)
+    if not out.is_dir():
+        raise FileNotFoundError(f"no results folder at {out}")
+    if not find_analyses(out):
+        raise FileNotFoundError(f"no analysis under {out} (expected OUT/analysis/*.nc or */analysis/*.nc); "
+                                "run `bayesrobust analyze --out OUT` first")
+    sections, provenance = collect(out)
+    html_path = store.write_text_atomic(out / REPORT_HTML, render_html(sections, provenance, title))
+    md_path = store.write_text_atomic(out / REPORT_MD, render_markdown(sections, provenance, out, title))
+    log.info("report of %d sections written to %s and %s", len(sections), html_path, md_path)
+    return html_path, md_path

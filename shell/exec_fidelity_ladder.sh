@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The fidelity ladder (docs/method.md §9.7): the reference code's settings all on, then each switch turned to
+# the correct setting one at a time, then all correct; each step in its own results folder OUT/PRESET/STEP,
+# reported together in OUT/report.html. FGSM with S = 100 at every step; PGD-40 and S in {10, 50, 100} at the
+# two ends (reference, correct). baseNN and advNN do not depend on the switches: trained once, copied.
+#   bash shell/exec_fidelity_ladder.sh                    # mnist_conv, 500 images (hours; needs data)
+#   QUICK=1 bash shell/exec_fidelity_ladder.sh            # the same ladder on the quick preset
+#   PRESETS="mnist_fc2" bash shell/exec_fidelity_ladder.sh   # an HMC preset: the HMC-scheme switch too
+# Environment: OUT (default results/ladder), PRESETS (default mnist_conv), QUICK_PRESET (with QUICK=1; default
+# quick, tests use tiny), DATA_ROOT (default ../shared/datasets), SUBSET_SIZE and CHAINS (the reference HMC
+# scheme; default 4000 and 15). Extra arguments go to every pipeline call (e.g. --force). Resumable: stages
+# already done are skipped, so a killed ladder continues where it stopped.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$root/shell/setup_env.sh"
+cd "$root"
+out="${OUT:-results/ladder}"
+if [ "${QUICK:-0}" = 1 ]; then
+  presets="${QUICK_PRESET:-quick}"; s_main=10; s_ends=(2 5 10); data=()
+else
+  presets="${PRESETS:-mnist_conv}"; s_main=100; s_ends=(10 50 100)
+  data=(--data-root "${DATA_ROOT:-../shared/datasets}")
+fi
+py=.venv/bin/python
+
+inference_of() {  # the preset's fullBNN inference
+  $py -c "from bayesrobust.presets import get_preset; print(get_preset('$1').inference)"
+}
+
+# run_step PRESET STEP SCALING MODE GAMMA_RULE HMC_SCHEME [pipeline args]: one setting of the switches
+run_step() {
+  local preset=$1 step=$2 scaling=$3 mode=$4 gamma=$5 scheme=$6; shift 6
+  local dir="$out/$preset/$step"
+  local first="$out/$preset/0_reference"
+  if [ "$dir" != "$first" ] && [ -d "$first/models/$preset" ]; then  # reuse the switch-free models
+    for model in baseNN advNN; do
+      if [ -d "$first/models/$preset/$model" ] && [ ! -e "$dir/models/$preset/$model" ]; then
+        mkdir -p "$dir/models/$preset"; cp -r "$first/models/$preset/$model" "$dir/models/$preset/"
+      fi
+    done
+  fi
+  local hmc=()
+  if [ "$(inference_of "$preset")" = hmc ]; then
+    hmc=(--hmc-scheme "$scheme")
+    [ "$scheme" = subsets ] && hmc+=(--subset-size "${SUBSET_SIZE:-4000}" --chains "${CHAINS:-15}")
+  fi
+  echo "== $preset / $step: likelihood $scaling, posterior mode $mode, rule $gamma, HMC ${scheme}"
+  $py -m bayesrobust.pipeline --preset "$preset" --attack fgsm --draws "$s_main" \
+    --likelihood-scaling "$scaling" --posterior-mode "$mode" "${hmc[@]}" \
+    --rule epsilon --rule "$gamma" --rule alpha1beta0 "${data[@]}" --out "$dir" "$@"
+}
+
+ends() {  # PGD-40 and S in {10, 50, 100} at one end of the ladder
+  local preset=$1 step=$2 scaling=$3 mode=$4 gamma=$5 scheme=$6; shift 6
+  local dir="$out/$preset/$step" hmc=() draws=()
+  for s in "${s_ends[@]}"; do draws+=(--draws "$s"); done
+  if [ "$(inference_of "$preset")" = hmc ]; then
+    hmc=(--hmc-scheme "$scheme")
+    [ "$scheme" = subsets ] && hmc+=(--subset-size "${SUBSET_SIZE:-4000}" --chains "${CHAINS:-15}")
+  fi
+  echo "== $preset / $step: PGD-40, S in ${s_ends[*]}"
+  $py -m bayesrobust.pipeline --preset "$preset" --attack pgd --steps 40 "${draws[@]}" \
+    --likelihood-scaling "$scaling" --posterior-mode "$mode" "${hmc[@]}" \
+    --rule epsilon --rule "$gamma" --rule alpha1beta0 "${data[@]}" --out "$dir" "$@"
+}
+
+for preset in $presets; do
+  if [ "$(inference_of "$preset")" = hmc ]; then ref_scheme=subsets; else ref_scheme=full; fi
+  run_step "$preset" 0_reference reference mean_sign gamma_quadratic "$ref_scheme" "$@"
+  if [ "$ref_scheme" = subsets ]; then  # NUTS presets: the HMC scheme is their switch (SVI scaling is moot)
+    run_step "$preset" 1_hmc_full_data reference mean_sign gamma_quadratic full "$@"
+  else
+    run_step "$preset" 1_likelihood_scaled full mean_sign gamma_quadratic full "$@"
+  fi
+  run_step "$preset" 2_attack_mean_grad reference mean_grad gamma_quadratic "$ref_scheme" "$@"
+  run_step "$preset" 3_gamma_textbook reference mean_sign gamma "$ref_scheme" "$@"
+  run_step "$preset" 4_correct full mean_grad gamma full "$@"
+  ends "$preset" 0_reference reference mean_sign gamma_quadratic "$ref_scheme" "$@"
+  ends "$preset" 4_correct full mean_grad gamma full "$@"
+done
+$py -m bayesrobust.report --out "$out" --title "Fidelity ladder"

@@ -1,0 +1,92 @@
+"""``bayesrobust report``: one self-contained HTML page and a Markdown file from every result under OUT."""
+
+from __future__ import annotations
+
+import base64
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pytest
+from click.testing import CliRunner
+from test_analysis import _run
+
+from bayesrobust import stability
+from bayesrobust.cli import main
+from bayesrobust.results_report import REPORT_FILES, write_report
+from bayesrobust.stages import format_ci, save_figure
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class _Page(HTMLParser):
+    """Collects every tag and every image source; fails on unbalanced tables."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.open_tables, self.tables = [], 0, 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        elif tag == "table":
+            self.open_tables += 1
+            self.tables += 1
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self.open_tables -= 1
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> tuple[Path, dict]:
+    """Two ladder steps, each a results folder with one analysis, and a figure in one of them."""
+    root = tmp_path_factory.mktemp("study")
+    analyses = {}
+    runs = [_run("baseNN", 1), _run("advNN", 1), _run("fullBNN", 10), _run("fullBNN", 50)]
+    for step, topk in (("1_reference", 20), ("2_correct", 40)):
+        ds = stability.analyse(runs, topk=topk)
+        stability.write(ds, root / step, name=f"quick_fgsm_top{topk}")
+        analyses[step] = ds
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    save_figure(fig, root / "1_reference" / "figures" / "quick" / "fig4", formats=("png",))
+    plt.close(fig)
+    return root, analyses
+
+
+def test_report_is_self_contained_and_shows_every_interval(study):
+    root, analyses = study
+    html_path, md_path = write_report(root, title="ladder")
+    page = _Page()
+    page.feed(html_path.read_text())
+    assert page.open_tables == 0 and page.tables >= 6  # 3 tables per analysis, balanced
+    assert len(page.images) == 4  # the differences figure, Bay - Det against S per analysis, and fig4
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
+    text = html_path.read_text()
+    for ds in analyses.values():
+        at = ds.sel(subset="all", comparison="fullBNN_S10-baseNN", rule="gamma", layer=0)
+        cell = format_ci(float(at.diff_median), float(at.diff_ci_low), float(at.diff_ci_high))
+        assert cell in text and cell in md_path.read_text()
+    md = md_path.read_text()
+    referenced = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert sorted(referenced) == sorted([f"{REPORT_FILES}/differences.png", "1_reference/figures/quick/fig4.png",
+                                         f"{REPORT_FILES}/draws_1_reference__quick_fgsm_top20.png",
+                                         f"{REPORT_FILES}/draws_2_correct__quick_fgsm_top40.png"])
+    assert all((root / ref).is_file() for ref in referenced)
+    for step in analyses:  # the provenance of every result, with its git revision
+        assert f"{step}/analysis/" in md and f"{step}/analysis/" in text
+    assert analyses["1_reference"].attrs["git_revision"] in text
+
+
+def test_report_command_and_its_errors(study, tmp_path):
+    root, _ = study
+    result = CliRunner().invoke(main, ["report", "--out", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "report.html" in result.output
+    empty = CliRunner().invoke(main, ["report", "--out", str(tmp_path)])
+    assert empty.exit_code == 1 and "no analysis under" in empty.output
+    assert not (tmp_path / "report.html").exists()
