@@ -108,11 +108,13 @@ class Experiment:
         self.models = tuple(Model.parse(m, "model").value for m in self.models)
         if Model.BASE not in self.models:
             raise ValueError(f"the analysis compares against baseNN; models {list(self.models)} lack it")
-        self.draws = tuple(checks.count("draws", s, allow_none=False) for s in self.draws) \
-            or (self.preset.eval_draws,)
+        given = tuple(checks.count("draws", s, allow_none=False) for s in self.draws)
         p = self.preset
         grids = {"hmc": (self.chains or p.hmc.chains, p.hmc.samples), "sghmc": (p.sgmcmc.chains, p.sgmcmc.samples),
                  "sgld": (p.sgmcmc.chains, p.sgmcmc.samples), "ensemble": (p.ensemble.members, 1)}
+        available = grids[self.inference][0] * grids[self.inference][1] if self.inference in grids else None
+        # the preset's S by default, capped at the draws a sampled posterior has (as train and attack do)
+        self.draws = given or (min(p.eval_draws, available or p.eval_draws),)
         if Model.BAYES in self.models and self.inference in grids:  # chains x samples draws exist, no more
             chains, samples = grids[self.inference]
             if max(self.draws) > chains * samples:

@@ -294,8 +294,12 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
     for name, value in (("hidden", hidden), ("batch_size", batch_size), ("samples", samples),
                         ("chains", chains), ("n_train", n_train), ("subset_size", subset_size)):
         checks.count(name, value)
-    for name, value in (("lr", lr), ("prior_scale", prior_scale), ("adv_epsilon", adv_epsilon)):
+    for name, value in (("lr", lr), ("prior_scale", prior_scale), ("adv_epsilon", adv_epsilon),
+                        ("temperature", temperature)):
         checks.positive(name, value)
+    checks.count("burnin", burnin, minimum=0)
+    checks.count("members", members)
+    checks.real("friction", friction, low=0, high=1, low_open=True)
     checks.real("adv_ratio", adv_ratio, low=0, high=1)
     if hidden is not None and hidden > MAX_HIDDEN:
         raise ValueError(f"hidden must be at most {MAX_HIDDEN:,}, got {hidden:,}")

@@ -216,8 +216,9 @@ class Target:
         data = balanced_subset(load(dataset, "test", data_root), p.n_inputs if n_inputs is None else n_inputs,
                                seed=inputs_seed)
         sha = store.file_hash(paths.model_dir(out, p.name, model, inference) / WEIGHTS_FILE)
+        default = min(p.eval_draws, posterior.max_draws or p.eval_draws)  # capped at a sampled posterior's draws
         return cls(p, model, inference, posterior, data,
-                   posterior.resolve_n_draws(p.eval_draws if n_draws is None else n_draws), device, sha)
+                   posterior.resolve_n_draws(default if n_draws is None else n_draws), device, sha)
 
     def config(self, **settings: Any) -> dict[str, Any]:
         """The config stored with a result: the settings plus the model's own training config."""
@@ -903,13 +904,11 @@ def evaluate(preset: str | Preset, models: Sequence[str] | None = None, *, out: 
     device = resolve_device(device)
     out = paths.resolve_out(out)
     p = _preset(preset)
-    tags = list(models) if models else trained_models(out, p.name)
+    tags = list(dict.fromkeys(models)) if models else trained_models(out, p.name)  # a tag given twice: once
     if not tags:
         raise FileNotFoundError(f"no trained models for preset {p.name!r} under {out / 'models' / p.name}; train "
                                 f"some first, e.g. python -m bayesrobust.train --model baseNN --preset {p.name} "
                                 f"--out {out}")
-    if len(set(tags)) != len(tags):
-        raise ValueError(f"models {tags} name one model twice")
     parsed = [split_tag(t) for t in tags]
     ood = OOD_NONE if ood in (None, "none") else ood
     if ood == "auto":

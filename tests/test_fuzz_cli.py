@@ -27,7 +27,7 @@ import pytest
 from click.testing import CliRunner
 
 from bayesrobust import data as datasets
-from bayesrobust import experiment, faithfulness_report, inference, results, results_report
+from bayesrobust import experiment, faithfulness_report, inference, results, results_report, stages
 from bayesrobust.cli import COMMANDS, main
 from bayesrobust.errors import BUG_NOTE, UserError
 from bayesrobust.presets import PRESETS
@@ -71,6 +71,7 @@ FLOATS = {
     "ratio": ([0, 0.5, 1], [-0.1, 1.5, "nan", "inf"], []),
     "radius": ([0.5, 0.01], [0, -0.5, "nan", "-inf"], ["inf", 2.0, "1e300"]),  # Linf ε <= 1; L2 unbounded
     "any": ([], [], [0.2, -1, "nan", "inf", 0]),
+    "friction": ([0.1, 0.5, 1], [0, -0.1, 1.5, "nan", "inf"], []),
 }
 #: Semantics of the numeric options: (command or '*', option name) -> kind above (default 'positive').
 NUMERIC = {
@@ -79,6 +80,7 @@ NUMERIC = {
     ("train", "adv_epsilon"): "radius",
     ("analyze", "epsilon"): "any",
     ("faithfulness", "threshold"): "ratio",
+    ("train", "friction"): "friction", ("train", "burnin"): "nonneg",
 }
 
 
@@ -104,6 +106,9 @@ def _strings(command: str, name: str, tmp: Path) -> list[tuple[str, int]]:
     if name in ("linf_eps", "l2_eps"):
         return [("8/255", OK), ("0.1,0.2", OK), ("", OK), ("0.5", OK), ("abc", BAD), ("1/0", BAD), ("nan", BAD),
                 ("-0.1", BAD), ("0", BAD), ("0.1,,x", BAD), ("1e9", ANY)]
+    if name == "models":  # evaluate --model: a model tag, checked before any model is read
+        return [("baseNN", OK), ("fullBNN_sghmc", OK), ("fullBNN", BAD), ("nope", BAD), ("", BAD), ("a/b", BAD),
+                ("a\nb", BAD)]
     if name == "name":  # analyze --name becomes a file name: a safe name or nothing
         return [("mine", OK), ("a.b-c_1", OK), ("", BAD), ("a/b", BAD), ("../x", BAD), (".hidden", BAD),
                 ("a\nb", BAD)]
@@ -249,6 +254,7 @@ def sentinels(monkeypatch):
     monkeypatch.setattr(experiment.Experiment, "run", stop("Experiment.run"))
     monkeypatch.setattr(faithfulness_report, "trained_models", stop("trained_models"))
     monkeypatch.setattr(results_report, "write_report", stop("write_report"))
+    monkeypatch.setattr(stages, "trained_models", stop("trained_models"))  # evaluate without --model
     # train reads the test split before training: once is enough
     monkeypatch.setattr(datasets, "load", functools.lru_cache(maxsize=None)(datasets.load))
     monkeypatch.delenv("BAYESROBUST_OUT", raising=False)
