@@ -6,7 +6,8 @@
 #   QUICK=1 bash shell/exec_attribution.sh            # the same sequence on the quick preset, 20 images, 20 steps
 # Environment: OUT (default results), QUICK_PRESET (with QUICK=1; default quick, tests use tiny), DATA_ROOT
 # (default ../shared/datasets), MODELS (default all five), METHOD (default saliency), ATTACK (ifia or
-# manipulate; default ifia). Extra arguments (e.g. --force) go to every attack call. Finished stages are skipped.
+# manipulate; default ifia), EPOCHS (overrides the preset's training epochs). Extra arguments (e.g. --force)
+# go to every attack call. Finished stages are skipped.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/shell/setup_env.sh"
@@ -18,8 +19,9 @@ if [ "${QUICK:-0}" = 1 ]; then
 else
   preset=mnist_conv; draws=20; data=(--data-root "${DATA_ROOT:-../shared/datasets}"); sizes=(--n-inputs 500)
 fi
+train=(); [ -n "${EPOCHS:-}" ] && train=(--epochs "$EPOCHS")
 for model in $models; do
-  .venv/bin/python -m bayesrobust.train --model "$model" --preset "$preset" "${data[@]}" --out "$out"
+  .venv/bin/python -m bayesrobust.train --model "$model" --preset "$preset" "${train[@]}" "${data[@]}" --out "$out"
   .venv/bin/python -m bayesrobust.attack --model "$model" --preset "$preset" --attack "${ATTACK:-ifia}" \
     --method "${METHOD:-saliency}" --n-draws "$draws" "${sizes[@]}" "${data[@]}" --out "$out" "$@"
 done

@@ -221,9 +221,11 @@ def test_art_loss_against_a_hand_computation():
 
 @pytest.mark.threads(1)
 def test_art_training_raises_the_topk_intersection_under_attack(mnist5k_train, mnist5k_test):
-    """Seeded and measured: the tiny preset's fc2 (h=16) on 3,000 mnist5k training images, 3 epochs, baseNN
-    vs artNN; IFIA top-k on 30 class-balanced test images. (A smaller setting than the quick preset, whose
-    ART training takes minutes on 2 cores; the full comparison is shell/exec_attribution.sh.)"""
+    """Seeded and measured: the tiny preset's fc2 (h=16) on 3,000 mnist5k training images, 3 epochs of Adam
+    at lr 3e-3, baseNN vs artNN (ART attack ε = 0.2, 2 steps of 0.1, k = 100); IFIA top-k (k = 100, ε = 0.1,
+    15 steps) on 30 class-balanced test images. Measured once: top-k intersection 0.68 (baseNN) vs 0.78
+    (artNN). A smaller setting than the quick preset, whose ART training takes minutes on 2 cores; the quick
+    comparison is ``QUICK=1 shell/exec_attribution.sh``."""
     from dataclasses import replace
 
     from bayesrobust.data import Data, balanced_subset
@@ -234,12 +236,12 @@ def test_art_training_raises_the_topk_intersection_under_attack(mnist5k_train, m
     test = balanced_subset(mnist5k_test, 30, seed=0)
     attack = IFIA(epsilon=0.1, steps=15, step_size=0.01, k=100)
     result = {}
-    for name, art in (("baseNN", None), ("artNN", ARTConfig(k=100))):
-        net, _ = train_network(p.arch, train, replace(p.base, epochs=3), None, seed=0, art=art)
+    for name, art in (("baseNN", None), ("artNN", ARTConfig(k=100, epsilon=0.2, step_size=0.1))):
+        net, _ = train_network(p.arch, train, replace(p.base, epochs=3, lr=3e-3), None, seed=0, art=art)
         maps = attack.map_model(net.requires_grad_(False))
         x_adv = attack(maps, test.x, test.y)
         pred = maps.predict(test.x)
         e, e_adv = maps.maps(test.x, pred).numpy(), maps.maps(x_adv, pred).numpy()
         result[name] = metrics.topk_intersection(np.abs(e), np.abs(e_adv), 100 * 100.5 / 784, map_dims=2).mean()
         assert float((pred == test.y).float().mean()) > 0.6, name
-    assert result["artNN"] > result["baseNN"] + 0.02, result
+    assert result["artNN"] > result["baseNN"] + 0.04, result
