@@ -6,7 +6,8 @@
 #   QUICK=1 bash shell/exec_attribution.sh            # the same sequence on the quick preset, 20 images, 20 steps
 # Environment: OUT (default results), QUICK_PRESET (with QUICK=1; default quick, tests use tiny), DATA_ROOT
 # (default ../shared/datasets), MODELS (default all five), METHOD (default saliency), ATTACK (ifia or
-# manipulate; default ifia), EPOCHS (overrides the preset's training epochs). Extra arguments (e.g. --force)
+# manipulate; default ifia), EPOCHS (overrides the preset's training epochs), N_INPUTS and STEPS (QUICK
+# sizes, default 20 and 20). Extra arguments (e.g. --force)
 # go to every attack call. Finished stages are skipped.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,7 +16,7 @@ cd "$root"
 out="${OUT:-results}"
 models="${MODELS:-baseNN advNN artNN fullBNN artBNN}"
 if [ "${QUICK:-0}" = 1 ]; then
-  preset="${QUICK_PRESET:-quick}"; draws=5; data=(); sizes=(--n-inputs 20 --steps 20)
+  preset="${QUICK_PRESET:-quick}"; draws=5; data=(); sizes=(--n-inputs "${N_INPUTS:-20}" --steps "${STEPS:-20}")
 else
   preset=mnist_conv; draws=20; data=(--data-root "${DATA_ROOT:-../shared/datasets}"); sizes=(--n-inputs 500)
 fi

@@ -1,7 +1,8 @@
 """The attribution attack, ART training and the attribution table end to end, through the QUICK driver.
 
 CI runs ``QUICK=1 shell/exec_attribution.sh`` on the ``tiny`` preset with one training epoch and two model
-kinds (baseNN and artBNN: the deterministic baseline and ART inside SVI), the same commands as the quick run.
+kinds (baseNN and artBNN: the deterministic baseline and ART inside SVI), 10 images and 5 attack steps: the
+same commands as the quick run, smaller.
 """
 
 import os
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def driver_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("attribution")
     env = {**os.environ, "QUICK": "1", "QUICK_PRESET": "tiny", "OUT": str(out), "MODELS": "baseNN artBNN",
-           "EPOCHS": "1"}
+           "EPOCHS": "1", "N_INPUTS": "10", "STEPS": "5"}
     proc = subprocess.run(["bash", str(ROOT / "shell" / "exec_attribution.sh")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -38,7 +39,7 @@ def test_driver_writes_runs_table_and_figure(driver_run):
             assert ds.attrs["kind"] == "attribution_attack"
             assert (ds["pred_adv"] == ds["pred"]).all()  # every label kept
             assert float(abs(ds["x_adv"] - ds["x"]).max()) <= ds.attrs["epsilon"] + 1e-6
-            assert ds.sizes["image"] == 20 and ds["map"].dims == ("image", "height", "width")
+            assert ds.sizes["image"] == 10 and ds["map"].dims == ("image", "height", "width")
             assert np.isfinite(ds["kendall_tau"]).all() and (ds["topk_intersection"] <= 1).all()
             assert ds.attrs["n_draws"] == (5 if ds.attrs["model"] == "artBNN" else 1)
             assert 0 <= ds.attrs["pgd_accuracy"] <= ds.attrs["natural_accuracy"] + 1e-9
@@ -54,7 +55,7 @@ def test_rerun_skips_and_table_filters(driver_run):
     out, _ = driver_run
     runner = CliRunner()
     again = runner.invoke(main, ["attack", "--model", "baseNN", "--preset", "tiny", "--attack", "ifia",
-                                 "--method", "saliency", "--n-draws", "5", "--n-inputs", "20", "--steps", "20",
+                                 "--method", "saliency", "--n-draws", "5", "--n-inputs", "10", "--steps", "5",
                                  "--out", str(out)])
     assert again.exit_code == 0 and "up to date" in again.output
     none = runner.invoke(main, ["table", "--kind", "attribution", "--preset", "tiny", "--method", "grad_input",

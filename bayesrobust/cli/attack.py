@@ -48,8 +48,10 @@ def common_options(func):
 @options.inference_option
 @options.attack_option
 @options.norm_option
-@click.option("--epsilon", type=float, default=None, help="Radius (default: the preset's, paper 0.2).")
-@click.option("--steps", type=int, default=None, help="PGD steps (default: the preset's, paper 40).")
+@click.option("--epsilon", type=float, default=None,
+              help="Radius (default: the preset's, paper 0.2; ifia/manipulate: 0.3 for MNIST, 8/255 for colour).")
+@click.option("--steps", type=int, default=None,
+              help="PGD steps (default: the preset's, paper 40; ifia/manipulate: 100).")
 @click.option("--step-size", type=float, default=None,
               help="PGD step size (default: the preset's for its ε and steps, otherwise 2.5·ε/steps).")
 @click.option("--random-start/--no-random-start", default=True, show_default=True, help="PGD random start.")
