@@ -330,7 +330,7 @@ def check_training(preset: Preset, model: str, inference: str | None = None) -> 
         checks.count("adv steps", adv.steps, allow_none=False)
         checks.positive("adv step_size", adv.step_size)
         checks.real("adv_ratio", adv.adv_ratio, low=0, high=1, allow_none=False)
-    elif (inference or preset.inference) == "svi":
+    elif model == "artBNN" or (inference or preset.inference) == "svi":  # artBNN: always SVI
         svi = preset.svi
         checks.count("epochs", svi.epochs, minimum=0, allow_none=False)
         checks.positive("lr", svi.lr, allow_none=False)
