@@ -242,6 +242,13 @@ def test_art_training_raises_the_topk_intersection_under_attack(mnist5k_train, m
         x_adv = attack(maps, test.x, test.y)
         pred = maps.predict(test.x)
         e, e_adv = maps.maps(test.x, pred).numpy(), maps.maps(x_adv, pred).numpy()
-        result[name] = metrics.topk_intersection(np.abs(e), np.abs(e_adv), 100 * 100.5 / 784, map_dims=2).mean()
+        per_image = metrics.topk_intersection(np.abs(e), np.abs(e_adv), 100 * 100.5 / 784, map_dims=2)
+        result[name] = per_image.mean()
         assert float((pred == test.y).float().mean()) > 0.6, name
+        assert torch.equal(maps.predict(x_adv), pred), name
+        if name == "baseNN":  # the attack, not any perturbation of that size, moves the map: compare random signs
+            noise = torch.randint(0, 2, test.x.shape, generator=torch.Generator().manual_seed(0)) * 0.2 - 0.1
+            e_noise = maps.maps((test.x + noise).clamp(0, 1), pred).numpy()
+            random = metrics.topk_intersection(np.abs(e), np.abs(e_noise), 100 * 100.5 / 784, map_dims=2)
+            assert (per_image < random).mean() >= 0.9, (per_image, random)
     assert result["artNN"] > result["baseNN"] + 0.04, result
