@@ -229,8 +229,8 @@ def attack(preset: str | Preset, model: str, *, inference: str | None = None, ou
     posterior draws averaged by ``mode``) and write ``OUT/attacks/PRESET/RUN.nc`` (an ``attack`` Dataset,
     :func:`bayesrobust.adversarial.run_attack`). The attribution attacks (``ifia``, ``manipulate``) go to
     :func:`attribution_attack` with the settings in ``attribution`` (``None`` values: the defaults)."""
+    extra = check_attribution_settings(attribution)  # checked even where FGSM/PGD ignore them
     if str(attack) in ATTRIBUTION_ATTACKS:
-        extra = {k: v for k, v in (attribution or {}).items() if v is not None}
         return attribution_attack(preset, model, inference=inference, out=out, attack=attack, epsilon=epsilon,
                                   steps=steps, step_size=step_size, n_inputs=n_inputs, inputs_seed=inputs_seed,
                                   n_draws=n_draws, chunk_size=chunk_size, seed=seed, data_root=data_root,
@@ -716,6 +716,24 @@ def save_figure(fig: Any, stem: Path, formats: Sequence[str] = FORMATS, dpi: int
 # -- attacks on explanations (docs/method.md §10) ---------------------------------------------------------
 #: Attacks whose target is the attribution map, not the prediction.
 ATTRIBUTION_ATTACKS = (AttackName.IFIA.value, AttackName.MANIPULATE.value)
+
+
+def check_attribution_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The given (not ``None``) settings of an attribution attack, each checked: ``method``, ``variant`` (by
+    name), ``k`` and ``ig_steps`` positive integers, ``beta`` positive and finite, ``gamma`` ≥ 0 and finite."""
+    from .choices import AttributionMethod, IFIAVariant
+    given = {k: v for k, v in (settings or {}).items() if v is not None}
+    unknown = set(given) - {"method", "variant", "k", "beta", "ig_steps", "gamma"}
+    if unknown:
+        raise ValueError(f"unknown attribution setting(s) {sorted(unknown)}")
+    if "method" in given:
+        AttributionMethod.parse(given["method"], "attribution method")
+    if "variant" in given:
+        IFIAVariant.parse(given["variant"], "IFIA variant")
+    _counts(k=given.get("k"), ig_steps=given.get("ig_steps"))
+    checks.positive("beta", given.get("beta"))
+    checks.real("gamma", given.get("gamma"), low=0)
+    return given
 
 
 def attribution_run_name(model: str, inference: str | None, params: dict, n_draws: int) -> str:

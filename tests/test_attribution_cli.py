@@ -64,7 +64,6 @@ def test_rerun_skips_and_table_filters(driver_run):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["attack", "--model", "baseNN", "--attack", "fgsm", "--method", "saliency"], "only apply to the attribution"),
     (["table", "--preset", "tiny"], "Missing option '--model'"),
     (["attack", "--model", "baseNN", "--attack", "ifia", "--epsilon", "-1"], "epsilon"),
     (["attack", "--model", "baseNN", "--attack", "ifia", "--k", "0"], "k"),

@@ -69,11 +69,9 @@ def main(model, preset, inference, attack_name, norm, epsilon, steps, step_size,
          device, out, force, verbose):
     """Attack one trained model and write OUT/attacks/PRESET/RUN.nc (ifia, manipulate: OUT/attributions/)."""
     options.setup_logging(verbose)
+    # FGSM and PGD ignore the attribution settings (as FGSM ignores --steps)
     attribution = {"method": method, "variant": variant, "k": k, "beta": beta, "ig_steps": ig_steps,
                    "gamma": gamma}
-    if attack_name not in stages.ATTRIBUTION_ATTACKS and any(v is not None for v in attribution.values()):
-        given = ", ".join("--" + n.replace("_", "-") for n, v in attribution.items() if v is not None)
-        raise click.UsageError(f"{given} only apply to the attribution attacks (ifia, manipulate)")
     done = stages.attack(preset, model, inference=inference, out=out, attack=attack_name, norm=norm,
                          epsilon=epsilon, steps=steps, step_size=step_size, random_start=random_start,
                          n_inputs=n_inputs, inputs_seed=inputs_seed, n_draws=n_draws, mode=posterior_mode,
