@@ -47,6 +47,9 @@ class Model(Choice):
     BASE = "baseNN"
     ADV = "advNN"
     BAYES = "fullBNN"
+    #: attributional robustness training (ART, docs/method.md §11.5): deterministic, and added to SVI
+    ART = "artNN"
+    ART_BAYES = "artBNN"
 
 
 class Inference(Choice):
@@ -59,6 +62,9 @@ class Inference(Choice):
 class AttackName(Choice):
     FGSM = "fgsm"
     PGD = "pgd"
+    #: attacks on the explanation, not the prediction (docs/method.md §11)
+    IFIA = "ifia"
+    MANIPULATE = "manipulate"
 
 
 class Norm(Choice):
@@ -95,3 +101,20 @@ class Subset(Choice):
     ALL = "all"
     SUCCESSFUL = "successful"
     FAILED = "failed"
+
+
+class AttributionMethod(Choice):
+    """Gradient maps an attribution attack can differentiate twice (docs/method.md §11.1)."""
+
+    SALIENCY = "saliency"
+    GRAD_INPUT = "grad_input"
+    INTEGRATED_GRADIENTS = "integrated_gradients"
+    LRP_EPSILON = "lrp_epsilon"
+
+
+class IFIAVariant(Choice):
+    """What the iterative feature-importance attack moves (docs/method.md §11.2)."""
+
+    TOPK = "topk"
+    MASS_CENTER = "mass_center"
+    TARGETED = "targeted"

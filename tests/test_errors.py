@@ -146,7 +146,7 @@ def test_usage_errors_found_by_the_fuzz_test_are_one_line(tmp_path):
     result = runner.invoke(main, ["attack", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == \
-        "Error: Missing option '--model'. Choose from: baseNN, advNN, fullBNN."
+        "Error: Missing option '--model'. Choose from: baseNN, advNN, fullBNN, artNN, artBNN."
     for option in ("--seed", "--inputs-seed"):
         for value in ("-1", str(2**32), str(2**64)):
             result = runner.invoke(main, ["table", "--model", "baseNN", option, value, "--out", str(tmp_path)])

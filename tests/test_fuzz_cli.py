@@ -219,6 +219,12 @@ def _combinations(case: Case) -> None:
         dataset = case.values.get("dataset", preset.dataset if preset else None)
         if dataset != "mnist5k" and max(t.values(), default=OK) == OK:
             t["dataset_on_disk"] = ANY  # needs --data-root with the real files
+    if case.values.get("model") == "artBNN" and case.values.get("inference", "svi") != "svi":
+        t["art_bnn_svi_only"] = BAD  # the ART term is added to the SVI objective only
+    if c == "table" and case.values.get("kind", "robustness") == "attribution":
+        t["no_attribution_runs"] = BAD  # the empty --out has no attribution-attack run to tabulate
+    elif c == "table" and "model" not in case.values:
+        t["model_required"] = USAGE  # a robustness table names its model
     if c == "table":
         linf, l2 = case.values.get("linf_eps", "8/255"), case.values.get("l2_eps", "0.25")
         if linf == "" and l2 == "":

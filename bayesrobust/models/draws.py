@@ -188,6 +188,16 @@ class DrawSet:
             self.load(position)
             yield position
 
+    def stacked_params(self) -> dict[str, torch.Tensor]:
+        """Every draw's parameters stacked along a new leading axis: name → (S, ...) tensor, on the net's
+        device and dtype (for a vectorised call over draws, ``torch.func.vmap``; docs/method.md §11.1).
+        A plain module (:meth:`from_module`) gives its own parameters with S = 1."""
+        if not self._targets:
+            return {k: v.detach().unsqueeze(0) for k, v in self.net.named_parameters()}
+        per_draw = [self._prepare(self._posterior.draw_params(j)) if self.lazy else self._params[p]
+                    for p, j in enumerate(self.indices)]
+        return {k: torch.stack([d[k].contiguous() for d in per_draw]) for k in self._targets}
+
     def device(self) -> torch.device:
         first = next(iter(self.net.parameters()), None)
         return first.device if first is not None else torch.device("cpu")
