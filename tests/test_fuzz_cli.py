@@ -79,6 +79,7 @@ NUMERIC = {
     ("train", "adv_epsilon"): "radius",
     ("analyze", "epsilon"): "any",
     ("faithfulness", "threshold"): "ratio",
+    ("attack", "gamma"): "nonneg",  # manipulate's weight of the output term: 0 moves the map alone
 }
 
 
