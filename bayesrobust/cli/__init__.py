@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import click
 
-from . import analyze, attack, explain, pipeline, plot, table, train
+from . import analyze, attack, explain, pipeline, plot, sweep, table, train
 
 COMMANDS = {"train": train.main, "attack": attack.main, "explain": explain.main, "analyze": analyze.main,
             "plot": plot.main, "pipeline": pipeline.main, "table": table.main}
+COMMANDS["sweep"] = sweep.main
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, commands=COMMANDS)
