@@ -1,6 +1,6 @@
 """Running a sweep's work units on dask.distributed (docs/method.md §10).
 
-:func:`run_units` submits every :class:`~bayesrobust.sweeps.Unit` as one task whose dependencies are the
+:func:`run_units` submits every :class:`~bayesrobust.grid.Unit` as one task whose dependencies are the
 tasks of the units it needs, so dask runs them in the stages' order (train → attack → explain → analyze →
 plot) on whatever workers are free. A task is a stage call (:mod:`bayesrobust.stages`) on settings and
 paths; results travel as files under OUT (written atomically by :mod:`bayesrobust.store`), so a task that
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .sweeps import Unit
+from .grid import Unit
 
 #: Environment of the worker processes: one thread for every numerical library (torch is set per task too).
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bayesrobust import errors, experiment, stages
+from bayesrobust import errors, experiment, grid, stages
 from bayesrobust.cli import COMMANDS, main
 from bayesrobust.data import DataNotFoundError
 from bayesrobust.errors import BUG_EXIT_CODE, BUG_NOTE, INTERRUPT_EXIT_CODE, DrawOutOfRangeError, UserError
@@ -16,9 +16,9 @@ from bayesrobust.errors import BUG_EXIT_CODE, BUG_NOTE, INTERRUPT_EXIT_CODE, Dra
 #: The library call each command makes, and the arguments it needs.
 STAGE = {"train": (stages, "train"), "attack": (stages, "attack"), "table": (stages, "table"),
          "explain": (stages, "explain"), "analyze": (stages, "analyze"), "plot": (stages, "plot"),
-         "pipeline": (experiment.Experiment, "run")}
+         "pipeline": (experiment.Experiment, "run"), "sweep": (grid, "load")}
 ARGS = {"train": ["--model", "baseNN"], "attack": ["--model", "baseNN"], "table": ["--model", "baseNN"],
-        "explain": ["--model", "baseNN"], "analyze": [], "plot": [], "pipeline": []}
+        "explain": ["--model", "baseNN"], "analyze": [], "plot": [], "pipeline": [], "sweep": ["sweep.toml"]}
 
 
 def test_every_command_is_covered():

@@ -15,7 +15,7 @@ import torch
 import xarray as xr
 from click.testing import CliRunner
 
-from bayesrobust import cluster, stages, store, sweeps
+from bayesrobust import cluster, grid, stages, store
 from bayesrobust.explain.bayesian import DrawReducer
 from bayesrobust.models.posterior import Posterior
 
@@ -47,15 +47,21 @@ def serial(tmp_path_factory):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        Experiment("tiny", out, models=["baseNN", "fullBNN"], draws=[4], rules=["epsilon"], n_inputs=10).run()
+        e = Experiment("tiny", out, models=["baseNN", "fullBNN"], draws=[4], rules=["epsilon"], n_inputs=10)
+        e.train()
+        e.explain(e.attack_runs())
+        e.analyze()
+        stages.plot(out, analyses=[e.analysis_name], preset="tiny", formats=["png"])  # as sweep_units
     finally:
         torch.set_num_threads(before)
     return out
 
 
-def sweep_units(out: Path) -> list[sweeps.Unit]:
-    sweep = sweeps.parse(TINY, "tiny.toml")
-    return sweeps.units(sweep, sweep.experiments(out))
+def sweep_units(out: Path) -> list[grid.Unit]:
+    """The tiny sweep's units (figures as PNG only: the PDFs double the slowest stage of a tiny run)."""
+    sweep = grid.parse(TINY, "tiny.toml")
+    return [grid.with_kwargs(u, formats=["png"]) if u.stage == "plot" else u
+            for u in grid.units(sweep, sweep.experiments(out))]
 
 
 def assert_same_results(a: Path, b: Path) -> None:
@@ -110,7 +116,7 @@ def test_a_killed_worker_changes_nothing(client, serial, tmp_path):
 def test_a_failing_unit_stops_its_own_branch_only(client, serial, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(serial, out)
-    units = [sweeps.with_kwargs(u, layers=[99]) if u.stage == "explain" and "fullBNN" in u.key else u
+    units = [grid.with_kwargs(u, layers=[99]) if u.stage == "explain" and "fullBNN" in u.key else u
              for u in sweep_units(out)]
     outcome = cluster.run_units(client, units)
     assert not outcome.ok
@@ -199,11 +205,11 @@ def test_a_malformed_sweep_file_is_a_one_line_error(tmp_path, text, message):
 
 
 def test_set_overrides_and_quick_tables():
-    sweep = sweeps.load("experiments/sweeps/layers_robustness.toml", quick=True,
-                        overrides=dict([sweeps.parse_override("preset=tiny"), sweeps.parse_override("draws=5,10")]))
+    sweep = grid.load("experiments/sweeps/layers_robustness.toml", quick=True,
+                        overrides=dict([grid.parse_override("preset=tiny"), grid.parse_override("draws=5,10")]))
     assert sweep.grid["preset"] == ("tiny",) and sweep.grid["draws"] == (5, 10)
     assert sweep.settings["draws_per_task"] == 10 and "data_root" not in sweep.settings
-    paper = sweeps.load("experiments/sweeps/layers_robustness.toml")
+    paper = grid.load("experiments/sweeps/layers_robustness.toml")
     assert len(paper.points()) == 4 and paper.grid["draws"] == (10, 50, 100)
-    with pytest.raises(sweeps.SweepError, match="--set 'preset': expected KEY=VALUE"):
-        sweeps.parse_override("preset")
+    with pytest.raises(grid.SweepError, match="--set 'preset': expected KEY=VALUE"):
+        grid.parse_override("preset")

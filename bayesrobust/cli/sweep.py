@@ -1,6 +1,6 @@
 """``bayesrobust sweep FILE`` (also ``python -m bayesrobust.sweep``): an experiment grid on dask.distributed.
 
-Reads a sweep file (:mod:`bayesrobust.sweeps`; the paper's are ``experiments/sweeps/*.toml``), checks every
+Reads a sweep file (:mod:`bayesrobust.grid`; the paper's are ``experiments/sweeps/*.toml``), checks every
 experiment of the grid before any work, and runs its units (:mod:`bayesrobust.cluster`) on an embedded
 ``LocalCluster`` (one single-threaded worker process per core, or ``--workers N``) or on a running cluster
 (``--scheduler ADDRESS``). Prints the dashboard address, one progress bar (units done / total), each unit's
@@ -22,8 +22,11 @@ from . import options
 
 
 def _overrides(_ctx, _param, values):
-    from ..sweeps import parse_override
-    return dict(parse_override(v) for v in values)
+    from ..grid import SweepError, parse_override
+    try:
+        return dict(parse_override(v) for v in values)
+    except SweepError as err:
+        raise click.BadParameter(str(err)) from None
 
 
 @click.command(cls=options.Command, context_settings=options.CONTEXT)
@@ -47,15 +50,15 @@ def _overrides(_ctx, _param, values):
 def main(sweep_file, quick, overrides, workers, scheduler, torch_threads, dashboard, out, force, progress,
          verbose):
     """Run the experiment grid of sweep FILE on dask.distributed, results under OUT."""
-    from .. import cluster, sweeps
+    from .. import cluster, grid
     options.setup_logging(verbose)
     if not verbose:  # the scheduler's and workers' own INFO lines would bury the progress bar
         logging.getLogger("distributed").setLevel(logging.WARNING)
-    start = time.perf_counter()
-    sweep = sweeps.load(sweep_file, quick=quick, overrides=overrides)
-    units = sweeps.units(sweep, sweep.experiments(out, force=force))  # every point checked before any work
     if scheduler is not None and workers is not None:
         raise click.UsageError("--workers sizes the embedded cluster; with --scheduler the cluster is yours")
+    start = time.perf_counter()
+    sweep = grid.load(sweep_file, quick=quick, overrides=overrides)
+    units = grid.units(sweep, sweep.experiments(out, force=force))  # every point checked before any work
     outcome = run(units, scheduler=scheduler, workers=workers, threads=torch_threads, dashboard=dashboard,
                   progress=progress, verbose=verbose)
     for line in cluster.headlines(outcome, units):

@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bayesrobust import cluster, stages, sweeps  # noqa: E402
+from bayesrobust import cluster, grid, stages  # noqa: E402
 from bayesrobust.explain.split import chunk_bounds  # noqa: E402
 from bayesrobust.presets import get_preset  # noqa: E402
 
@@ -49,8 +49,8 @@ SWEEPS = ROOT / "experiments" / "sweeps"
 def run_sweep(workers: int, out: Path, overrides: dict) -> tuple[float, cluster.Outcome]:
     """The QUICK layers sweep from scratch on ``workers`` workers: (seconds, outcome)."""
     from distributed import Client
-    sweep = sweeps.load(SWEEPS / "layers_robustness.toml", quick=True, overrides=overrides)
-    units = sweeps.units(sweep, sweep.experiments(out))
+    sweep = grid.load(SWEEPS / "layers_robustness.toml", quick=True, overrides=overrides)
+    units = grid.units(sweep, sweep.experiments(out))
     with cluster.local_cluster(workers, dashboard_address=None) as local, Client(local) as client:
         client.run(_warm)  # imports done on every worker before the clock starts
         start = time.perf_counter()
@@ -134,7 +134,7 @@ def train_images(dataset: str, data_root: str | None) -> int:
     return len(load(dataset, "train", data_root))
 
 
-def work(unit: sweeps.Unit, preset, rules: int) -> float:
+def work(unit: grid.Unit, preset, rules: int) -> float:
     """The work of a unit in the scale of (c): training epochs × images (NUTS: iterations × chains × images
     × :data:`LEAPFROG_STEPS`, in units of an SVI epoch's image), or images × S (× rules)."""
     model = unit.kwargs.get("model")
@@ -156,7 +156,7 @@ def work(unit: sweeps.Unit, preset, rules: int) -> float:
     return 1.0
 
 
-def project(outcome: cluster.Outcome, quick_units: list[sweeps.Unit], data_root: str, workers=(1, 8, 64)) -> None:
+def project(outcome: cluster.Outcome, quick_units: list[grid.Unit], data_root: str, workers=(1, 8, 64)) -> None:
     """(c): the paper grid's wall time on each number of workers."""
     quick = get_preset(quick_units[0].kwargs["preset"].name)
     costs_per_image = {}
@@ -169,11 +169,11 @@ def project(outcome: cluster.Outcome, quick_units: list[sweeps.Unit], data_root:
     costs_per_image[quick.name] = net_cost(quick.name)
     grids = []
     for name in ("layers_robustness", "rules_robustness", "cifar"):
-        sweep = sweeps.load(SWEEPS / f"{name}.toml", overrides={"data_root": data_root})
+        sweep = grid.load(SWEEPS / f"{name}.toml", overrides={"data_root": data_root})
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                grids.append((name, sweep, sweeps.units(sweep, sweep.experiments(tmp))))
-        except sweeps.SweepError as err:
+                grids.append((name, sweep, grid.units(sweep, sweep.experiments(tmp))))
+        except grid.SweepError as err:
             print(f"    (left out {name}: {err})")
     tasks = []  # (key, seconds, needs)
     for name, sweep, units in grids:
@@ -249,8 +249,8 @@ def main() -> None:
     try:
         t1, outcome = run_sweep(1, base / "w1", overrides)
         t2, _ = run_sweep(2, base / "w2", overrides)
-        sweep = sweeps.load(SWEEPS / "layers_robustness.toml", quick=True, overrides=overrides)
-        units = sweeps.units(sweep, sweep.experiments(base / "w1"))
+        sweep = grid.load(SWEEPS / "layers_robustness.toml", quick=True, overrides=overrides)
+        units = grid.units(sweep, sweep.experiments(base / "w1"))
         print(f"(a) QUICK layers-robustness sweep ({sweep.grid['preset'][0]}, {len(units)} units)")
         print(f"    1 worker:  {t1:7.1f} s\n    2 workers: {t2:7.1f} s   speed-up {t1 / t2:.2f}x (goal >= 1.6x)")
         split_explanation(base / "w1", sweep.grid["preset"][0], draws)

@@ -145,7 +145,7 @@ def parse(text: str, name: str = "sweep", *, quick: bool = False,
         _check_keys(raw["quick"], [*AXES, *SETTINGS], f"{name} [quick]")
     for axis in ("preset", "attack", "seeds", "rules", "models"):
         grid.setdefault(axis, {"attack": ["fgsm"], "seeds": [0], "rules": ["epsilon"],
-                               "models": Model.values()}.get(axis))
+                               "models": list(Model.values())}.get(axis))
         if grid[axis] is None:
             raise SweepError(f"{name} [grid]: the axis {axis!r} is missing; give it one or more values")
     checked = {axis: _as_list(axis, value, AXES[axis], f"{name} [grid]") for axis, value in grid.items()}
