@@ -84,6 +84,9 @@ def run(units, *, scheduler=None, workers=None, threads=1, dashboard=":8787", pr
             client = stack.enter_context(Client(local))
         else:
             client = stack.enter_context(Client(scheduler))
+        if not verbose:  # quiet also the scheduler's and nanny's own loggers (closing messages included)
+            for name in [n for n in logging.root.manager.loggerDict if n.startswith("distributed")]:
+                logging.getLogger(name).setLevel(logging.WARNING)
         n = len(client.scheduler_info().get("workers", {}))
         click.echo(f"dask: {n} worker(s) at {client.scheduler.address}; dashboard {client.dashboard_link}")
         bar = stack.enter_context(tqdm(total=len(units), unit="unit", desc="sweep", disable=not progress))
