@@ -9,9 +9,9 @@
 (c) The projected wall time of the full paper grid (the three paper sweep files) on 1, 8 and 64 workers:
     each unit's cost is the measured cost of its QUICK counterpart (same stage and model, from (a) with 1
     worker) scaled by the work it does — training by epochs × training images (NUTS: iterations × chains ×
-    images × an assumed 32 leapfrog steps, against the QUICK SVI's epochs × images), attacks and explanations by
-    images × S (× rules), each by the network's measured cost per image (a timed forward + backward pass of
-    both presets' networks) —; explanations are split into chunks of the file's ``draws_per_task``; then the
+    images × 2**max_tree_depth leapfrog steps, an upper bound, against a tiny NUTS run timed here), attacks
+    and explanations by images × S (× rules), each by the network's measured cost per image (a timed forward
+    + backward pass of both presets' networks) —; explanations are split into chunks of the file's ``draws_per_task``; then the
     task graph is list-scheduled (each ready task to the first free worker, longest first). The paper
     datasets must be in ``--data-root`` for the grid to be built (the full CIFAR-10 is optional: its sweep is
     left out, and said so, without it).
@@ -124,10 +124,6 @@ def net_cost(preset: str) -> float:
     return (time.perf_counter() - start) / reps / 64
 
 
-#: Leapfrog steps assumed per NUTS iteration in (c) (tree depth 5; the presets allow up to 2**8).
-LEAPFROG_STEPS = 32
-
-
 @functools.cache
 def train_images(dataset: str, data_root: str | None) -> int:
     from bayesrobust.data import load
@@ -136,14 +132,14 @@ def train_images(dataset: str, data_root: str | None) -> int:
 
 def work(unit: grid.Unit, preset, rules: int) -> float:
     """The work of a unit in the scale of (c): training epochs × images (NUTS: iterations × chains × images
-    × :data:`LEAPFROG_STEPS`, in units of an SVI epoch's image), or images × S (× rules)."""
+    × 2**max_tree_depth, the most leapfrog steps an iteration may take), or images × S (× rules)."""
     model = unit.kwargs.get("model")
     if unit.stage == "train":
         n = train_images(preset.dataset, unit.kwargs.get("data_root") and str(unit.kwargs["data_root"]))
         if model == "fullBNN":
             if unit.kwargs.get("inference") == "hmc":
                 return float((preset.hmc.warmup + preset.hmc.samples) * preset.hmc.chains
-                             * min(preset.hmc.n_train or n, n) * LEAPFROG_STEPS)
+                             * min(preset.hmc.n_train or n, n) * 2 ** preset.hmc.max_tree_depth)
             return float(preset.svi.epochs * n)
         optim = preset.base if model == "baseNN" else preset.adv_optim
         return float(optim.epochs * n)
@@ -167,6 +163,14 @@ def project(outcome: cluster.Outcome, quick_units: list[grid.Unit], data_root: s
         measured.setdefault((u.stage, u.kwargs.get("model")), []).append(r.seconds / work(u, quick, rules))
     measured = {k: sum(v) / len(v) for k, v in measured.items()}
     costs_per_image[quick.name] = net_cost(quick.name)
+    # NUTS is not in the QUICK sweep: one tiny NUTS training is timed here (fc2 h=16, 20 iterations, 2 chains)
+    tiny = get_preset("tiny")
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        hmc = grid.Unit("train", "train", {"preset": tiny, "model": "fullBNN", "inference": "hmc"})
+        stages.train(tiny, "fullBNN", inference="hmc", out=tmp)
+        measured[("train_hmc", "fullBNN")] = (time.perf_counter() - start) / work(hmc, tiny, 1)
+    costs_per_image["tiny"] = net_cost("tiny")
     grids = []
     for name in ("layers_robustness", "rules_robustness", "cifar"):
         sweep = grid.load(SWEEPS / f"{name}.toml", overrides={"data_root": data_root})
@@ -183,9 +187,11 @@ def project(outcome: cluster.Outcome, quick_units: list[grid.Unit], data_root: s
             if p.name not in costs_per_image:
                 costs_per_image[p.name] = net_cost(p.name)
             rules = len(u.kwargs.get("rules", ())) or 1
-            scale = costs_per_image[p.name] / costs_per_image[quick.name] if u.stage in ("train", "attack",
-                                                                                         "explain") else 1
-            seconds = measured[(u.stage, u.kwargs.get("model"))] * work(u, p, rules) * scale
+            stage = "train_hmc" if u.stage == "train" and u.kwargs.get("inference") == "hmc" else u.stage
+            reference = "tiny" if stage == "train_hmc" else quick.name
+            scale = costs_per_image[p.name] / costs_per_image[reference] if u.stage in ("train", "attack",
+                                                                                      "explain") else 1
+            seconds = measured[(stage, u.kwargs.get("model"))] * work(u, p, rules) * scale
             s = u.kwargs.get("n_draws") or 1
             key = f"{name}:{u.key}"
             needs = [f"{name}:{k}" for k in u.needs]
@@ -201,6 +207,9 @@ def project(outcome: cluster.Outcome, quick_units: list[grid.Unit], data_root: s
           f"{total / 3600:.1f} CPU-hours (projected from the QUICK units' measured costs)")
     for w in workers:
         print(f"    {w:3d} worker(s): {schedule(tasks, w) / 3600:8.2f} h")
+    longest = sorted(tasks, key=lambda t: -t[1])[:3]
+    print("    longest tasks (a lower bound of the wall time on any number of workers): "
+          + "; ".join(f"{k.split(':', 1)[1]} {c / 3600:.2f} h" for k, c, _ in longest))
 
 
 def schedule(tasks: list[tuple[str, float, list[str]]], workers: int) -> float:
