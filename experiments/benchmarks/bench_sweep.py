@@ -9,12 +9,12 @@
 (c) The projected wall time of the full paper grid (the three paper sweep files) on 1, 8 and 64 workers:
     each unit's cost is the measured cost of its QUICK counterpart (same stage and model, from (a) with 1
     worker) scaled by the work it does — training by epochs × training images (NUTS: iterations × chains ×
-    images × 2**max_tree_depth leapfrog steps, an upper bound, against a tiny NUTS run timed here), attacks
-    and explanations by images × S (× rules), each by the network's measured cost per image (a timed forward
-    + backward pass of both presets' networks) —; explanations are split into chunks of the file's ``draws_per_task``; then the
-    task graph is list-scheduled (each ready task to the first free worker, longest first). The paper
-    datasets must be in ``--data-root`` for the grid to be built (the full CIFAR-10 is optional: its sweep is
-    left out, and said so, without it).
+    images, against a tiny NUTS run timed here: it assumes as many leapfrog steps per iteration), attacks
+    and explanations by images × S (× rules) — and by the network's measured cost per image (a timed
+    forward + backward pass of both presets' networks); explanations are split into chunks of the file's
+    ``draws_per_task``; then the task graph is list-scheduled (each ready task to the first free worker,
+    longest first). The paper datasets must be in ``--data-root`` for the grid to be built (without the
+    full CIFAR-10 its sweep is left out, and said so). A rough projection: the longest tasks are printed.
 
 The machine is shared: the load average is printed; figures drop when other processes run.
 
@@ -132,14 +132,14 @@ def train_images(dataset: str, data_root: str | None) -> int:
 
 def work(unit: grid.Unit, preset, rules: int) -> float:
     """The work of a unit in the scale of (c): training epochs × images (NUTS: iterations × chains × images
-    × 2**max_tree_depth, the most leapfrog steps an iteration may take), or images × S (× rules)."""
+    — as many leapfrog steps per iteration as the timed tiny run took —), or images × S (× rules)."""
     model = unit.kwargs.get("model")
     if unit.stage == "train":
         n = train_images(preset.dataset, unit.kwargs.get("data_root") and str(unit.kwargs["data_root"]))
         if model == "fullBNN":
             if unit.kwargs.get("inference") == "hmc":
                 return float((preset.hmc.warmup + preset.hmc.samples) * preset.hmc.chains
-                             * min(preset.hmc.n_train or n, n) * 2 ** preset.hmc.max_tree_depth)
+                             * min(preset.hmc.n_train or n, n))
             return float(preset.svi.epochs * n)
         optim = preset.base if model == "baseNN" else preset.adv_optim
         return float(optim.epochs * n)
@@ -172,15 +172,15 @@ def project(outcome: cluster.Outcome, quick_units: list[grid.Unit], data_root: s
         measured[("train_hmc", "fullBNN")] = (time.perf_counter() - start) / work(hmc, tiny, 1)
     costs_per_image["tiny"] = net_cost("tiny")
     grids = []
-    for name in ("layers_robustness", "rules_robustness", "cifar"):
-        sweep = grid.load(SWEEPS / f"{name}.toml", overrides={"data_root": data_root})
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # one OUT for all: a model shared by two grids is trained once
+        for name in ("layers_robustness", "rules_robustness", "cifar"):
+            sweep = grid.load(SWEEPS / f"{name}.toml", overrides={"data_root": data_root})
+            try:
                 grids.append((name, sweep, grid.units(sweep, sweep.experiments(tmp))))
-        except grid.SweepError as err:
-            print(f"    (left out {name}: {err})")
-    tasks = []  # (key, seconds, needs)
-    for name, sweep, units in grids:
+            except grid.SweepError as err:
+                print(f"    (left out {name}: {err})")
+    tasks, seen = [], set()  # (key, seconds, needs)
+    for _name, sweep, units in grids:
         per_task = sweep.settings.get("draws_per_task")
         for u in units:
             p = u.kwargs["preset"] if u.stage in ("train", "attack", "explain") else get_preset(u.kwargs["preset"])
@@ -193,8 +193,10 @@ def project(outcome: cluster.Outcome, quick_units: list[grid.Unit], data_root: s
                                                                                       "explain") else 1
             seconds = measured[(stage, u.kwargs.get("model"))] * work(u, p, rules) * scale
             s = u.kwargs.get("n_draws") or 1
-            key = f"{name}:{u.key}"
-            needs = [f"{name}:{k}" for k in u.needs]
+            key, needs = u.key, list(u.needs)
+            if key in seen:
+                continue
+            seen.add(key)
             if u.stage == "explain" and per_task and s > per_task:
                 chunks = [b - a for a, b in chunk_bounds(s, per_task)]
                 for i, c in enumerate(chunks):
@@ -209,7 +211,7 @@ def project(outcome: cluster.Outcome, quick_units: list[grid.Unit], data_root: s
         print(f"    {w:3d} worker(s): {schedule(tasks, w) / 3600:8.2f} h")
     longest = sorted(tasks, key=lambda t: -t[1])[:3]
     print("    longest tasks (a lower bound of the wall time on any number of workers): "
-          + "; ".join(f"{k.split(':', 1)[1]} {c / 3600:.2f} h" for k, c, _ in longest))
+          + "; ".join(f"{' '.join(k.split()[2:])} ({k.split()[0]}) {c / 3600:.2f} h" for k, c, _ in longest))
 
 
 def schedule(tasks: list[tuple[str, float, list[str]]], workers: int) -> float:
