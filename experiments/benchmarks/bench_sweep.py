@@ -9,7 +9,8 @@
 (c) The projected wall time of the full paper grid (the three paper sweep files) on 1, 8 and 64 workers:
     each unit's cost is the measured cost of its QUICK counterpart (same stage and model, from (a) with 1
     worker) scaled by the work it does — training by epochs × training images (NUTS: iterations × chains ×
-    images, against a tiny NUTS run timed here: it assumes as many leapfrog steps per iteration), attacks
+    images, against a tiny NUTS run timed here: it assumes as many leapfrog steps per iteration, and the
+    network cost per image of full-batch gradients, timed at 1,000 and at the tiny run's 200 images), attacks
     and explanations by images × S (× rules) — and by the network's measured cost per image (a timed
     forward + backward pass of both presets' networks); explanations are split into chunks of the file's
     ``draws_per_task``; then the task graph is list-scheduled (each ready task to the first free worker,
@@ -106,22 +107,23 @@ def _explain_split(preset: str, attack: str, out: str, settings: dict, per_task:
     return str(done.path)
 
 
-def net_cost(preset: str) -> float:
-    """Seconds per image of a forward + backward pass of the preset's network (batch 64, 1 thread)."""
+@functools.cache
+def net_cost(preset: str, batch: int = 64) -> float:
+    """Seconds per image of a forward + backward pass of the preset's network (``batch`` images, 1 thread)."""
     import torch
 
     from bayesrobust.models.architectures import build
     torch.set_num_threads(1)
     p = get_preset(preset)
     net = build(p.arch)
-    x = torch.rand(64, *p.arch.in_shape, requires_grad=True)
+    x = torch.rand(batch, *p.arch.in_shape, requires_grad=True)
     for _ in range(2):
         net(x).sum().backward()
     reps, start = 0, time.perf_counter()
     while time.perf_counter() - start < 1.0 or reps < 3:
         net(x).sum().backward()
         reps += 1
-    return (time.perf_counter() - start) / reps / 64
+    return (time.perf_counter() - start) / reps / batch
 
 
 @functools.cache
@@ -170,7 +172,6 @@ def project(outcome: cluster.Outcome, quick_units: list[grid.Unit], data_root: s
         hmc = grid.Unit("train", "train", {"preset": tiny, "model": "fullBNN", "inference": "hmc"})
         stages.train(tiny, "fullBNN", inference="hmc", out=tmp)
         measured[("train_hmc", "fullBNN")] = (time.perf_counter() - start) / work(hmc, tiny, 1)
-    costs_per_image["tiny"] = net_cost("tiny")
     grids = []
     with tempfile.TemporaryDirectory() as tmp:  # one OUT for all: a model shared by two grids is trained once
         for name in ("layers_robustness", "rules_robustness", "cifar"):
@@ -188,9 +189,12 @@ def project(outcome: cluster.Outcome, quick_units: list[grid.Unit], data_root: s
                 costs_per_image[p.name] = net_cost(p.name)
             rules = len(u.kwargs.get("rules", ())) or 1
             stage = "train_hmc" if u.stage == "train" and u.kwargs.get("inference") == "hmc" else u.stage
-            reference = "tiny" if stage == "train_hmc" else quick.name
-            scale = costs_per_image[p.name] / costs_per_image[reference] if u.stage in ("train", "attack",
-                                                                                      "explain") else 1
+            if stage == "train_hmc":  # full-batch gradients: per-image costs at large batches
+                scale = net_cost(p.name, 1000) / net_cost("tiny", tiny.hmc.n_train)
+            elif u.stage in ("train", "attack", "explain"):
+                scale = costs_per_image[p.name] / costs_per_image[quick.name]
+            else:
+                scale = 1.0
             seconds = measured[(stage, u.kwargs.get("model"))] * work(u, p, rules) * scale
             s = u.kwargs.get("n_draws") or 1
             key, needs = u.key, list(u.needs)
