@@ -371,12 +371,15 @@ def explain(preset: str | Preset, model: str, attack_run: str | Path | None = No
             initial: str = "one_hot", n_draws: int | None = None, keep_draws: bool = False,
             batch_size: int | None = None, seed: int = 0, device: str = "cpu", force: bool = False,
             progress: Callable[[int], object] | None = None,
-            on_start: Callable[[int], object] | None = None) -> Done:
+            on_start: Callable[[int], object] | None = None, draws_per_task: int | None = None,
+            map_chunks: Callable | None = None) -> Done:
     """Explain an attack run's clean and adversarial images with every draw (docs/method.md §5) and write
     ``OUT/explanations/PRESET/RUN_METHOD.nc`` (with ``keep_draws`` also every draw's maps to
     ``RUN_METHOD_draws.zarr``). ``n_draws`` defaults to the attack run's, so each image is explained by the
     networks that attacked it. ``on_start(total)`` is called once the work is known (total draw passes) and
-    ``progress(1)`` after each."""
+    ``progress(1)`` after each. With ``draws_per_task``, the draws are explained in chunks of at most that
+    many, each through ``map_chunks`` (e.g. on dask workers; default here, one after the other), and merged
+    exactly (:func:`bayesrobust.explain.split.explain_split`; ``progress`` is then not called)."""
     from . import store
     from .explain.captum_methods import METHODS
     from .explain.explanation import attack_images, check_attack, explain_attack, make_explainers
@@ -399,7 +402,7 @@ def explain(preset: str | Preset, model: str, attack_run: str | Path | None = No
         raise ValueError(f"unknown composite {composite!r}; expected one of {', '.join(COMPOSITES)}")
     if method == "lrp" and not rules and composite is None:
         rules = ("epsilon",)
-    _counts(n_draws=n_draws, batch_size=batch_size)
+    _counts(n_draws=n_draws, batch_size=batch_size, draws_per_task=draws_per_task)
     checks.seed("seed", seed)
     inference = resolve_inference(p, model, inference)
     path = resolve_attack_run(out, p.name, model, inference, attack_run)
@@ -446,10 +449,17 @@ def explain(preset: str | Preset, model: str, attack_run: str | Path | None = No
     paths.prepare_out(out, "explanations", p.name)  # an unusable --out is reported before the work, not after
     if on_start is not None:
         on_start(s * len(explainers))
-    ds = explain_attack(posterior, attack_ds, explainers, layers=layer_sel, n_draws=s, batch_size=batch_size,
-                        seed=seed, draws_path=draws_path, config=config, attack_run=link, expected=expected,
-                        progress=progress, device=device,
-                        extra_attrs={"attack_sha256": attack_sha, "model_sha256": model_sha})
+    hashes = {"attack_sha256": attack_sha, "model_sha256": model_sha}
+    if draws_per_task is not None and s > draws_per_task:
+        from .explain.split import explain_split
+        ds = explain_split(posterior, attack_ds, explainers, model_dir=paths.model_dir(out, p.name, model, inference),
+                           attack_path=path, draws_per_task=draws_per_task, map_chunks=map_chunks or map,
+                           layers=layer_sel, n_draws=s, batch_size=batch_size, seed=seed, draws_path=draws_path,
+                           config=config, attack_run=link, expected=expected, device=device, extra_attrs=hashes)
+    else:
+        ds = explain_attack(posterior, attack_ds, explainers, layers=layer_sel, n_draws=s, batch_size=batch_size,
+                            seed=seed, draws_path=draws_path, config=config, attack_run=link, expected=expected,
+                            progress=progress, device=device, extra_attrs=hashes)
     written = store.write_netcdf(ds, target, "explanation")
     stale = paths.explanation_draws_path(out, p.name, run, method)
     lines = []

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bayesrobust import errors, experiment, results_report, stages
+from bayesrobust import errors, experiment, grid, results_report, stages
 from bayesrobust.cli import COMMANDS, main
 from bayesrobust.data import DataNotFoundError
 from bayesrobust.errors import BUG_EXIT_CODE, BUG_NOTE, INTERRUPT_EXIT_CODE, DrawOutOfRangeError, UserError
@@ -17,9 +17,10 @@ from bayesrobust.errors import BUG_EXIT_CODE, BUG_NOTE, INTERRUPT_EXIT_CODE, Dra
 STAGE = {"train": (stages, "train"), "attack": (stages, "attack"), "table": (stages, "table"),
          "explain": (stages, "explain"), "analyze": (stages, "analyze"), "plot": (stages, "plot"),
          "pipeline": (experiment.Experiment, "run"), "faithfulness": (stages, "faithfulness"),
-         "report": (results_report, "write_report")}
+         "report": (results_report, "write_report"), "sweep": (grid, "load")}
 ARGS = {"train": ["--model", "baseNN"], "attack": ["--model", "baseNN"], "table": ["--model", "baseNN"],
-        "explain": ["--model", "baseNN"], "analyze": [], "plot": [], "pipeline": [], "faithfulness": [], "report": []}
+        "explain": ["--model", "baseNN"], "analyze": [], "plot": [], "pipeline": [], "faithfulness": [], "report": [],
+        "sweep": ["sweep.toml"]}
 
 
 def test_every_command_is_covered():

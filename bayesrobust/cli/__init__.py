@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import click
 
-from . import analyze, attack, explain, faithfulness, pipeline, plot, report, table, train
+from . import analyze, attack, explain, faithfulness, pipeline, plot, report, sweep, table, train
 
 COMMANDS = {"train": train.main, "attack": attack.main, "explain": explain.main, "analyze": analyze.main,
             "plot": plot.main, "pipeline": pipeline.main, "table": table.main, "report": report.main,
-            "faithfulness": faithfulness.main}
+            "faithfulness": faithfulness.main, "sweep": sweep.main}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, commands=COMMANDS)
