@@ -47,10 +47,13 @@ class Model(Choice):
     BASE = "baseNN"
     ADV = "advNN"
     BAYES = "fullBNN"
+    #: attributional robustness training (ART, docs/method.md §11.5): deterministic, and added to SVI
+    ART = "artNN"
+    ART_BAYES = "artBNN"
 
 
 class Inference(Choice):
-    """How a fullBNN's posterior is inferred (``hmc`` runs NUTS; docs/method.md §11 for the others)."""
+    """How a fullBNN's posterior is inferred (``hmc`` runs NUTS; docs/method.md §13 for the others)."""
 
     SVI = "svi"
     HMC = "hmc"
@@ -63,6 +66,9 @@ class Inference(Choice):
 class AttackName(Choice):
     FGSM = "fgsm"
     PGD = "pgd"
+    #: attacks on the explanation, not the prediction (docs/method.md §11)
+    IFIA = "ifia"
+    MANIPULATE = "manipulate"
 
 
 class Norm(Choice):
@@ -101,8 +107,25 @@ class Subset(Choice):
     FAILED = "failed"
 
 
+class AttributionMethod(Choice):
+    """Gradient maps an attribution attack can differentiate twice (docs/method.md §11.1)."""
+
+    SALIENCY = "saliency"
+    GRAD_INPUT = "grad_input"
+    INTEGRATED_GRADIENTS = "integrated_gradients"
+    LRP_EPSILON = "lrp_epsilon"
+
+
+class IFIAVariant(Choice):
+    """What the iterative feature-importance attack moves (docs/method.md §11.2)."""
+
+    TOPK = "topk"
+    MASS_CENTER = "mass_center"
+    TARGETED = "targeted"
+
+
 class StepSchedule(Choice):
-    """Step size of SGHMC/SGLD over the sampling phase (docs/method.md §11.1)."""
+    """Step size of SGHMC/SGLD over the sampling phase (docs/method.md §13.1)."""
 
     CONSTANT = "constant"
     DECAY = "decay"

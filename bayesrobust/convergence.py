@@ -1,4 +1,4 @@
-"""Convergence diagnostics that mean something for neural networks: in function space (docs/method.md §11.4).
+"""Convergence diagnostics that mean something for neural networks: in function space (docs/method.md §13.4).
 
 Weight-space R-hat of a network posterior is large even when every chain predicts the same (permuted hidden
 units, equivalent modes), and small R-hat on a handful of weights says little. What a user of the posterior

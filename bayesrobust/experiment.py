@@ -88,7 +88,7 @@ class Experiment:
     force: bool = False
     progress: bool = False
     report: Callable[[str], object] | None = None
-    models: Sequence[str] = field(default=tuple(Model.values()))
+    models: Sequence[str] = field(default=(Model.BASE.value, Model.ADV.value, Model.BAYES.value))
 
     def __post_init__(self) -> None:
         """Check every setting of every stage before any work (a bad value is a ``ValueError`` naming it)."""

@@ -812,3 +812,30 @@ def robustness_table(tables: xr.Dataset | Sequence[xr.Dataset] | Mapping[str, xr
 #: The figures by name (as ``python -m bayesrobust.plot --figure NAME`` knows them).
 FIGURES: dict[str, Callable[..., Figure]] = {"fig1": fig1, "fig3": fig3, "fig4": fig4, "fig5": fig5,
                                               "fig6": fig6, "robustness_table": robustness_table}
+
+
+def attribution_figure(runs: Sequence[xr.Dataset], names: Sequence[str], *, image: int = 0) -> Figure:
+    """One image under the attribution attack of each run (docs/method.md §11.6): a row per run (``names``
+    are the run names, unused in the drawing but kept for the caller's order), columns
+    original image, attacked image, original map, attacked map (|map|, each scaled to its own maximum), the
+    top-k intersection and Kendall τ of that image in the title."""
+    fig = Figure(figsize=(7.2, 0.4 + 1.9 * len(runs)), layout="constrained")
+    axes = fig.subplots(len(runs), 4, squeeze=False)
+    for row, ds in zip(axes, runs):
+        one = ds.isel(image=image)
+        for ax, (what, values) in zip(row, (("image", one["x"]), ("attacked", one["x_adv"]),
+                                            ("map", np.abs(one["map"])), ("attacked map", np.abs(one["map_adv"])))):
+            v = np.asarray(values)
+            if v.ndim == 3:
+                v = v[0] if v.shape[0] == 1 else np.transpose(v, (1, 2, 0))
+            ax.imshow(v, cmap="gray" if what in ("image", "attacked") else "hot",
+                      vmin=0, vmax=1 if what in ("image", "attacked") else max(float(v.max()), 1e-12))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(what, fontsize=8)
+        row[0].set_ylabel(f"{ds.attrs.get('model')} S={ds.attrs.get('n_draws')}", fontsize=8)
+        row[3].set_title(f"top-k {float(one['topk_intersection']):.2f}, τ {float(one['kendall_tau']):.2f}",
+                         fontsize=8)
+    fig.suptitle(f"{runs[0].attrs.get('attack')} on {runs[0].attrs.get('method')} maps, image "
+                 f"{int(runs[0]['image'][image])}", fontsize=9)
+    return fig

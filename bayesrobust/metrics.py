@@ -48,7 +48,8 @@ __all__ = [
     "MAP_DIMS", "TestResult", "topk_count", "topk_indices", "topk_mask", "lrp_robustness",
     "topk_intersection", "kendall_tau", "spearman_rho", "cosine_similarity", "l1_distance", "l2_distance",
     "paired_difference", "mann_whitney_less", "spearman_with", "median_ci", "wilcoxon_signed_rank",
-    "fdr_bh",
+    "fdr_bh", "centre_of_mass_shift", "relative_input_stability", "relative_output_stability",
+    "local_lipschitz_ratio", "max_sensitivity",
 ]
 
 #: Dimensions of one map in a DataArray, flattened in this order.
@@ -474,6 +475,79 @@ def l1_distance(h1: Maps, h2: Maps, *, map_dims: MapDims = None) -> Maps:
 def l2_distance(h1: Maps, h2: Maps, *, map_dims: MapDims = None) -> Maps:
     """L2 (Euclidean) distance ``‖h1 − h2‖₂`` over the map, per image. Parameters as :func:`kendall_tau`."""
     return _apply(lambda a, b: np.linalg.norm(a - b, axis=-1), [h1, h2], map_dims, "scalar")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Explanation-robustness ratios at an adversarial point (docs/method.md §11.4). Arrays (N, ...) with the
+# image first; every norm is the L2 norm of the whole flattened entry, as Quantus does.
+
+#: Added where a denominator entry is 0 (Quantus' ``eps_min``).
+EPS_MIN = 1e-6
+
+
+def _rows(a) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    return a.reshape(a.shape[0], -1)
+
+
+def _relative_change(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """‖(a − b) / a‖₂ per row, with ``EPS_MIN`` in place of a zero entry of ``a``."""
+    return np.linalg.norm((a - b) / (a + (a == 0) * EPS_MIN), axis=1)
+
+
+def centre_of_mass_shift(h1, h2) -> np.ndarray:
+    """Distance in pixels between the centres of mass of |h1| and |h2|, maps (N, H, W) → (N,) (Ghorbani
+    et al. 2019). An all-zero map has its centre at the origin."""
+    def centre(h: np.ndarray) -> np.ndarray:
+        w = np.abs(np.asarray(h, dtype=np.float64))
+        w = w / np.maximum(w.sum(axis=(-2, -1), keepdims=True), 1e-300)
+        return np.stack([(w.sum(-1) * np.arange(w.shape[-2])).sum(-1),
+                         (w.sum(-2) * np.arange(w.shape[-1])).sum(-1)], axis=-1)
+    return np.linalg.norm(centre(h1) - centre(h2), axis=-1)
+
+
+def relative_input_stability(e, e_adv, x, x_adv) -> np.ndarray:
+    """RIS = ‖(e − e′)/e‖₂ / max(‖(x − x′)/x‖₂, ε) per image (Agarwal et al. 2022, arXiv:2203.06877), with
+    Quantus' guards (ε = :data:`EPS_MIN` for a zero entry or a zero denominator). Larger: less stable."""
+    den = _relative_change(_rows(x), _rows(x_adv))
+    return _relative_change(_rows(e), _rows(e_adv)) / (den + (den == 0) * EPS_MIN)
+
+
+def relative_output_stability(e, e_adv, logits, logits_adv) -> np.ndarray:
+    """ROS = ‖(e − e′)/e‖₂ / max(‖h − h′‖₂, ε) per image, h the logits (N, classes) (Agarwal et al. 2022;
+    the output change is absolute, as in Quantus), guards as :func:`relative_input_stability`."""
+    den = np.linalg.norm(_rows(logits) - _rows(logits_adv), axis=1)
+    return _relative_change(_rows(e), _rows(e_adv)) / (den + (den == 0) * EPS_MIN)
+
+
+def local_lipschitz_ratio(e, e_adv, x, x_adv) -> np.ndarray:
+    """‖e − e′‖₂ / ‖x − x′‖₂ per image (Alvarez-Melis & Jaakkola 2018) at the given point x′ (no search);
+    NaN where x′ = x."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.linalg.norm(_rows(e) - _rows(e_adv), axis=1) / np.linalg.norm(_rows(x) - _rows(x_adv), axis=1)
+
+
+def max_sensitivity(explain: Callable[[np.ndarray], np.ndarray], x, *, radius: float = 0.02,
+                    n_samples: int = 10, seed: int = 0, e=None) -> np.ndarray:
+    """Noise-based max-sensitivity (Yeh et al. 2019, arXiv:1901.09392): max over ``n_samples`` uniform
+    perturbations δ ∈ [−r, r]^d (clipped to [0, 1]) of ‖e(x + δ) − e(x)‖₂ / ‖e(x)‖₂, per image.
+
+    ``explain`` maps a batch (N, ...) to maps (N, ...) and is called once per sample on the whole batch
+    (plus once for ``e`` unless given). Noise comes from ``numpy.random.default_rng(seed)``.
+    """
+    x = np.asarray(x)
+    if not (isinstance(n_samples, (int, np.integer)) and n_samples >= 1):
+        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+    if not (radius > 0 and math.isfinite(radius)):
+        raise ValueError(f"radius must be > 0 and finite, got {radius!r}")
+    base = _rows(explain(x) if e is None else e)
+    rng = np.random.default_rng(seed)
+    scale = np.maximum(np.linalg.norm(base, axis=1), EPS_MIN)
+    worst = np.full(x.shape[0], -np.inf)
+    for _ in range(n_samples):
+        noisy = np.clip(x + rng.uniform(-radius, radius, x.shape), 0, 1).astype(x.dtype)
+        worst = np.maximum(worst, np.linalg.norm(_rows(explain(noisy)) - base, axis=1) / scale)
+    return worst
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from .models.architectures import MAX_HIDDEN, ArchConfig
 
 MODELS = Model.values()
 INFERENCES = Inference.values()
-#: The stochastic-gradient MCMC inferences (docs/method.md §11.1).
+#: The stochastic-gradient MCMC inferences (docs/method.md §13.1).
 SG_MCMC = (Inference.SGHMC.value, Inference.SGLD.value)
 
 
@@ -105,7 +105,7 @@ class HMCConfig:
 
 @dataclass(frozen=True)
 class SGMCMCConfig:
-    """SGHMC / SGLD on minibatches of the full training set (docs/method.md §11.1).
+    """SGHMC / SGLD on minibatches of the full training set (docs/method.md §13.1).
 
     ``lr`` is the step size on the *mean* per-image loss (as in SGD); the sampler's step on the full-data
     potential is ``lr / N``. ``friction`` α is the share of momentum lost per step (SGHMC; SGLD is α = 1).
@@ -129,7 +129,7 @@ class SGMCMCConfig:
 
 @dataclass(frozen=True)
 class LaplaceConfig:
-    """Laplace approximation around the trained baseNN (laplace-torch; docs/method.md §11.2): which weights
+    """Laplace approximation around the trained baseNN (laplace-torch; docs/method.md §13.2): which weights
     (``subset``), the precision structure, and marginal-likelihood steps for the prior precision."""
 
     subset: str = "last_layer"
@@ -143,6 +143,33 @@ class EnsembleConfig:
     """Deep ensemble: ``members`` baseNNs (the preset's ``base`` settings) from seeds seed + 1000 k."""
 
     members: int = 5
+
+
+@dataclass(frozen=True)
+class ARTConfig:
+    """Attributional robustness training (artNN, artBNN; docs/method.md §11.5): the weight λ of the ART
+    term, the Linf attack inside the loop (ε, steps, step size), k pixels of the top-k mask, softplus β.
+
+    Our defaults for MNIST-sized nets (seed 002 trains on colour images with ε = 8/255); a few attack
+    steps keep the double backward affordable on a CPU.
+    """
+
+    weight: float = 1.0
+    epsilon: float = 0.1
+    steps: int = 2
+    step_size: float = 0.05
+    k: int = 200
+    beta: float = 10.0
+
+
+#: ART settings per preset (:class:`ARTConfig` defaults for a preset not listed).
+ART_SETTINGS: dict[str, ARTConfig] = {"cifar_resnet20": ARTConfig(epsilon=8 / 255, step_size=4 / 255, k=1000),
+                                      "quick_resnet20": ARTConfig(epsilon=8 / 255, step_size=4 / 255, k=1000)}
+
+
+def art_config(preset: Preset) -> ARTConfig:
+    """The ART settings of ``preset`` (:data:`ART_SETTINGS`)."""
+    return ART_SETTINGS.get(preset.name, ARTConfig())
 
 
 @dataclass(frozen=True)
@@ -311,7 +338,7 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
         p = replace(p, arch=replace(p.arch, hidden=hidden))
     optim = {"epochs": epochs, "lr": lr, "batch_size": batch_size}
     optim = {k: v for k, v in optim.items() if v is not None}
-    if model == "baseNN":
+    if model in ("baseNN", "artNN"):
         p = replace(p, base=replace(p.base, **optim))
     elif model == "advNN":
         adv = {"attack": adv_attack, "norm": adv_norm, "epsilon": adv_epsilon, "adv_ratio": adv_ratio}
@@ -372,7 +399,7 @@ def check_training(preset: Preset, model: str, inference: str | None = None) -> 
         for m in cfg.milestones:
             checks.real("milestone (a fraction of the epochs)", m, low=0, low_open=True, high=1, allow_none=False)
 
-    if model == "baseNN":
+    if model in ("baseNN", "artNN"):
         optim(preset.base)
     elif model == "advNN":
         optim(preset.adv_optim)
@@ -385,7 +412,7 @@ def check_training(preset: Preset, model: str, inference: str | None = None) -> 
         checks.count("adv steps", adv.steps, allow_none=False)
         checks.positive("adv step_size", adv.step_size)
         checks.real("adv_ratio", adv.adv_ratio, low=0, high=1, allow_none=False)
-    elif (inference or preset.inference) == "svi":
+    elif model == "artBNN" or (inference or preset.inference) == "svi":  # artBNN: always SVI
         svi = preset.svi
         checks.count("epochs", svi.epochs, minimum=0, allow_none=False)
         checks.positive("lr", svi.lr, allow_none=False)

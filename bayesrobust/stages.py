@@ -126,6 +126,11 @@ def train(preset: str | Preset, model: str, *, inference: str | None = None, out
     target = paths.model_dir(out, p.name, model, inference)
     tag = paths.model_tag(model, inference)
     wanted = {"preset": p.to_dict(), "model": model, "inference": inference, "seed": seed}
+    if model in (Model.ART, Model.ART_BAYES):  # changed ART settings retrain
+        from dataclasses import asdict
+
+        from .presets import art_config
+        wanted["art"] = asdict(art_config(p))
     recover(target)  # a save killed between its renames
     store.clean_leftovers(target)
     found = target.exists() and (not target.is_dir() or
@@ -250,10 +255,17 @@ def attack(preset: str | Preset, model: str, *, inference: str | None = None, ou
            step_size: float | None = None, random_start: bool = True, n_inputs: int | None = None,
            inputs_seed: int = 0, n_draws: int | None = None, mode: str = "mean_grad",
            chunk_size: int | None = None, seed: int = 0, data_root: str | Path | None = None,
-           device: str = "cpu", force: bool = False) -> Done:
+           device: str = "cpu", force: bool = False, attribution: dict[str, Any] | None = None) -> Done:
     """Attack a trained model on the preset's class-balanced test subset (a fullBNN through ``n_draws``
     posterior draws averaged by ``mode``) and write ``OUT/attacks/PRESET/RUN.nc`` (an ``attack`` Dataset,
-    :func:`bayesrobust.adversarial.run_attack`)."""
+    :func:`bayesrobust.adversarial.run_attack`). The attribution attacks (``ifia``, ``manipulate``) go to
+    :func:`attribution_attack` with the settings in ``attribution`` (``None`` values: the defaults)."""
+    extra = check_attribution_settings(attribution)  # checked even where FGSM/PGD ignore them
+    if str(attack) in ATTRIBUTION_ATTACKS:
+        return attribution_attack(preset, model, inference=inference, out=out, attack=attack, epsilon=epsilon,
+                                  steps=steps, step_size=step_size, n_inputs=n_inputs, inputs_seed=inputs_seed,
+                                  n_draws=n_draws, chunk_size=chunk_size, seed=seed, data_root=data_root,
+                                  device=device, force=force, **extra)
     from . import store
     from .adversarial import run_attack
     out = paths.resolve_out(out)
@@ -390,12 +402,15 @@ def explain(preset: str | Preset, model: str, attack_run: str | Path | None = No
             initial: str = "one_hot", n_draws: int | None = None, keep_draws: bool = False,
             batch_size: int | None = None, seed: int = 0, device: str = "cpu", force: bool = False,
             progress: Callable[[int], object] | None = None,
-            on_start: Callable[[int], object] | None = None) -> Done:
+            on_start: Callable[[int], object] | None = None, draws_per_task: int | None = None,
+            map_chunks: Callable | None = None) -> Done:
     """Explain an attack run's clean and adversarial images with every draw (docs/method.md §5) and write
     ``OUT/explanations/PRESET/RUN_METHOD.nc`` (with ``keep_draws`` also every draw's maps to
     ``RUN_METHOD_draws.zarr``). ``n_draws`` defaults to the attack run's, so each image is explained by the
     networks that attacked it. ``on_start(total)`` is called once the work is known (total draw passes) and
-    ``progress(1)`` after each."""
+    ``progress(1)`` after each. With ``draws_per_task``, the draws are explained in chunks of at most that
+    many, each through ``map_chunks`` (e.g. on dask workers; default here, one after the other), and merged
+    exactly (:func:`bayesrobust.explain.split.explain_split`; ``progress`` is then not called)."""
     from . import store
     from .explain.captum_methods import METHODS
     from .explain.explanation import attack_images, check_attack, explain_attack, make_explainers
@@ -418,7 +433,7 @@ def explain(preset: str | Preset, model: str, attack_run: str | Path | None = No
         raise ValueError(f"unknown composite {composite!r}; expected one of {', '.join(COMPOSITES)}")
     if method == "lrp" and not rules and composite is None:
         rules = ("epsilon",)
-    _counts(n_draws=n_draws, batch_size=batch_size)
+    _counts(n_draws=n_draws, batch_size=batch_size, draws_per_task=draws_per_task)
     checks.seed("seed", seed)
     inference = resolve_inference(p, model, inference)
     path = resolve_attack_run(out, p.name, model, inference, attack_run)
@@ -465,10 +480,17 @@ def explain(preset: str | Preset, model: str, attack_run: str | Path | None = No
     paths.prepare_out(out, "explanations", p.name)  # an unusable --out is reported before the work, not after
     if on_start is not None:
         on_start(s * len(explainers))
-    ds = explain_attack(posterior, attack_ds, explainers, layers=layer_sel, n_draws=s, batch_size=batch_size,
-                        seed=seed, draws_path=draws_path, config=config, attack_run=link, expected=expected,
-                        progress=progress, device=device,
-                        extra_attrs={"attack_sha256": attack_sha, "model_sha256": model_sha})
+    hashes = {"attack_sha256": attack_sha, "model_sha256": model_sha}
+    if draws_per_task is not None and s > draws_per_task:
+        from .explain.split import explain_split
+        ds = explain_split(posterior, attack_ds, explainers, model_dir=paths.model_dir(out, p.name, model, inference),
+                           attack_path=path, draws_per_task=draws_per_task, map_chunks=map_chunks or map,
+                           layers=layer_sel, n_draws=s, batch_size=batch_size, seed=seed, draws_path=draws_path,
+                           config=config, attack_run=link, expected=expected, device=device, extra_attrs=hashes)
+    else:
+        ds = explain_attack(posterior, attack_ds, explainers, layers=layer_sel, n_draws=s, batch_size=batch_size,
+                            seed=seed, draws_path=draws_path, config=config, attack_run=link, expected=expected,
+                            progress=progress, device=device, extra_attrs=hashes)
     written = store.write_netcdf(ds, target, "explanation")
     stale = paths.explanation_draws_path(out, p.name, run, method)
     lines = []
@@ -776,6 +798,133 @@ def faithfulness(preset: str | Preset, *, out: str | Path | None = None, models:
         randomisation_inputs=randomisation_inputs, seed=seed, data_root=data_root,
         device=resolve_device(device), force=force, progress=progress)
     return Done(folder, False, summary, details)
+# -- attacks on explanations (docs/method.md §11) ---------------------------------------------------------
+#: Attacks whose target is the attribution map, not the prediction.
+ATTRIBUTION_ATTACKS = (AttackName.IFIA.value, AttackName.MANIPULATE.value)
+
+
+def check_attribution_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The given (not ``None``) settings of an attribution attack, each checked: ``method``, ``variant`` (by
+    name), ``k`` and ``ig_steps`` positive integers, ``beta`` positive and finite, ``gamma`` ≥ 0 and finite."""
+    from .choices import AttributionMethod, IFIAVariant
+    given = {k: v for k, v in (settings or {}).items() if v is not None}
+    unknown = set(given) - {"method", "variant", "k", "beta", "ig_steps", "gamma"}
+    if unknown:
+        raise ValueError(f"unknown attribution setting(s) {sorted(unknown)}")
+    if "method" in given:
+        AttributionMethod.parse(given["method"], "attribution method")
+    if "variant" in given:
+        IFIAVariant.parse(given["variant"], "IFIA variant")
+    _counts(k=given.get("k"), ig_steps=given.get("ig_steps"))
+    checks.positive("beta", given.get("beta"))
+    checks.real("gamma", given.get("gamma"), low=0)
+    return given
+
+
+def attribution_run_name(model: str, inference: str | None, params: dict, n_draws: int) -> str:
+    """E.g. ``artBNN_ifia_topk_saliency_eps0.3_steps100_S20``."""
+    variant = f"_{params['variant']}" if "variant" in params else ""
+    return paths.safe_name(f"{paths.model_tag(model, inference)}_{params['attack']}{variant}_{params['method']}"
+                           f"_eps{params['epsilon']:g}_steps{params['steps']}_S{n_draws}", "attribution run name")
+
+
+def attribution_attack(preset: str | Preset, model: str, *, inference: str | None = None,
+                       out: str | Path | None = None, attack: str = "ifia", method: str = "saliency",
+                       variant: str = "topk", epsilon: float | None = None, steps: int | None = None,
+                       step_size: float | None = None, k: int | None = None, beta: float | None = 10.0,
+                       ig_steps: int = 16, gamma: float = 1.0, n_inputs: int | None = None, inputs_seed: int = 0,
+                       n_draws: int | None = None, chunk_size: int | None = None, seed: int = 0,
+                       data_root: str | Path | None = None, device: str = "cpu", force: bool = False) -> Done:
+    """Attack the Bayesian explanation of a trained model (IFIA or the targeted manipulation) on the preset's
+    class-balanced test subset and write ``OUT/attributions/PRESET/RUN.nc`` (an ``attribution_attack``
+    Dataset, :func:`bayesrobust.adversarial.attribution_run.run_attribution_attack`). ε, steps, step size and
+    k default to the literature's for the image size (:func:`~.adversarial.manipulation.literature_defaults`);
+    the PGD column uses the preset's attack settings."""
+    from . import store
+    from .adversarial.attribution_run import run_attribution_attack
+    from .adversarial.manipulation import IFIA, Manipulate, literature_defaults
+    from .adversarial.pgd import PGD
+    out = paths.resolve_out(out)
+    p = _preset(preset)
+    attack = AttackName.parse(attack, "attack").value
+    if attack not in ATTRIBUTION_ATTACKS:
+        raise ValueError(f"attack {attack!r} is not an attribution attack; expected one of "
+                         f"{', '.join(ATTRIBUTION_ATTACKS)}")
+    _counts(chunk_size=chunk_size, n_inputs=n_inputs, n_draws=n_draws)
+    checks.seed("seed", seed)
+    defaults = literature_defaults(tuple(p.arch.in_shape))
+    settings = {"method": method, "epsilon": defaults["epsilon"] if epsilon is None else epsilon,
+                "steps": defaults["steps"] if steps is None else steps,
+                "step_size": defaults["step_size"] if step_size is None else step_size,
+                "beta": beta, "ig_steps": ig_steps}
+    made = (IFIA(variant=variant, k=defaults["k"] if k is None else k, **settings) if attack == "ifia"
+            else Manipulate(gamma=gamma, **settings))  # validates every setting before the model is loaded
+    pgd = PGD(epsilon=p.attack_epsilon, steps=p.attack_steps, step_size=p.attack_step_size)
+    t = Target.load(p, model, inference, n_inputs, inputs_seed, n_draws, data_root, device, out)
+    params = made.params()
+    config = t.config(**params, pgd=pgd.params(), inputs_seed=inputs_seed, seed=seed, chunk_size=chunk_size)
+    run = attribution_run_name(model, t.inference, params, t.n_draws)
+    target = paths.under(out, "attributions", p.name, f"{run}.nc")
+    store.clean_leftovers(target)
+    if not force and _result_up_to_date(target, config):
+        return Done(target, True, f"{target} is up to date (same settings and model); --force redoes it")
+    paths.prepare_out(out, "attributions", p.name)
+    ds = run_attribution_attack(t.posterior, t.data, made, n_draws=t.n_draws, seed=seed, model_name=model,
+                                config=config, chunk_size=chunk_size, device=t.device, pgd=pgd)
+    ds.attrs["model_sha256"] = t.model_sha256
+    path = store.write_netcdf(ds, target, "attribution_attack")
+    a = ds.attrs
+    summary = (f"{made!r} on {paths.model_tag(model, t.inference)} ({len(t.data)} {t.data.name} test images, "
+               f"S={t.n_draws}): natural accuracy {a['natural_accuracy']:.4f}, PGD accuracy "
+               f"{a['pgd_accuracy']:.4f}, labels kept {a['label_kept']:.4f}, top-{params.get('k', 200)} "
+               f"intersection {a['mean_topk_intersection']:.4f}, Kendall tau {a['mean_kendall_tau']:.4f}"
+               f"\nattribution attack written to {path}")
+    return Done(path, False, summary, {k_: a[k_] for k_ in ("natural_accuracy", "pgd_accuracy",
+                                                             "mean_topk_intersection", "mean_kendall_tau")})
+
+
+def attribution_table(preset: str | Preset, *, out: str | Path | None = None, attack: str | None = None,
+                      method: str | None = None, image: int = 0, formats: Sequence[str] = ("png",),
+                      dpi: int = 150) -> Done:
+    """Seed 002's table (natural accuracy, PGD accuracy, top-k intersection, Kendall τ under the attribution
+    attack) over the stored attribution runs of ``preset`` (optionally one attack or method), written to
+    ``OUT/attributions/PRESET/attribution_table.nc``, and the figure of one image's original and attacked
+    image and map per run, ``OUT/figures/attribution_PRESET.FORMAT``."""
+    from . import store
+    from .adversarial.attribution_run import attribution_table as make_table
+    from .adversarial.attribution_run import format_table
+    from .choices import AttributionMethod
+    from .figures import attribution_figure
+    out = paths.resolve_out(out)
+    p = _preset(preset)
+    attack = None if attack is None else AttackName.parse(attack, "attack").value
+    method = None if method is None else AttributionMethod.parse(method, "attribution method").value
+    checks.count("image", image, minimum=0, allow_none=False)
+    folder = paths.under(out, "attributions", p.name)
+    found = sorted(folder.glob("*.nc")) if folder.is_dir() else []
+    runs, names = [], []
+    for path in found:
+        if path.stem == "attribution_table":
+            continue
+        ds = store.open_result(path, "attribution_attack")
+        if (attack is None or ds.attrs.get("attack") == attack) \
+                and (method is None or ds.attrs.get("method") == method):
+            runs.append(ds.load())
+            names.append(path.stem)
+        ds.close()
+    if not runs:
+        raise FileNotFoundError(f"no attribution-attack run of preset {p.name!r} under {folder}"
+                                + (f" (attack {attack}, method {method})" if attack or method else "")
+                                + f"; run `bayesrobust attack --attack ifia --model baseNN --preset {p.name}` first")
+    if image >= min(r.sizes["image"] for r in runs):
+        raise ValueError(f"image {image} but a run has only {min(r.sizes['image'] for r in runs)} images")
+    table = make_table(runs, names)
+    written = [store.write_netcdf(table, folder / "attribution_table.nc", "attribution_table")]
+    fig = attribution_figure([dict(zip(names, runs))[n] for n in table["run"].values], list(table["run"].values),
+                             image=image)
+    written += save_figure(fig, paths.figure_stem(out, f"attribution_{p.name}"), formats, dpi)
+    return Done(written[0], False, format_table(table) + "\n" + "\n".join(f"wrote {w}" for w in written),
+                {"table": table, "written": written})
 
 
 # -- diagnose ----------------------------------------------------------------------------------------------
@@ -799,7 +948,7 @@ def function_diagnostics(posterior: Any, test: Any, n_images: int = DIAGNOSE_IMA
 def diagnose(preset: str | Preset, model: str = "fullBNN", *, inference: str | None = None,
              out: str | Path | None = None, n_images: int | None = None, n_draws: int | None = None,
              data_root: str | Path | None = None, device: str = "cpu", force: bool = False) -> Done:
-    """Function-space convergence of a trained model (docs/method.md §11.4): R-hat/ESS of held-out log
+    """Function-space convergence of a trained model (docs/method.md §13.4): R-hat/ESS of held-out log
     predictive probabilities and of probe-batch logits across chains, chain-to-chain disagreement, and
     weight-space numbers beside them. Computed at training for every posterior and stored with the checkpoint
     (``config['function_diagnostics']``); other settings (``n_images``, ``n_draws`` for posteriors without
@@ -880,7 +1029,7 @@ def evaluate(preset: str | Preset, models: Sequence[str] | None = None, *, out: 
              n_images: int | None = None, n_draws: int | None = None, ood: str | None = "auto",
              data_root: str | Path | None = None, device: str = "cpu", force: bool = False) -> Done:
     """Accuracy, NLL, Brier, ECE, predictive entropy, mutual information and OOD AUROC of trained models side
-    by side (docs/method.md §11.5), written to ``OUT/evaluation/PRESET/evaluation_N{n}_S{S}_{ood}.nc`` with
+    by side (docs/method.md §13.5), written to ``OUT/evaluation/PRESET/evaluation_N{n}_S{S}_{ood}.nc`` with
     the reliability diagram beside it (``.png``/``.pdf``).
 
     Parameters

@@ -1,4 +1,4 @@
-"""Uncertainty metrics of a posterior predictive (docs/method.md §11.5).
+"""Uncertainty metrics of a posterior predictive (docs/method.md §13.5).
 
 Inputs are per-draw class probabilities ``probs`` (S, N, classes) (one draw for a deterministic network) and
 labels (N,). The predictive is p̄ = mean_s probs.

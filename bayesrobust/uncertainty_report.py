@@ -1,4 +1,4 @@
-"""Uncertainty evaluation of trained models side by side (docs/method.md §11.5): the ``evaluation`` Dataset, its
+"""Uncertainty evaluation of trained models side by side (docs/method.md §13.5): the ``evaluation`` Dataset, its
 table and the reliability diagram.
 
 For each model (baseNN, advNN and every fullBNN inference) the posterior predictive over S draws (one for a

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bayesrobust import errors, experiment, results_report, stages
+from bayesrobust import errors, experiment, grid, results_report, stages
 from bayesrobust.cli import COMMANDS, main
 from bayesrobust.data import DataNotFoundError
 from bayesrobust.errors import BUG_EXIT_CODE, BUG_NOTE, INTERRUPT_EXIT_CODE, DrawOutOfRangeError, UserError
@@ -17,11 +17,11 @@ from bayesrobust.errors import BUG_EXIT_CODE, BUG_NOTE, INTERRUPT_EXIT_CODE, Dra
 STAGE = {"train": (stages, "train"), "attack": (stages, "attack"), "table": (stages, "table"),
          "explain": (stages, "explain"), "analyze": (stages, "analyze"), "plot": (stages, "plot"),
          "pipeline": (experiment.Experiment, "run"), "faithfulness": (stages, "faithfulness"),
-         "report": (results_report, "write_report"), "diagnose": (stages, "diagnose"),
+         "report": (results_report, "write_report"), "sweep": (grid, "load"), "diagnose": (stages, "diagnose"),
          "evaluate": (stages, "evaluate")}
 ARGS = {"train": ["--model", "baseNN"], "attack": ["--model", "baseNN"], "table": ["--model", "baseNN"],
         "explain": ["--model", "baseNN"], "analyze": [], "plot": [], "pipeline": [], "faithfulness": [], "report": [],
-        "diagnose": [], "evaluate": []}
+        "sweep": ["sweep.toml"], "diagnose": [], "evaluate": []}
 
 
 def test_every_command_is_covered():
@@ -148,7 +148,7 @@ def test_usage_errors_found_by_the_fuzz_test_are_one_line(tmp_path):
     result = runner.invoke(main, ["attack", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == \
-        "Error: Missing option '--model'. Choose from: baseNN, advNN, fullBNN."
+        "Error: Missing option '--model'. Choose from: baseNN, advNN, fullBNN, artNN, artBNN."
     for option in ("--seed", "--inputs-seed"):
         for value in ("-1", str(2**32), str(2**64)):
             result = runner.invoke(main, ["table", "--model", "baseNN", option, value, "--out", str(tmp_path)])

@@ -29,6 +29,7 @@ from click.testing import CliRunner
 from bayesrobust import data as datasets
 from bayesrobust import experiment, faithfulness_report, inference, results, results_report, stages
 from bayesrobust.cli import COMMANDS, main
+from bayesrobust.cli import sweep as cli_sweep
 from bayesrobust.errors import BUG_NOTE, UserError
 from bayesrobust.presets import PRESETS
 
@@ -80,6 +81,7 @@ NUMERIC = {
     ("train", "adv_epsilon"): "radius",
     ("analyze", "epsilon"): "any",
     ("faithfulness", "threshold"): "ratio",
+    ("attack", "gamma"): "nonneg",  # manipulate's weight of the output term: 0 moves the map alone
     ("train", "friction"): "friction", ("train", "burnin"): "nonneg",
 }
 
@@ -106,7 +108,11 @@ def _strings(command: str, name: str, tmp: Path) -> list[tuple[str, int]]:
     if name in ("linf_eps", "l2_eps"):
         return [("8/255", OK), ("0.1,0.2", OK), ("", OK), ("0.5", OK), ("abc", BAD), ("1/0", BAD), ("nan", BAD),
                 ("-0.1", BAD), ("0", BAD), ("0.1,,x", BAD), ("1e9", ANY)]
-    if name == "models":  # evaluate --model: a model tag, checked before any model is read
+    if name == "overrides":  # sweep --set KEY=VALUE: a grid axis or setting of the sweep file
+        return [("preset=tiny", OK), ("draws=5,10", OK), ("topk=10", OK), ("keep_draws=true", OK),
+                ("bogus=1", BAD), ("preset=nope", BAD), ("draws=0", BAD), ("keep_draws=1", BAD), ("x", USAGE),
+                ("=1", USAGE)]
+    if command == "evaluate" and name == "models":  # evaluate --model: a model tag, checked before any model is read
         return [("baseNN", OK), ("fullBNN_sghmc", OK), ("fullBNN", BAD), ("nope", BAD), ("", BAD), ("a/b", BAD),
                 ("a\nb", BAD)]
     if name == "name":  # analyze --name becomes a file name: a safe name or nothing
@@ -189,6 +195,8 @@ def make_case(rng: random.Random, command: str, tmp: Path) -> Case:
                 case.args += [rng.choice(param.opts), value]
             case.values[name] = [v for v, _ in picks] if param.multiple else picks[0][0]
         case.tiers[name] = max(t for _, t in picks)
+    if command == "sweep":  # its one argument: a valid sweep file (the test writes it)
+        case.args.insert(0, str(tmp / "sweep.toml"))
     if mode == "anything" and rng.random() < 0.1:
         case.args.insert(rng.randint(0, len(case.args)), "--bogus-option")
         case.extra = USAGE
@@ -224,10 +232,18 @@ def _combinations(case: Case) -> None:
         dataset = case.values.get("dataset", preset.dataset if preset else None)
         if dataset != "mnist5k" and max(t.values(), default=OK) == OK:
             t["dataset_on_disk"] = ANY  # needs --data-root with the real files
+    if case.values.get("model") == "artBNN" and case.values.get("inference", "svi") != "svi":
+        t["art_bnn_svi_only"] = BAD  # the ART term is added to the SVI objective only
+    if c == "table" and case.values.get("kind", "robustness") == "attribution":
+        t["no_attribution_runs"] = BAD  # the empty --out has no attribution-attack run to tabulate
+    elif c == "table" and "model" not in case.values:
+        t["model_required"] = USAGE  # a robustness table names its model
     if c == "table":
         linf, l2 = case.values.get("linf_eps", "8/255"), case.values.get("l2_eps", "0.25")
         if linf == "" and l2 == "":
             t["no_epsilon"] = BAD
+    if c == "sweep" and "scheduler" in case.values and "workers" in case.values:
+        t["scheduler_workers"] = USAGE  # --workers sizes the embedded cluster only
     if c == "explain":
         if "attack_run" not in case.values:
             t["attack_run"] = BAD  # the empty --out has no attack run to default to
@@ -254,6 +270,7 @@ def sentinels(monkeypatch):
     monkeypatch.setattr(experiment.Experiment, "run", stop("Experiment.run"))
     monkeypatch.setattr(faithfulness_report, "trained_models", stop("trained_models"))
     monkeypatch.setattr(results_report, "write_report", stop("write_report"))
+    monkeypatch.setattr(cli_sweep, "run", stop("sweep.run"))  # where the cluster would start
     monkeypatch.setattr(stages, "trained_models", stop("trained_models"))  # evaluate without --model
     # train reads the test split before training: once is enough
     monkeypatch.setattr(datasets, "load", functools.lru_cache(maxsize=None)(datasets.load))
@@ -291,6 +308,7 @@ def test_fuzz_every_command(sentinels, tmp_path):
     runner = CliRunner()
     (tmp_path / "a_file").write_text("not a folder")
     (tmp_path / "run.nc").write_text("")
+    (tmp_path / "sweep.toml").write_text('[grid]\npreset = "tiny"\nmodels = ["baseNN", "fullBNN"]\n')
     problems = []
     seen = {OK: 0, ANY: 0, BAD: 0, USAGE: 0}
     with runner.isolated_filesystem(temp_dir=tmp_path):

@@ -8,6 +8,10 @@
 :func:`evaluate`       predictive, predictions, success/failed, softmax robustness (``evaluate.py``)
 :func:`run_attack`     one attack run end to end → the ``attack`` Dataset (``run.py``)
 :func:`robustness_table`  accuracy under PGD over (norm, ε, steps) (``table.py``)
+:class:`IFIA`          attack on the explanation: top-k, mass-center, targeted (``manipulation.py``, §11)
+:class:`Manipulate`    targeted manipulation of the map towards a target map (``manipulation.py``)
+:class:`MapModel`      S draws vmapped: predictive and differentiable Bayesian map (``attribution.py``)
+:func:`run_attribution_attack`  one attribution-attack run → ``attribution_attack`` Dataset
 =====================  =========================================================================
 """
 
@@ -16,9 +20,12 @@ from __future__ import annotations
 from typing import Any
 
 from ..models.draws import DrawSet, draw_probabilities
+from .attribution import MapModel, softplus_activations
+from .attribution_run import attribution_table, run_attribution_attack
 from .base import NORMS, Attack, LossGradient, module_gradient, perturbation_norm
 from .evaluate import Evaluation, evaluate
 from .fgsm import FGSM
+from .manipulation import IFIA, AttributionAttack, Manipulate
 from .pgd import PGD
 from .posterior import MODES, PosteriorAverage
 from .run import run_attack
@@ -51,4 +58,6 @@ def make_attack(name: str, **hyperparameters: Any) -> Attack:
 
 __all__ = ["ATTACKS", "Attack", "DrawSet", "Evaluation", "FGSM", "LossGradient", "MODES", "NORMS", "PGD",
            "PosteriorAverage", "SEED000_EPSILONS", "SEED000_STEPS", "draw_probabilities", "evaluate",
-           "make_attack", "module_gradient", "perturbation_norm", "robustness_table", "run_attack"]
+           "make_attack", "module_gradient", "perturbation_norm", "robustness_table", "run_attack",
+           "IFIA", "AttributionAttack", "Manipulate", "MapModel", "softplus_activations", "attribution_table",
+           "run_attribution_attack"]

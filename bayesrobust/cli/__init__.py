@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import click
 
-from . import analyze, attack, diagnose, evaluate, explain, faithfulness, pipeline, plot, report, table, train
+from . import analyze, attack, diagnose, evaluate, explain, faithfulness, pipeline, plot, report, sweep, table, train
 
 COMMANDS = {"train": train.main, "attack": attack.main, "explain": explain.main, "analyze": analyze.main,
             "plot": plot.main, "pipeline": pipeline.main, "table": table.main, "report": report.main,
-            "faithfulness": faithfulness.main}
+            "faithfulness": faithfulness.main, "sweep": sweep.main}
 COMMANDS.update({"diagnose": diagnose.main, "evaluate": evaluate.main})
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import click
 
 from .. import stages
+from ..choices import AttributionMethod, IFIAVariant
 from . import options
 
 #: Options shared by ``attack`` and ``table`` (after their own), in the order their functions take them.
@@ -47,18 +48,33 @@ def common_options(func):
 @options.inference_option
 @options.attack_option
 @options.norm_option
-@click.option("--epsilon", type=float, default=None, help="Radius (default: the preset's, paper 0.2).")
-@click.option("--steps", type=int, default=None, help="PGD steps (default: the preset's, paper 40).")
+@click.option("--epsilon", type=float, default=None,
+              help="Radius (default: the preset's, paper 0.2; ifia/manipulate: 0.3 for MNIST, 8/255 for colour).")
+@click.option("--steps", type=int, default=None,
+              help="PGD steps (default: the preset's, paper 40; ifia/manipulate: 100).")
 @click.option("--step-size", type=float, default=None,
               help="PGD step size (default: the preset's for its ε and steps, otherwise 2.5·ε/steps).")
 @click.option("--random-start/--no-random-start", default=True, show_default=True, help="PGD random start.")
+@click.option("--method", type=click.Choice(AttributionMethod.values()), default=None,
+              help="ifia/manipulate: the map attacked (default saliency).")
+@click.option("--variant", type=click.Choice(IFIAVariant.values()), default=None,
+              help="ifia: topk (default), mass_center or targeted (another image's top-k region).")
+@click.option("--k", "k", type=int, default=None, help="ifia: top-k pixels (default 200 for MNIST, 1000 colour).")
+@click.option("--beta", type=float, default=None, help="ifia/manipulate: softplus beta of the surrogate (default 10).")
+@click.option("--ig-steps", type=int, default=None, help="ifia/manipulate: integrated-gradients points (default 16).")
+@click.option("--gamma", type=float, default=None, help="manipulate: weight of keeping the output (default 1).")
 @common_options
-def main(model, preset, inference, attack_name, norm, epsilon, steps, step_size, random_start, n_inputs,
-         inputs_seed, n_draws, posterior_mode, chunk_size, seed, data_root, device, out, force, verbose):
-    """Attack one trained model and write OUT/attacks/PRESET/RUN.nc."""
+def main(model, preset, inference, attack_name, norm, epsilon, steps, step_size, random_start, method, variant,
+         k, beta, ig_steps, gamma, n_inputs, inputs_seed, n_draws, posterior_mode, chunk_size, seed, data_root,
+         device, out, force, verbose):
+    """Attack one trained model and write OUT/attacks/PRESET/RUN.nc (ifia, manipulate: OUT/attributions/)."""
     options.setup_logging(verbose)
+    # FGSM and PGD ignore the attribution settings (as FGSM ignores --steps)
+    attribution = {"method": method, "variant": variant, "k": k, "beta": beta, "ig_steps": ig_steps,
+                   "gamma": gamma}
     done = stages.attack(preset, model, inference=inference, out=out, attack=attack_name, norm=norm,
                          epsilon=epsilon, steps=steps, step_size=step_size, random_start=random_start,
                          n_inputs=n_inputs, inputs_seed=inputs_seed, n_draws=n_draws, mode=posterior_mode,
-                         chunk_size=chunk_size, seed=seed, data_root=data_root, device=device, force=force)
+                         chunk_size=chunk_size, seed=seed, data_root=data_root, device=device, force=force,
+                         attribution=attribution)
     click.echo(done.summary)

@@ -1,5 +1,5 @@
 """``bayesrobust diagnose`` (also ``python -m bayesrobust.diagnose``): function-space convergence of a trained
-posterior (docs/method.md §11.4).
+posterior (docs/method.md §13.4).
 
 Example::
 

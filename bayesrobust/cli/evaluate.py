@@ -1,5 +1,5 @@
 """``bayesrobust evaluate`` (also ``python -m bayesrobust.evaluate``): uncertainty metrics of trained models side
-by side (docs/method.md §11.5).
+by side (docs/method.md §13.5).
 
 Example::
 

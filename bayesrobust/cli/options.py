@@ -112,7 +112,8 @@ class Choice(click.Choice):
 preset_option = click.option("--preset", default=DEFAULT_PRESET, show_default=True, type=click.Choice(list(PRESETS)),
                              help="Named experiment settings (bayesrobust.presets).")
 model_option = click.option("--model", required=True, type=Choice(Model.values()),
-                            help="baseNN (deterministic), advNN (adversarially trained) or fullBNN (Bayesian).")
+                            help="baseNN (deterministic), advNN (adversarially trained), fullBNN (Bayesian), "
+                                 "artNN / artBNN (attributional robustness training: deterministic / SVI).")
 inference_option = click.option("--inference", type=click.Choice(Inference.values()), default=None,
                                 help="fullBNN inference: svi, hmc (NUTS), sghmc, sgld, laplace (around "
                                      "the baseNN) or ensemble. Default: the preset's.")

@@ -18,6 +18,7 @@ from fractions import Fraction
 import click
 
 from .. import stages
+from ..choices import AttributionMethod, Model
 from . import options
 from .attack import common_options
 
@@ -43,7 +44,11 @@ def parse_epsilons(text: str) -> tuple[float, ...]:
 
 
 @click.command(cls=options.Command, context_settings=options.CONTEXT)
-@options.model_option
+@click.option("--kind", type=click.Choice(("robustness", "attribution")), default="robustness", show_default=True,
+              help="robustness: one model's PGD table; attribution: seed 002's table and figure over the "
+                   "stored attribution-attack runs of the preset.")
+@click.option("--model", type=options.Choice(Model.values()), default=None,
+              help="The model of a robustness table (required there).")
 @options.preset_option
 @options.inference_option
 @click.option("--linf-eps", default="8/255,16/255", show_default=True,
@@ -54,10 +59,24 @@ def parse_epsilons(text: str) -> tuple[float, ...]:
               help="PGD step counts (repeat the option for several).")
 @click.option("--random-start/--no-random-start", default=True, show_default=True, help="PGD random start.")
 @common_options
-def main(model, preset, inference, linf_eps, l2_eps, steps, random_start, n_inputs, inputs_seed, n_draws,
-         posterior_mode, chunk_size, seed, data_root, device, out, force, verbose):
-    """Write and print the robust-accuracy table of one trained model."""
+@click.option("--attack", "attribution_attack", type=click.Choice(("ifia", "manipulate")), default=None,
+              help="attribution: only runs of this attack.")
+@click.option("--method", type=click.Choice(AttributionMethod.values()), default=None,
+              help="attribution: only runs on this map.")
+@click.option("--image", type=click.IntRange(0), default=0, show_default=True,
+              help="attribution: the image (position in the runs) of the figure.")
+def main(kind, model, preset, inference, linf_eps, l2_eps, steps, random_start, n_inputs, inputs_seed, n_draws,
+         posterior_mode, chunk_size, seed, data_root, device, out, force, verbose, attribution_attack, method,
+         image):
+    """Write and print the robust-accuracy table of one trained model (or, --kind attribution, the
+    attributional-robustness table of the stored attribution attacks)."""
     options.setup_logging(verbose)
+    if kind == "attribution":
+        done = stages.attribution_table(preset, out=out, attack=attribution_attack, method=method, image=image)
+        click.echo(done.summary)
+        return
+    if model is None:
+        raise click.UsageError("Missing option '--model' (required for --kind robustness).")
     epsilons = {"linf": parse_epsilons(linf_eps), "l2": parse_epsilons(l2_eps)}
     done = stages.table(preset, model, inference=inference, out=out, epsilons=epsilons, steps=steps,
                         random_start=random_start, n_inputs=n_inputs, inputs_seed=inputs_seed, n_draws=n_draws,

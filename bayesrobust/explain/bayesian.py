@@ -102,6 +102,35 @@ class DrawReducer:
         agree = torch.where(sign > 0, self._pos, torch.where(sign < 0, self._neg, zero))
         return self._mean, std, agree.to(self._mean.dtype) / self.count
 
+    def merge(self, other: DrawReducer) -> DrawReducer:
+        """Fold in the draws another reducer saw (a disjoint chunk of the same maps' draws): the parallel
+        update of Chan, Golub & LeVeque (1979) for mean and M2, sums for the sign counts. The merged
+        result equals the one-pass result to floating-point rounding (docs/method.md §12)."""
+        if other._mean is None:
+            return self
+        if self._mean is None:
+            self.count, self._mean, self._m2 = other.count, other._mean.clone(), other._m2.clone()
+            self._pos, self._neg = other._pos.clone(), other._neg.clone()
+            return self
+        n = self.count + other.count
+        delta = other._mean - self._mean
+        self._mean.add_(delta, alpha=other.count / n)
+        self._m2.add_(other._m2).add_(delta.square_(), alpha=self.count * other.count / n)
+        self._pos.add_(other._pos)
+        self._neg.add_(other._neg)
+        self.count = n
+        return self
+
+    def __getstate__(self) -> dict:
+        """Only the moments travel (to another process): the scratch buffers are made again on the next add."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_delta", "_after", "_mask")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self._mean is not None:
+            self._delta, self._after = torch.empty_like(self._mean), torch.empty_like(self._mean)
+            self._mask = torch.empty(self._mean.shape, dtype=torch.bool, device=self._mean.device)
+
 
 @dataclass
 class PosteriorExplanation:
@@ -150,7 +179,8 @@ def explain_posterior(posterior: Posterior | DrawSet, x: torch.Tensor, explainer
                       layers: LayerSelection = None, n_draws: int | None = None,
                       batch_size: int | None = None, seed: int = 0, net: Network | None = None,
                       device: str | torch.device = "cpu", on_draw: DrawCallback | None = None,
-                      progress: Callable[[int], object] | None = None) -> PosteriorExplanation:
+                      progress: Callable[[int], object] | None = None,
+                      reducer: DrawReducer | None = None) -> PosteriorExplanation:
     """Explain ``x`` with every draw of ``posterior`` and reduce over the draws.
 
     Parameters
@@ -185,6 +215,9 @@ def explain_posterior(posterior: Posterior | DrawSet, x: torch.Tensor, explainer
         to disk). The tensors are reused for the next draw: copy what you keep.
     progress
         Called with 1 after each draw (e.g. ``tqdm.update``).
+    reducer
+        The :class:`DrawReducer` to fold the draws into (default: a new one); pass one to keep the moments,
+        e.g. to merge chunks of draws explained elsewhere (:meth:`DrawReducer.merge`).
 
     Returns
     -------
@@ -208,7 +241,7 @@ def explain_posterior(posterior: Posterior | DrawSet, x: torch.Tensor, explainer
     idx = resolve_layers(net, layers)
     n = len(draws)
     parts = chunks(x.shape[0], draws.chunk_size if batch_size is None else batch_size)
-    reducer = DrawReducer()
+    reducer = DrawReducer() if reducer is None else reducer
     units = torch.empty((n, len(idx), x.shape[0]), dtype=torch.int64)
     maps = x.new_empty((len(idx), *x.shape))
     log.debug("explaining %d images with %s, %d draws, layers %s", x.shape[0], explainer.name, n, idx)

@@ -17,7 +17,7 @@ from ..models.bayesian import NormalPrior
 from ..models.posterior import Posterior, recover
 from ..models.posterior import deterministic as one_draw_posterior
 from ..paths import model_dir, model_tag
-from ..presets import INFERENCES, Preset, check_model
+from ..presets import INFERENCES, Preset, art_config, check_model
 from .deterministic import train_network
 from .ensemble import train_ensemble
 from .hmc import NUTSKernel, train_hmc
@@ -31,6 +31,11 @@ __all__ = ["train_model", "load_model", "train_network", "train_svi", "train_hmc
 
 def resolve_inference(preset: Preset, model: str, inference: str | None) -> str | None:
     """The inference of a fullBNN (the preset's unless given); ``None`` for the deterministic models."""
+    if model == "artBNN":  # ART is added to the SVI objective only
+        if inference not in (None, "svi"):
+            raise ValueError(f"artBNN is trained by SVI (the ART term is added to the ELBO); got inference "
+                             f"{inference!r}")
+        return "svi"
     if model != "fullBNN":
         return None
     inference = preset.inference if inference is None else inference
@@ -67,6 +72,14 @@ def train_model(preset: Preset, model: str, inference: str | None = None, seed: 
         net, hist = train_network(preset.arch, train, preset.adv_optim, preset.adv, seed, device, progress)
         posterior = one_draw_posterior(net)
         extra = hist.as_tensors()
+    elif model == "artNN":
+        net, hist = train_network(preset.arch, train, preset.base, None, seed, device, progress,
+                                  art=art_config(preset))
+        posterior = one_draw_posterior(net)
+        extra = hist.as_tensors()
+    elif model == "artBNN":
+        posterior = train_svi(preset.arch, train, preset.svi, seed=seed, device=device, progress=progress,
+                              prior=NormalPrior(preset.prior_scale), art=art_config(preset))
     elif inference in ("sghmc", "sgld"):
         posterior = train_sgmcmc(preset.arch, train, preset.sgmcmc, inference, seed=seed, device=device,
                                  progress=progress, prior=NormalPrior(preset.prior_scale))
@@ -88,6 +101,8 @@ def train_model(preset: Preset, model: str, inference: str | None = None, seed: 
     posterior.config.update(preset=preset.to_dict(), model=model, inference=inference, seed=seed,
                             dataset=preset.dataset, n_train=len(train),
                             train_seconds=time.perf_counter() - start)
+    if model in ("artNN", "artBNN"):
+        posterior.config["art"] = asdict(art_config(preset))
     return posterior
 
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..data import Data, batches
 from ..models.architectures import ArchConfig, Network, build
-from ..presets import AdvConfig, OptimConfig
+from ..presets import AdvConfig, ARTConfig, OptimConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ def _optimizer(net: nn.Module, cfg: OptimConfig, steps_per_epoch: int):
 
 def train_network(arch: ArchConfig, data: Data, cfg: OptimConfig, adv: AdvConfig | None = None,
                   seed: int = 0, device: str | torch.device = "cpu", progress: bool = False,
-                  callback: Callable[[int, float], None] | None = None) -> tuple[Network, History]:
+                  callback: Callable[[int, float], None] | None = None, *,
+                  art: ARTConfig | None = None) -> tuple[Network, History]:
     """Train a deterministic network of architecture ``arch`` on ``data`` with cross-entropy.
 
     Parameters
@@ -79,6 +80,9 @@ def train_network(arch: ArchConfig, data: Data, cfg: OptimConfig, adv: AdvConfig
         ``None`` for baseNN; for advNN the attack and the adversarial share of each batch.
     callback
         Called as ``callback(epoch, mean_loss)`` after every epoch.
+    art
+        ``None``, or the settings of attributional robustness training (artNN): each batch's loss is then
+        :func:`bayesrobust.inference.art.art_objective` (docs/method.md §11.5).
 
     Returns
     -------
@@ -93,15 +97,18 @@ def train_network(arch: ArchConfig, data: Data, cfg: OptimConfig, adv: AdvConfig
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=cuda):  # seeded here, the caller's global RNG left as it was
         torch.manual_seed(seed)
-        return _fit(arch, data, cfg, adv, seed, device, progress, callback)
+        return _fit(arch, data, cfg, adv, seed, device, progress, callback, art)
 
 
 def _fit(arch: ArchConfig, data: Data, cfg: OptimConfig, adv: AdvConfig | None, seed: int,
          device: str | torch.device, progress: bool,
-         callback: Callable[[int, float], None] | None) -> tuple[Network, History]:
+         callback: Callable[[int, float], None] | None,
+         art: ARTConfig | None = None) -> tuple[Network, History]:
     """The training loop of :func:`train_network`, run with the global RNG seeded by it."""
     net = build(arch).to(device)
     attack = make_attack(adv) if adv is not None else None
+    if art is not None:
+        from .art import art_objective
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     opt, sched = _optimizer(net, cfg, steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss()
@@ -120,7 +127,7 @@ def _fit(arch: ArchConfig, data: Data, cfg: OptimConfig, adv: AdvConfig | None, 
                 xb = torch.cat([x_adv, xb[n_adv:]])
             net.train()
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(xb), yb)
+            loss = loss_fn(net(xb), yb) if art is None else art_objective(net, xb, yb, art)
             loss.backward()
             opt.step()
             if sched is not None:

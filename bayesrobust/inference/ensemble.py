@@ -1,5 +1,5 @@
 """Deep ensemble (Lakshminarayanan et al. 2017): K deterministic networks trained from different seeds, kept as a
-posterior of K draws (docs/method.md §11.3).
+posterior of K draws (docs/method.md §13.3).
 
 Each member is a baseNN (the preset's ``base`` optimiser settings) trained with seed ``seed + 1000 k`` (its
 initialisation and minibatch order differ). The members are stored as K chains of one sample each

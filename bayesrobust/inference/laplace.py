@@ -1,4 +1,4 @@
-"""fullBNN by a Laplace approximation around a trained baseNN (laplace-torch; docs/method.md §11.2).
+"""fullBNN by a Laplace approximation around a trained baseNN (laplace-torch; docs/method.md §13.2).
 
 The posterior of the covered weights (the last layer, or all) is the Gaussian N(θ_MAP, P⁻¹) with
 P = GGN of the training loss + prior precision (Daxberger et al. 2021, "Laplace Redux"); the GGN is diagonal,

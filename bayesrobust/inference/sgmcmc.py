@@ -1,5 +1,5 @@
 """fullBNN by stochastic-gradient MCMC: SGHMC (Chen, Fox & Guestrin 2014) and SGLD (Welling & Teh 2011) on
-minibatches of the full training set (docs/method.md §11.1).
+minibatches of the full training set (docs/method.md §13.1).
 
 The potential is the full-data negative log posterior U(θ) = −log p(θ) − Σ_i log p(y_i | x_i, θ), estimated on a
 minibatch of B images with the likelihood scaled by N / B. With step ε = lr / N and friction α, one step is

@@ -29,7 +29,7 @@ from ..data import Data, batches
 from ..models.architectures import ArchConfig
 from ..models.bayesian import BayesianNetwork, Likelihood, Prior, make_likelihood, make_prior, pyro_scope, site_to_param
 from ..models.posterior import Posterior
-from ..presets import SVIConfig
+from ..presets import ARTConfig, SVIConfig
 
 log = logging.getLogger(__name__)
 #: ``full``: minibatch likelihood × N/B (correct); ``reference``: unscaled, as the paper's code.
@@ -75,7 +75,7 @@ def train_svi(arch: ArchConfig, data: Data, cfg: SVIConfig, prior_scale: float =
               device: str | torch.device = "cpu", progress: bool = False,
               likelihood: str | Likelihood = "categorical", noise_scale: float | None = None,
               callback: Callable[[int, float], None] | None = None, *, prior: Prior | None = None,
-              guide: GuideBuilder | None = None) -> Posterior:
+              guide: GuideBuilder | None = None, art: ARTConfig | None = None) -> Posterior:
     """Fit a mean-field Normal posterior over every weight and bias of ``arch`` on ``data``.
 
     Parameters
@@ -87,6 +87,9 @@ def train_svi(arch: ArchConfig, data: Data, cfg: SVIConfig, prior_scale: float =
         ``noise_scale``, default 1). Its dataset size is set here from ``cfg.likelihood_scaling``.
     guide
         Guide builder, default ``MeanFieldGuide(cfg.init_scale)``.
+    art
+        ``None``, or the ART settings of artBNN: the model is then
+        :class:`~bayesrobust.inference.art.ARTBayesianNetwork` (docs/method.md §11.5).
 
     Runs in :func:`~bayesrobust.models.bayesian.pyro_scope`: seeded with ``seed`` inside, and the caller's
     Pyro parameter store and RNG states are unchanged afterwards.
@@ -111,7 +114,11 @@ def train_svi(arch: ArchConfig, data: Data, cfg: SVIConfig, prior_scale: float =
     gen = torch.Generator().manual_seed(seed)
     elbo, seconds = [], []
     with pyro_scope(seed):
-        model = BayesianNetwork(arch, prior, lik, device=device)
+        if art is None:
+            model = BayesianNetwork(arch, prior, lik, device=device)
+        else:
+            from .art import ARTBayesianNetwork
+            model = ARTBayesianNetwork(arch, prior, lik, device=device, art=art)
         fitted = build_guide(model)
         svi = SVI(model, fitted, pyro.optim.Adam({"lr": cfg.lr}), Trace_ELBO(num_particles=cfg.num_particles))
         for epoch in range(cfg.epochs):

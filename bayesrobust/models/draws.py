@@ -82,6 +82,9 @@ class DrawSet:
         parameters would take more, they are not kept: each :meth:`load` generates the draw's parameters
         again with :meth:`Posterior.draw_params` (results are identical either way; loading is slower,
         e.g. for the ``conv`` h=512 net with S=100 SVI draws).
+    start
+        First draw: the set holds draws ``start..S-1`` (a chunk of the draws, e.g. explained on another
+        worker; draw ``j`` is the same network whatever the chunk).
 
     Attributes
     ----------
@@ -111,9 +114,13 @@ class DrawSet:
 
     def __init__(self, posterior: Posterior, n_draws: int | None = None, *,
                  device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                 net: nn.Module | None = None, max_bytes: int = DRAW_BUDGET_BYTES):
+                 net: nn.Module | None = None, max_bytes: int = DRAW_BUDGET_BYTES,
+                 start: int = 0):
         n = posterior.resolve_n_draws(n_draws)
-        self.indices: tuple[int, ...] = tuple(range(n))
+        if not 0 <= start < n:
+            raise ValueError(f"start must be a draw index in [0, {n}), got {start}")
+        self.indices: tuple[int, ...] = tuple(range(start, n))
+        n = len(self.indices)
         chain, sample = posterior.draw_coords(self.indices)
         self.chains: tuple[int, ...] = tuple(int(c) for c in chain)
         self.samples: tuple[int, ...] = tuple(int(s) for s in sample)
@@ -187,6 +194,16 @@ class DrawSet:
         for position in range(len(self.indices)):
             self.load(position)
             yield position
+
+    def stacked_params(self) -> dict[str, torch.Tensor]:
+        """Every draw's parameters stacked along a new leading axis: name → (S, ...) tensor, on the net's
+        device and dtype (for a vectorised call over draws, ``torch.func.vmap``; docs/method.md §11.1).
+        A plain module (:meth:`from_module`) gives its own parameters with S = 1."""
+        if not self._targets:
+            return {k: v.detach().unsqueeze(0) for k, v in self.net.named_parameters()}
+        per_draw = [self._prepare(self._posterior.draw_params(j)) if self.lazy else self._params[p]
+                    for p, j in enumerate(self.indices)]
+        return {k: torch.stack([d[k].contiguous() for d in per_draw]) for k in self._targets}
 
     def device(self) -> torch.device:
         first = next(iter(self.net.parameters()), None)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import xarray as xr
 
 KINDS = ("deterministic", "svi", "hmc", "sghmc", "sgld", "ensemble", "laplace")
-#: Kinds whose parameters are stored samples with leading dims (chain, sample) (docs/method.md §11): NUTS,
+#: Kinds whose parameters are stored samples with leading dims (chain, sample) (docs/method.md §13): NUTS,
 #: SGHMC, SGLD, and the deep ensemble (K chains of one sample each: every member is its own chain).
 SAMPLED = ("hmc", "sghmc", "sgld", "ensemble")
 #: How messages name each kind.
@@ -66,7 +66,7 @@ class Posterior:
         standard deviations of a mean-field Normal), ``'hmc'``, ``'sghmc'``, ``'sgld'`` or ``'ensemble'``
         (:data:`SAMPLED`: ``params`` are samples with leading dims ``(chain, sample)``; an ensemble is K chains
         of one sample), or ``'laplace'`` (``params`` the MAP, the Gaussian's sampling factor in ``extra``;
-        docs/method.md §11.2).
+        docs/method.md §13.2).
     buffers
         Non-learnable state shared by every draw (BatchNorm running statistics).
     config

@@ -1,4 +1,4 @@
-"""Quality bars of the scalable posteriors (docs/method.md §11), measured through the library's own stages.
+"""Quality bars of the scalable posteriors (docs/method.md §13), measured through the library's own stages.
 
 Parts (``--part``, default all):
 

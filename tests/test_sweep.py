@@ -1,0 +1,215 @@
+"""Sweeps on dask.distributed (docs/method.md §12): a 2-worker LocalCluster runs a tiny grid (tiny preset, 10
+images, baseNN and fullBNN with S = 4 split into 2 tasks of 2 draws) and gives the serial run's results;
+a worker killed mid-sweep changes nothing; a re-run skips every unit; a failing unit stops its own branch;
+the draw-split explanation (with --keep-draws) equals the one-process one; bad sweep files are one-line
+errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from click.testing import CliRunner
+
+from bayesrobust import cluster, grid, stages, store
+from bayesrobust.explain.bayesian import DrawReducer
+from bayesrobust.models.posterior import Posterior
+
+TINY = """
+[grid]
+preset = "tiny"
+models = ["baseNN", "fullBNN"]
+draws = [4]
+rules = ["epsilon"]
+[settings]
+n_inputs = 10
+draws_per_task = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client
+    with cluster.local_cluster(2, dashboard_address=None) as local, Client(local) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory):
+    """The same experiment run one stage after the other in this process (Experiment.run), one thread
+    like each worker."""
+    from bayesrobust import Experiment
+    out = tmp_path_factory.mktemp("serial")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        e = Experiment("tiny", out, models=["baseNN", "fullBNN"], draws=[4], rules=["epsilon"], n_inputs=10)
+        e.train()
+        e.explain(e.attack_runs())
+        e.analyze()
+        stages.plot(out, analyses=[e.analysis_name], preset="tiny", formats=["png"])  # as sweep_units
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+def sweep_units(out: Path) -> list[grid.Unit]:
+    """The tiny sweep's units (figures as PNG only: the PDFs double the slowest stage of a tiny run)."""
+    sweep = grid.parse(TINY, "tiny.toml")
+    return [grid.with_kwargs(u, formats=["png"]) if u.stage == "plot" else u
+            for u in grid.units(sweep, sweep.experiments(out))]
+
+
+def assert_same_results(a: Path, b: Path) -> None:
+    """Every model, attack, explanation and analysis under ``a`` equals its counterpart under ``b``: bit for
+    bit, except the merged draw statistics of split explanations (float rounding of the parallel merge)."""
+    files = sorted(p.relative_to(a) for p in a.rglob("*.nc"))
+    assert sorted(p.relative_to(b) for p in b.rglob("*.nc")) == files and len(files) == 5  # 2 attacks, 2 expl.
+    for name in files:
+        with store.open_result(a / name) as x, store.open_result(b / name) as y:
+            if x.attrs["kind"] == "explanation":
+                xr.testing.assert_allclose(x.load(), y.load(), rtol=1e-5, atol=1e-7)
+                xr.testing.assert_equal(x.unit, y.unit)
+            else:
+                xr.testing.assert_equal(x.load(), y.load())
+    for model in ("baseNN", "fullBNN_svi"):
+        p, q = (Posterior.load(root / "models" / "tiny" / model) for root in (a, b))
+        for k in p.params:
+            assert torch.equal(p.params[k], q.params[k]), (model, k)
+    assert {f.name for f in (b / "figures").glob("*.png")} == {f.name for f in (a / "figures").glob("*.png")}
+
+
+def test_sweep_on_two_workers_equals_the_serial_run_and_reruns_skip(client, serial, tmp_path):
+    units = sweep_units(tmp_path)
+    assert [u.stage for u in units] == ["train"] * 2 + ["attack", "explain"] * 2 + ["analyze", "plot"]
+    seen = []
+    outcome = cluster.run_units(client, units, progress=lambda n, total, said: seen.append((n, total)))
+    assert outcome.ok, outcome.report()
+    assert seen[-1] == (8, 8) and not any(r.skipped for r in outcome.done.values())
+    assert_same_results(serial, tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    again = cluster.run_units(client, sweep_units(tmp_path))
+    assert again.ok and len(again.done) == 8 and all(r.skipped for r in again.done.values()), again.report()
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_killed_worker_changes_nothing(client, serial, tmp_path):
+    """A worker process is killed (SIGKILL) as it starts explaining a chunk of draws; dask re-runs its tasks
+    on the other worker (and the nanny restarts it) and the results are the serial run's."""
+    from sweep_helpers import KillWorkerOnce
+    marker = tmp_path / "killed"
+    client.register_plugin(KillWorkerOnce(str(marker), "explain_chunk"))
+    try:
+        outcome = cluster.run_units(client, sweep_units(tmp_path / "out"))
+    finally:
+        client.unregister_worker_plugin(KillWorkerOnce.name)
+    assert marker.exists(), "no worker was killed"
+    assert outcome.ok, outcome.report()
+    assert_same_results(serial, tmp_path / "out")
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".")]  # no temporary left over
+
+
+def test_a_failing_unit_stops_its_own_branch_only(client, serial, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(serial, out)
+    units = [grid.with_kwargs(u, layers=[99]) if u.stage == "explain" and "fullBNN" in u.key else u
+             for u in sweep_units(out)]
+    outcome = cluster.run_units(client, units)
+    assert not outcome.ok
+    [(failed, why)] = outcome.failed.items()
+    assert failed.startswith("explain") and "fullBNN_S4" in failed and "99" in why
+    assert sorted(k.split()[0] for k in outcome.not_run) == ["analyze", "plot"]
+    assert all(v == failed for v in outcome.not_run.values())
+    assert len(outcome.done) == 5 and all(r.skipped for r in outcome.done.values())  # the baseNN branch ran
+    assert f"FAILED {failed}: ValueError" in outcome.report()
+
+
+@pytest.mark.threads(1)  # as the workers: then every draw's maps are the same bits
+def test_draw_split_explanation_equals_one_process(client, serial, tmp_path):
+    """S = 4 draws in 4 chunks on the workers, with every draw's maps in the zarr store (each chunk writes
+    its region): the same summary, units and per-draw maps as one process."""
+    for name in ("models", "attacks"):
+        shutil.copytree(serial / name, tmp_path / "split" / name)
+        shutil.copytree(serial / name, tmp_path / "one" / name)
+    run = next((serial / "attacks" / "tiny").glob("fullBNN*.nc"))
+    settings = dict(rules=["epsilon", "gamma"], keep_draws=True, n_draws=4)
+    one = stages.explain("tiny", "fullBNN", run.name[:-3], out=tmp_path / "one", **settings)
+
+    def on_workers(fn, items):
+        return client.gather(client.map(fn, items, pure=False))
+    split = stages.explain("tiny", "fullBNN", run.name[:-3], out=tmp_path / "split", draws_per_task=1,
+                           map_chunks=on_workers, **settings)
+    with store.open_result(one.path) as a, store.open_result(split.path) as b:
+        xr.testing.assert_allclose(a.load(), b.load(), rtol=1e-5, atol=1e-7)
+        xr.testing.assert_equal(a.unit, b.unit)
+        assert float(np.abs(a.relevance_std).max()) > 0  # the draws differ: the merge has work to do
+    zarr_one, zarr_split = (Path(str(p.path)[:-3] + "_draws.zarr") for p in (one, split))
+    with xr.open_zarr(zarr_one) as a, xr.open_zarr(zarr_split) as b:
+        xr.testing.assert_equal(a.relevance_draws.load(), b.relevance_draws.load())
+        xr.testing.assert_allclose(a.relevance.load(), b.relevance.load(), rtol=1e-5, atol=1e-7)
+
+
+def test_parallel_welford_merge_is_exact():
+    """Chunks of draws merged with DrawReducer.merge give NumPy's mean, std (ddof=0) and sign agreement of all
+    draws, and the one-pass reducer's result, whatever the cut."""
+    gen = torch.Generator().manual_seed(0)
+    maps = torch.randn(11, 3, 5, 4, generator=gen, dtype=torch.float64) + 0.3
+    maps[:, 0, 0] = 0  # exact zeros: sign 0 everywhere
+    one = DrawReducer()
+    for m in maps:
+        one.add(m)
+    for cut in ([0, 11], [0, 1, 11], [0, 4, 5, 9, 11]):
+        merged = DrawReducer()
+        for a, b in zip(cut[:-1], cut[1:]):
+            part = DrawReducer()
+            for m in maps[a:b]:
+                part.add(m)
+            merged.merge(part)
+        mean, std, agree = merged.result()
+        x = maps.numpy()
+        np.testing.assert_allclose(mean.numpy(), x.mean(0), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(std.numpy(), x.std(0), rtol=1e-12, atol=1e-14)
+        expected = (np.sign(x) == np.sign(x.mean(0))).mean(0)
+        np.testing.assert_array_equal(agree.numpy(), expected)
+        for u, v in zip(merged.result(), one.result()):
+            torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[grid]\npreset = 'tiny'\ndraw = [4]\n", "tiny.toml [grid]: unknown key 'draw'; expected one of preset"),
+    ("[grid]\npreset = 'nope'\n", "tiny.toml: preset has the value 'nope'; expected one of"),
+    ("[grid]\npreset = 'tiny'\ndraws = [4, 0]\n", "tiny.toml: draws has the value 0; expected a positive integer"),
+    ("[grid]\npreset = 'tiny'\ndraws = ['4']\n", "tiny.toml [grid]: draws has the value '4'; expected an integer"),
+    ("[grid]\npreset = 'tiny'\nrules = ['epsilon', 'bogus']\n", "rules has the value 'bogus'; expected one of"),
+    ("[grid]\npreset = 'tiny'\n[settings]\nkeep_draws = 1\n", "keep_draws = 1; expected true or false"),
+    ("[grid]\npreset = 'tiny'\n[quick]\nbogus = 1\n", "tiny.toml [quick]: unknown key 'bogus'"),
+    ("[grid]\npreset = 'tiny'\n[tables]\n", "tiny.toml: unknown key 'tables'; expected one of description"),
+    ("[grid]\nmodels = ['baseNN']\n", "the axis 'preset' is missing"),
+    ("[grid\npreset = 'tiny'\n", "tiny.toml: not a valid TOML file"),
+    ("[grid]\npreset = 'tiny'\nmodels = ['fullBNN']\n", "point preset=tiny, attack=fgsm, seed=0: the analysis "
+                                                       "compares against baseNN"),
+])
+def test_a_malformed_sweep_file_is_a_one_line_error(tmp_path, text, message):
+    from bayesrobust.cli import main
+    path = tmp_path / "tiny.toml"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["sweep", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.output
+    assert not (tmp_path / "out" / "models").exists()
+
+
+def test_set_overrides_and_quick_tables():
+    sweep = grid.load("experiments/sweeps/layers_robustness.toml", quick=True,
+                        overrides=dict([grid.parse_override("preset=tiny"), grid.parse_override("draws=5,10")]))
+    assert sweep.grid["preset"] == ("tiny",) and sweep.grid["draws"] == (5, 10)
+    assert sweep.settings["draws_per_task"] == 10 and "data_root" not in sweep.settings
+    paper = grid.load("experiments/sweeps/layers_robustness.toml")
+    assert len(paper.points()) == 4 and paper.grid["draws"] == (10, 50, 100)
+    with pytest.raises(grid.SweepError, match="--set 'preset': expected KEY=VALUE"):
+        grid.parse_override("preset")
