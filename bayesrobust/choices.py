@@ -53,10 +53,14 @@ class Model(Choice):
 
 
 class Inference(Choice):
-    """How a fullBNN's posterior is inferred (``hmc`` runs NUTS)."""
+    """How a fullBNN's posterior is inferred (``hmc`` runs NUTS; docs/method.md §13 for the others)."""
 
     SVI = "svi"
     HMC = "hmc"
+    SGHMC = "sghmc"
+    SGLD = "sgld"
+    LAPLACE = "laplace"
+    ENSEMBLE = "ensemble"
 
 
 class AttackName(Choice):
@@ -118,3 +122,26 @@ class IFIAVariant(Choice):
     TOPK = "topk"
     MASS_CENTER = "mass_center"
     TARGETED = "targeted"
+
+
+class StepSchedule(Choice):
+    """Step size of SGHMC/SGLD over the sampling phase (docs/method.md §13.1)."""
+
+    CONSTANT = "constant"
+    DECAY = "decay"
+    CYCLICAL = "cyclical"
+
+
+class LaplaceSubset(Choice):
+    """Which weights a Laplace approximation covers (the others stay at the MAP)."""
+
+    LAST_LAYER = "last_layer"
+    ALL = "all"
+
+
+class LaplaceStructure(Choice):
+    """Structure of the Laplace posterior precision: diagonal, Kronecker-factored (KFAC) or full."""
+
+    DIAG = "diag"
+    KRON = "kron"
+    FULL = "full"

@@ -108,15 +108,20 @@ class Experiment:
         self.models = tuple(Model.parse(m, "model").value for m in self.models)
         if Model.BASE not in self.models:
             raise ValueError(f"the analysis compares against baseNN; models {list(self.models)} lack it")
-        self.draws = tuple(checks.count("draws", s, allow_none=False) for s in self.draws) \
-            or (self.preset.eval_draws,)
-        if Model.BAYES in self.models and self.inference == "hmc":  # chains x samples draws exist, no more
-            hmc = self.preset.hmc
-            chains = self.chains or hmc.chains
-            if max(self.draws) > chains * hmc.samples:
-                raise ValueError(f"draws={max(self.draws)} but the HMC posterior of preset {self.preset.name!r} "
-                                 f"has only {chains * hmc.samples} draws ({chains} chains x "
-                                 f"{hmc.samples} samples)")
+        given = tuple(checks.count("draws", s, allow_none=False) for s in self.draws)
+        p = self.preset
+        grids = {"hmc": (self.chains or p.hmc.chains, p.hmc.samples), "sghmc": (p.sgmcmc.chains, p.sgmcmc.samples),
+                 "sgld": (p.sgmcmc.chains, p.sgmcmc.samples), "ensemble": (p.ensemble.members, 1)}
+        available = grids[self.inference][0] * grids[self.inference][1] if self.inference in grids else None
+        # the preset's S by default, capped at the draws a sampled posterior has (as train and attack do)
+        self.draws = given or (min(p.eval_draws, available or p.eval_draws),)
+        if Model.BAYES in self.models and self.inference in grids:  # chains x samples draws exist, no more
+            chains, samples = grids[self.inference]
+            if max(self.draws) > chains * samples:
+                label = {"hmc": "HMC", "sghmc": "SGHMC", "sgld": "SGLD"}.get(self.inference, self.inference)
+                raise ValueError(f"draws={max(self.draws)} but the {label} posterior of preset "
+                                 f"{self.preset.name!r} has only {chains * samples} draws ({chains} chains x "
+                                 f"{samples} samples)")
         self.n_inputs = checks.count("n_inputs", self.n_inputs)
         self.steps = checks.count("steps", self.steps)
         if self.epsilon is not None:

@@ -10,8 +10,8 @@ preset                  paper idx      dataset     architecture / fullBNN infere
 ======================  =============  ==========  =====================================================
 ``mnist_conv``          0              MNIST       conv h=512, SVI 5 epochs lr 1e-2
 ``fashion_mnist_conv``  1              F-MNIST     conv h=1024, SVI 15 epochs lr 1e-3
-``mnist_fc2``           2              MNIST       fc2 h=512, NUTS 100 warmup + 100 samples
-``fashion_mnist_fc2``   3              F-MNIST     fc2 h=1024, NUTS 100 warmup + 100 samples
+``mnist_fc2``           2              MNIST       fc2 h=512, SGHMC 2 chains x 50 samples (NUTS: --inference hmc)
+``fashion_mnist_fc2``   3              F-MNIST     fc2 h=1024, SGHMC 2 chains x 50 samples (NUTS: --inference hmc)
 ``cifar_resnet20``      cifar          CIFAR-10    ResNet-20, SGD 0.1 200 epochs, SVI 200 epochs
 ``quick``               (quick conv)   mnist5k     conv h=32, 8 epochs, SVI 30 epochs — minutes on 2 CPU cores
 ``quick_fc2``           (quick fc2)    mnist5k     fc2 h=32, few epochs, NUTS on 1,000 images
@@ -31,6 +31,8 @@ from .models.architectures import MAX_HIDDEN, ArchConfig
 
 MODELS = Model.values()
 INFERENCES = Inference.values()
+#: The stochastic-gradient MCMC inferences (docs/method.md §13.1).
+SG_MCMC = (Inference.SGHMC.value, Inference.SGLD.value)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,48 @@ class HMCConfig:
 
 
 @dataclass(frozen=True)
+class SGMCMCConfig:
+    """SGHMC / SGLD on minibatches of the full training set (docs/method.md §13.1).
+
+    ``lr`` is the step size on the *mean* per-image loss (as in SGD); the sampler's step on the full-data
+    potential is ``lr / N``. ``friction`` α is the share of momentum lost per step (SGHMC; SGLD is α = 1).
+    Each of ``chains`` chains runs ``burnin`` epochs, then ``epochs - burnin`` epochs in which ``samples``
+    weight samples are kept at equally spaced steps (the thinning follows). ``schedule``: constant,
+    polynomial decay, or ``cycles`` cosine cycles (samples kept in the low-step half of each cycle).
+    """
+
+    epochs: int = 30
+    burnin: int = 10
+    samples: int = 50
+    chains: int = 2
+    lr: float = 0.1
+    friction: float = 0.1
+    batch_size: int = 128
+    temperature: float = 1.0
+    schedule: str = "constant"
+    cycles: int = 4
+    init_epochs: int = 0
+
+
+@dataclass(frozen=True)
+class LaplaceConfig:
+    """Laplace approximation around the trained baseNN (laplace-torch; docs/method.md §13.2): which weights
+    (``subset``), the precision structure, and marginal-likelihood steps for the prior precision."""
+
+    subset: str = "last_layer"
+    structure: str = "kron"
+    marglik_steps: int = 100
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """Deep ensemble: ``members`` baseNNs (the preset's ``base`` settings) from seeds seed + 1000 k."""
+
+    members: int = 5
+
+
+@dataclass(frozen=True)
 class ARTConfig:
     """Attributional robustness training (artNN, artBNN; docs/method.md §11.5): the weight λ of the ART
     term, the Linf attack inside the loop (ε, steps, step size), k pixels of the top-k mask, softplus β.
@@ -146,6 +190,9 @@ class Preset:
     attack_steps: int = 40
     attack_step_size: float = 0.01
     description: str = ""
+    sgmcmc: SGMCMCConfig = SGMCMCConfig()
+    laplace: LaplaceConfig = LaplaceConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,14 +220,17 @@ PRESETS: dict[str, Preset] = {
         svi=SVIConfig(epochs=15, lr=1e-3), hmc=HMCConfig(), description="paper model_idx 1"),
     "mnist_fc2": Preset(
         "mnist_fc2", "mnist", ArchConfig("fc2", 512, MNIST),
-        base=OptimConfig(epochs=15), adv=AdvConfig(), adv_optim=OptimConfig(epochs=15), inference="hmc",
+        base=OptimConfig(epochs=15), adv=AdvConfig(), adv_optim=OptimConfig(epochs=15), inference="sghmc",
         svi=SVIConfig(epochs=15, lr=1e-3), hmc=HMCConfig(warmup=100, samples=100),
-        description="paper model_idx 2"),
+        # full-data NUTS on 0.67 M parameters takes days on a CPU: SGHMC samples the same posterior here
+        sgmcmc=SGMCMCConfig(epochs=30, burnin=10, samples=50, chains=2),
+        description="paper model_idx 2 (SGHMC; --inference hmc for the paper's NUTS)"),
     "fashion_mnist_fc2": Preset(
         "fashion_mnist_fc2", "fashion_mnist", ArchConfig("fc2", 1024, MNIST),
-        base=OptimConfig(epochs=15), adv=AdvConfig(), adv_optim=OptimConfig(epochs=15), inference="hmc",
+        base=OptimConfig(epochs=15), adv=AdvConfig(), adv_optim=OptimConfig(epochs=15), inference="sghmc",
         svi=SVIConfig(epochs=15, lr=1e-3), hmc=HMCConfig(warmup=100, samples=100),
-        description="paper model_idx 3"),
+        sgmcmc=SGMCMCConfig(epochs=30, burnin=10, samples=50, chains=2),
+        description="paper model_idx 3 (SGHMC; --inference hmc for the paper's NUTS)"),
     "cifar_resnet20": Preset(
         "cifar_resnet20", "cifar10", ArchConfig("resnet20", 16, CIFAR),
         base=OptimConfig("sgd", 0.1, 128, 200, 0.9, 1e-4, (0.5, 0.75)),
@@ -195,7 +245,9 @@ PRESETS: dict[str, Preset] = {
         # 30 epochs: the ELBO per image climbs from -24 (10 epochs) to about -2, the mean weight std from
         # ~0.02 to ~0.7 — a posterior, not a point estimate with noise (about 1 s/epoch on 2 cores)
         svi=SVIConfig(epochs=30, lr=1e-2, batch_size=128), hmc=HMCConfig(warmup=50, samples=50, n_train=1000),
-        n_inputs=100, eval_draws=20, description="quick conv on the embedded mnist5k"),
+        n_inputs=100, eval_draws=20, sgmcmc=SGMCMCConfig(epochs=6, burnin=3, samples=10, chains=2),
+        laplace=LaplaceConfig(marglik_steps=50), ensemble=EnsembleConfig(members=3),
+        description="quick conv on the embedded mnist5k"),
     "quick_fc2": Preset(
         "quick_fc2", "mnist5k", ArchConfig("fc2", 32, MNIST),
         base=OptimConfig(epochs=10, batch_size=64), adv=AdvConfig(),
@@ -210,6 +262,8 @@ PRESETS: dict[str, Preset] = {
         svi=SVIConfig(epochs=3, lr=1e-2), hmc=HMCConfig(warmup=10, samples=10, chains=2, n_train=200,
                                                         max_tree_depth=5),
         n_inputs=30, eval_draws=4, attack_epsilon=0.05,
+        sgmcmc=SGMCMCConfig(epochs=2, burnin=1, samples=4, chains=2, batch_size=64),
+        laplace=LaplaceConfig(marglik_steps=20), ensemble=EnsembleConfig(members=2),
         description="seconds-long smoke run of every stage (tests, CI); small ε so some attacks fail"),
     "quick_resnet20": Preset(
         "quick_resnet20", "cifar10_test300", ArchConfig("resnet20", 16, CIFAR),
@@ -240,12 +294,17 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
                       adv_attack: str | None = None, adv_norm: str | None = None,
                       adv_epsilon: float | None = None, adv_ratio: float | None = None,
                       likelihood_scaling: str | None = None, hmc_scheme: str | None = None,
-                      subset_size: int | None = None) -> Preset:
+                      subset_size: int | None = None, burnin: int | None = None,
+                      friction: float | None = None, temperature: float | None = None,
+                      schedule: str | None = None, members: int | None = None,
+                      laplace_subset: str | None = None, laplace_structure: str | None = None) -> Preset:
     """``preset`` with command-line overrides applied to the settings ``model`` trains with.
 
     ``epochs``/``lr``/``batch_size`` go to the optimiser of baseNN or advNN, or to SVI for a fullBNN;
-    ``warmup``/``samples``/``chains``/``n_train``/``hmc_scheme``/``subset_size`` to NUTS. ``None`` leaves a
-    field as it is.
+    ``warmup``/``samples``/``chains``/``n_train``/``hmc_scheme``/``subset_size`` to NUTS. SGHMC/SGLD take
+    ``epochs``/``lr``/``batch_size``/``samples``/``chains``/``burnin``/``friction``/``temperature``/``schedule``;
+    the ensemble and Laplace routes train baseNNs, so ``epochs``/``lr``/``batch_size`` go to ``base`` (with
+    ``members``, resp. ``laplace_subset``/``laplace_structure``). ``None`` leaves a field as it is.
 
     Raises
     ------
@@ -262,8 +321,12 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
     for name, value in (("hidden", hidden), ("batch_size", batch_size), ("samples", samples),
                         ("chains", chains), ("n_train", n_train), ("subset_size", subset_size)):
         checks.count(name, value)
-    for name, value in (("lr", lr), ("prior_scale", prior_scale), ("adv_epsilon", adv_epsilon)):
+    for name, value in (("lr", lr), ("prior_scale", prior_scale), ("adv_epsilon", adv_epsilon),
+                        ("temperature", temperature)):
         checks.positive(name, value)
+    checks.count("burnin", burnin, minimum=0)
+    checks.count("members", members)
+    checks.real("friction", friction, low=0, high=1, low_open=True)
     checks.real("adv_ratio", adv_ratio, low=0, high=1)
     if hidden is not None and hidden > MAX_HIDDEN:
         raise ValueError(f"hidden must be at most {MAX_HIDDEN:,}, got {hidden:,}")
@@ -281,6 +344,16 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
         adv = {"attack": adv_attack, "norm": adv_norm, "epsilon": adv_epsilon, "adv_ratio": adv_ratio}
         p = replace(p, adv_optim=replace(p.adv_optim, **optim),
                     adv=replace(p.adv, **{k: v for k, v in adv.items() if v is not None}))
+    elif (inference or p.inference) in SG_MCMC:
+        sg = {**optim, "samples": samples, "chains": chains, "burnin": burnin, "friction": friction,
+              "temperature": temperature, "schedule": schedule}
+        p = replace(p, sgmcmc=replace(p.sgmcmc, **{k: v for k, v in sg.items() if v is not None}))
+    elif (inference or p.inference) in ("laplace", "ensemble"):
+        p = replace(p, base=replace(p.base, **optim))
+        if members is not None:
+            p = replace(p, ensemble=replace(p.ensemble, members=members))
+        la = {"subset": laplace_subset, "structure": laplace_structure}
+        p = replace(p, laplace=replace(p.laplace, **{k: v for k, v in la.items() if v is not None}))
     else:
         if likelihood_scaling is not None:
             optim["likelihood_scaling"] = likelihood_scaling
@@ -304,7 +377,7 @@ def check_training(preset: Preset, model: str, inference: str | None = None) -> 
     ValueError
         The first bad value, named with what was expected.
     """
-    from .choices import AttackName, HMCScheme, LikelihoodScaling, Norm
+    from .choices import AttackName, HMCScheme, LaplaceStructure, LaplaceSubset, LikelihoodScaling, Norm, StepSchedule
     from .models.architectures import check_arch
     check_model(model)
     check_arch(preset.arch)
@@ -347,6 +420,26 @@ def check_training(preset: Preset, model: str, inference: str | None = None) -> 
         checks.positive("init_scale", svi.init_scale, allow_none=False)
         checks.count("num_particles", svi.num_particles, allow_none=False)
         LikelihoodScaling.parse(svi.likelihood_scaling, "likelihood scaling")
+    elif (inference or preset.inference) in SG_MCMC:
+        sg = preset.sgmcmc
+        for name in ("epochs", "samples", "chains", "batch_size", "cycles"):
+            checks.count(name, getattr(sg, name), allow_none=False)
+        for name in ("burnin", "init_epochs"):
+            checks.count(name, getattr(sg, name), minimum=0, allow_none=False)
+        if sg.burnin >= sg.epochs:
+            raise ValueError(f"burnin ({sg.burnin} epochs) must be less than epochs ({sg.epochs}): samples are "
+                             f"kept after the burn-in")
+        checks.positive("lr", sg.lr, allow_none=False)
+        checks.positive("temperature", sg.temperature, allow_none=False)
+        checks.real("friction", sg.friction, low=0, high=1, low_open=True, allow_none=False)
+        StepSchedule.parse(sg.schedule, "step schedule")
+    elif (inference or preset.inference) in ("laplace", "ensemble"):
+        optim(preset.base)
+        checks.count("members", preset.ensemble.members, allow_none=False)
+        LaplaceSubset.parse(preset.laplace.subset, "laplace subset")
+        LaplaceStructure.parse(preset.laplace.structure, "laplace structure")
+        checks.count("marglik_steps", preset.laplace.marglik_steps, minimum=0, allow_none=False)
+        checks.count("laplace batch_size", preset.laplace.batch_size, allow_none=False)
     else:
         hmc = preset.hmc
         checks.count("warmup", hmc.warmup, minimum=0, allow_none=False)

@@ -113,11 +113,15 @@ def train(preset: str | Preset, model: str, *, inference: str | None = None, out
     device = resolve_device(device)
     p = override_training(base, model, inference, **(overrides or {}))  # checks every training setting
     inference = resolve_inference(p, model, inference)
-    if inference == "hmc":  # an HMC posterior has chains x samples draws: checked before the sampling, not after
-        available = p.hmc.chains * p.hmc.samples
+    sampled = {"hmc": (p.hmc.chains, p.hmc.samples), "sghmc": (p.sgmcmc.chains, p.sgmcmc.samples),
+               "sgld": (p.sgmcmc.chains, p.sgmcmc.samples), "ensemble": (p.ensemble.members, 1)}
+    if inference in sampled:  # chains x samples draws exist: checked before the sampling, not after
+        chains_, samples_ = sampled[inference]
+        available = chains_ * samples_
         if eval_draws is not None and eval_draws > available:
-            raise ValueError(f"eval_draws={eval_draws} but the HMC posterior will have only {available} draws "
-                             f"({p.hmc.chains} chains x {p.hmc.samples} samples)")
+            label = {"hmc": "HMC", "sghmc": "SGHMC", "sgld": "SGLD"}.get(inference, inference)
+            raise ValueError(f"eval_draws={eval_draws} but the {label} posterior will have only {available} "
+                             f"draws ({chains_} chains x {samples_} samples)")
         eval_draws = min(p.eval_draws, available) if eval_draws is None else eval_draws
     target = paths.model_dir(out, p.name, model, inference)
     tag = paths.model_tag(model, inference)
@@ -140,20 +144,46 @@ def train(preset: str | Preset, model: str, *, inference: str | None = None, out
                         {"test_accuracy": acc})
     test = datasets.load(p.dataset, "test", data_root)  # fail on missing data before training
     paths.prepare_out(out, "models", p.name)  # an unusable --out is reported before training, not after
-    posterior = train_model(p, model, inference, seed, device, data_root, progress)
+    posterior = train_model(p, model, inference, seed, device, data_root, progress,
+                            map_network=_stored_base_network(out, p, seed) if inference == "laplace" else None)
     n_draws = posterior.resolve_n_draws(p.eval_draws if eval_draws is None else eval_draws)
     acc = predictive_accuracy(posterior, test.x, test.y, n_draws, device=device)
     posterior.config.update(test_accuracy=acc, test_accuracy_draws=n_draws)
+    from .models.posterior import SAMPLED
+    fdiag = None
+    if posterior.kind in SAMPLED:  # function-space convergence, stored with the checkpoint
+        fdiag = function_diagnostics(posterior, test, DIAGNOSE_IMAGES, None, device)
+        posterior.config["function_diagnostics"] = fdiag
     posterior.save(target)
     what = "deterministic" if posterior.kind == "deterministic" else f"posterior predictive, {n_draws} draws"
     lines = [f"{tag} on {p.dataset}: test accuracy {acc:.4f} ({what}, {len(test)} images); trained in "
              f"{posterior.config['train_seconds']:.1f} s"]
     diag = posterior.config.get("diagnostics")
-    if diag:
+    if diag and "rhat_max" in diag:
         lines.append(f"NUTS diagnostics: max R-hat {diag['rhat_max']:.3f}, min bulk ESS {diag['ess_bulk_min']:.1f}, "
                      f"min tail ESS {diag['ess_tail_min']:.1f}, divergences {diag['divergences']}")
+    if fdiag is not None:
+        lines.append(f"function space ({fdiag['n_images']} test images): log-prob R-hat max "
+                     f"{fdiag['logprob_rhat_max']:.3f}, probe-logit R-hat max {fdiag['probe_logit_rhat_max']:.3f}, "
+                     f"chain disagreement {fdiag['disagreement_mean']:.4f} (bayesrobust diagnose for more)")
     lines.append(f"model written to {target}")
     return Done(target, False, "\n".join(lines), {"test_accuracy": acc})
+
+
+def _stored_base_network(out: Path, preset: Preset, seed: int) -> Any:
+    """The baseNN under ``out`` if it was trained with this preset's data, architecture and ``base`` settings
+    and ``seed`` (the Laplace route then approximates around it), else ``None`` (it trains its own)."""
+    from .models.posterior import Posterior
+    target = paths.model_dir(out, preset.name, "baseNN")
+    if not (target / "config.json").is_file():
+        return None
+    try:
+        stored = Posterior.load(target)
+    except Exception:  # a damaged baseNN is the baseNN stage's business; train a fresh MAP here
+        return None
+    cfg = stored.config.get("preset", {})
+    same = up_to_date(cfg, {k: v for k, v in preset.to_dict().items() if k in ("dataset", "arch", "base")})
+    return stored.network(0) if same and stored.config.get("seed") == seed else None
 
 
 # -- attack ------------------------------------------------------------------------------------------------
@@ -191,8 +221,9 @@ class Target:
         data = balanced_subset(load(dataset, "test", data_root), p.n_inputs if n_inputs is None else n_inputs,
                                seed=inputs_seed)
         sha = store.file_hash(paths.model_dir(out, p.name, model, inference) / WEIGHTS_FILE)
+        default = min(p.eval_draws, posterior.max_draws or p.eval_draws)  # capped at a sampled posterior's draws
         return cls(p, model, inference, posterior, data,
-                   posterior.resolve_n_draws(p.eval_draws if n_draws is None else n_draws), device, sha)
+                   posterior.resolve_n_draws(default if n_draws is None else n_draws), device, sha)
 
     def config(self, **settings: Any) -> dict[str, Any]:
         """The config stored with a result: the settings plus the model's own training config."""
@@ -894,3 +925,178 @@ def attribution_table(preset: str | Preset, *, out: str | Path | None = None, at
     written += save_figure(fig, paths.figure_stem(out, f"attribution_{p.name}"), formats, dpi)
     return Done(written[0], False, format_table(table) + "\n" + "\n".join(f"wrote {w}" for w in written),
                 {"table": table, "written": written})
+
+
+# -- diagnose ----------------------------------------------------------------------------------------------
+#: Held-out images of the function-space diagnostics (a class-balanced subset of the test split).
+DIAGNOSE_IMAGES = 500
+FUNCTION_DIAGNOSTICS_FILE = "function_diagnostics.json"
+
+
+def function_diagnostics(posterior: Any, test: Any, n_images: int = DIAGNOSE_IMAGES, n_draws: int | None = None,
+                         device: str = "cpu") -> dict[str, Any]:
+    """Function-space (and weight-space) diagnostics of ``posterior`` on a class-balanced subset of
+    ``n_images`` images of ``test`` (:func:`bayesrobust.convergence.function_space`), with the settings."""
+    from .convergence import function_space
+    from .data import balanced_subset
+    subset = balanced_subset(test, min(n_images, len(test)), seed=0)
+    diag = function_space(posterior, subset.x, subset.y, n_draws, device=device)
+    diag["settings"] = {"n_images": len(subset), "n_draws": n_draws, "dataset": test.name}
+    return diag
+
+
+def diagnose(preset: str | Preset, model: str = "fullBNN", *, inference: str | None = None,
+             out: str | Path | None = None, n_images: int | None = None, n_draws: int | None = None,
+             data_root: str | Path | None = None, device: str = "cpu", force: bool = False) -> Done:
+    """Function-space convergence of a trained model (docs/method.md §13.4): R-hat/ESS of held-out log
+    predictive probabilities and of probe-batch logits across chains, chain-to-chain disagreement, and
+    weight-space numbers beside them. Computed at training for every posterior and stored with the checkpoint
+    (``config['function_diagnostics']``); other settings (``n_images``, ``n_draws`` for posteriors without
+    stored samples) are computed here and written to ``function_diagnostics.json`` in the model folder."""
+    import json
+
+    from . import store
+    from .convergence import describe
+    from .data import load
+    from .inference import load_model
+    Model.parse(model)
+    _counts(n_images=n_images, n_draws=n_draws)
+    device = resolve_device(device)
+    out = paths.resolve_out(out)
+    p = _preset(preset)
+    inference = resolve_inference(p, model, inference)
+    posterior = load_model(out, p, model, inference)
+    folder = paths.model_dir(out, p.name, model, inference)
+    dataset = posterior.config.get("dataset", p.dataset)
+    if posterior.kind == "deterministic":
+        raise ValueError(f"{paths.model_tag(model, inference)} is one deterministic network: there are no draws "
+                         f"to diagnose (diagnose a fullBNN)")
+    tag = paths.model_tag(model, inference)
+    extra_file = folder / FUNCTION_DIAGNOSTICS_FILE
+    test = load(dataset, "test", data_root)
+    wanted = {"n_images": min(DIAGNOSE_IMAGES if n_images is None else n_images, len(test)), "n_draws": n_draws,
+              "dataset": dataset}
+    stored = [posterior.config.get("function_diagnostics")]
+    if extra_file.is_file():
+        try:
+            stored.append(json.loads(extra_file.read_text()))
+        except ValueError as err:
+            raise store.CorruptResultError(extra_file, store.error_reason(err)) from err
+    for diag in stored:
+        if not force and isinstance(diag, dict) and diag.get("settings") == wanted:
+            return Done(folder, True, f"{tag} ({p.name}), stored diagnostics:\n{describe(diag)}", diag)
+    diag = function_diagnostics(posterior, test, wanted["n_images"], n_draws, device)
+    store.clean_leftovers(extra_file)
+    tmp = store.temp_sibling(extra_file)
+    try:
+        tmp.write_text(json.dumps(diag, indent=2))
+        store.normal_mode(tmp)
+        tmp.replace(extra_file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return Done(extra_file, False, f"{tag} ({p.name}):\n{describe(diag)}\nwritten to {extra_file}", diag)
+
+
+# -- evaluate ----------------------------------------------------------------------------------------------
+def trained_models(out: str | Path, preset: str) -> list[str]:
+    """The tags of the models trained under ``OUT/models/PRESET`` (``baseNN``, ``fullBNN_sghmc``, ...),
+    baseNN and advNN first."""
+    from .models.posterior import CONFIG_FILE
+    folder = paths.resolve_out(out) / "models" / preset
+    found = sorted(d.name for d in folder.iterdir() if (d / CONFIG_FILE).is_file()) if folder.is_dir() else []
+    return sorted(found, key=lambda t: (not t.startswith("baseNN"), not t.startswith("advNN"), t))
+
+
+def split_tag(tag: str) -> tuple[str, str | None]:
+    """``'fullBNN_sghmc'`` → (``'fullBNN'``, ``'sghmc'``); ``'baseNN'`` → (``'baseNN'``, ``None``).
+
+    Raises
+    ------
+    ValueError
+        Not a model tag: the message lists the valid forms.
+    """
+    from .choices import Inference
+    model, _, inference = tag.partition("_")
+    ok = (model in ("baseNN", "advNN") and not inference) or (model == "fullBNN" and inference in Inference.values())
+    if not ok:
+        raise ValueError(f"unknown model {tag!r}; expected baseNN, advNN or fullBNN_<inference> with inference "
+                         f"one of {', '.join(Inference.values())}")
+    return model, inference or None
+
+
+def evaluate(preset: str | Preset, models: Sequence[str] | None = None, *, out: str | Path | None = None,
+             n_images: int | None = None, n_draws: int | None = None, ood: str | None = "auto",
+             data_root: str | Path | None = None, device: str = "cpu", force: bool = False) -> Done:
+    """Accuracy, NLL, Brier, ECE, predictive entropy, mutual information and OOD AUROC of trained models side
+    by side (docs/method.md §13.5), written to ``OUT/evaluation/PRESET/evaluation_N{n}_S{S}_{ood}.nc`` with
+    the reliability diagram beside it (``.png``/``.pdf``).
+
+    Parameters
+    ----------
+    models
+        Model tags (``baseNN``, ``advNN``, ``fullBNN_sghmc``, ...); default every model trained under ``out``
+        for the preset.
+    n_images
+        In-distribution test images (class-balanced subset, seed 0) and as many OOD images; default all.
+    n_draws
+        Posterior draws (default the preset's ``eval_draws``, capped at a sampled posterior's samples).
+    ood
+        The out-of-distribution dataset, ``'auto'`` (MNIST ↔ Fashion-MNIST) or ``None``/``'none'``.
+    """
+    from . import data as datasets
+    from . import store
+    from . import uncertainty_report as report
+    from .inference import load_model
+    from .models.posterior import WEIGHTS_FILE
+    _counts(n_images=n_images, n_draws=n_draws)
+    device = resolve_device(device)
+    out = paths.resolve_out(out)
+    p = _preset(preset)
+    tags = list(dict.fromkeys(models)) if models else trained_models(out, p.name)  # a tag given twice: once
+    if not tags:
+        raise FileNotFoundError(f"no trained models for preset {p.name!r} under {out / 'models' / p.name}; train "
+                                f"some first, e.g. python -m bayesrobust.train --model baseNN --preset {p.name} "
+                                f"--out {out}")
+    parsed = [split_tag(t) for t in tags]
+    ood = OOD_NONE if ood in (None, "none") else ood
+    if ood == "auto":
+        ood = report.OOD_OF.get(p.dataset, OOD_NONE)
+    if ood != OOD_NONE:
+        datasets.dataset_info(ood)
+    posteriors = {t: load_model(out, p, m, i) for t, (m, i) in zip(tags, parsed)}  # missing ones named first
+    dataset = next(iter(posteriors.values())).config.get("dataset", p.dataset)
+    test = datasets.load(dataset, "test", data_root)
+    n = len(test) if n_images is None else min(n_images, len(test))
+    test = datasets.balanced_subset(test, n, seed=0) if n < len(test) else test
+    x_ood = None
+    if ood != OOD_NONE:
+        other = datasets.load(ood, "test", data_root)
+        if other.x.shape[1:] != test.x.shape[1:]:
+            raise ValueError(f"OOD dataset {ood!r} has images of shape {tuple(other.x.shape[1:])}, the models "
+                             f"take {tuple(test.x.shape[1:])}")
+        x_ood = datasets.balanced_subset(other, min(n, len(other)), seed=0).x
+    s = p.eval_draws if n_draws is None else n_draws
+    draws = {t: post.resolve_n_draws(min(s, post.max_draws) if post.max_draws and n_draws is None else s)
+             for t, post in posteriors.items()}
+    hashes = {t: store.file_hash(paths.model_dir(out, p.name, m, i) / WEIGHTS_FILE) for t, (m, i) in
+              zip(tags, parsed)}
+    config = {"preset": p.name, "models": tags, "n_images": len(test), "n_draws": draws, "ood": ood,
+              "dataset": dataset, "model_sha256": hashes}
+    folder = paths.prepare_out(out, "evaluation", p.name) / "evaluation" / p.name
+    name = paths.safe_name(f"evaluation_{'-'.join(tags)}_N{len(test)}_S{s}_{ood}", "evaluation name")
+    target = folder / f"{name}.nc"
+    if not force and _result_up_to_date(target, config):
+        with store.open_result(target, "evaluation") as ds:
+            return Done(target, True, f"{report.format_table(ds.load())}\nup to date: {target}")
+    results = {t: report.evaluate_posterior(post, test.x, test.y, x_ood, draws[t], device)
+               for t, post in posteriors.items()}
+    ds = report.to_dataset(results, config, len(next(iter(results.values()))["bin_count"]))
+    store.write_netcdf(ds, target, "evaluation")
+    figures = save_figure(report.reliability_figure(ds), target.with_suffix(""))
+    table = report.format_table(ds)
+    return Done(target, False, f"{dataset}, {len(test)} images; OOD {ood}\n{table}\nwritten to {target} and "
+                               f"{', '.join(str(f) for f in figures)}", {"table": table})
+
+
+OOD_NONE = "none"

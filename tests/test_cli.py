@@ -17,13 +17,13 @@ from bayesrobust.cli import COMMANDS, main
 ROOT = Path(__file__).resolve().parents[1]
 ALIASES = {"train": "train", "attack": "attack", "explain": "explain", "analyze": "analyze", "plot": "plot",
            "pipeline": "pipeline", "robustness_table": "table", "faithfulness": "faithfulness", "report": "report",
-           "sweep": "sweep"}
+           "sweep": "sweep", "diagnose": "diagnose", "evaluate": "evaluate"}
 
 
 def test_group_has_every_stage_and_aliases_are_the_same_commands():
     import importlib
     assert set(COMMANDS) == {"train", "attack", "explain", "analyze", "plot", "pipeline", "table", "faithfulness",
-                             "report", "sweep"}
+                             "report", "sweep", "diagnose", "evaluate"}
     for alias, command in ALIASES.items():
         name = f"bayesrobust.{alias}" if alias != "explain" else "bayesrobust.explain.__main__"
         module = importlib.import_module(name)

@@ -17,10 +17,11 @@ from bayesrobust.errors import BUG_EXIT_CODE, BUG_NOTE, INTERRUPT_EXIT_CODE, Dra
 STAGE = {"train": (stages, "train"), "attack": (stages, "attack"), "table": (stages, "table"),
          "explain": (stages, "explain"), "analyze": (stages, "analyze"), "plot": (stages, "plot"),
          "pipeline": (experiment.Experiment, "run"), "faithfulness": (stages, "faithfulness"),
-         "report": (results_report, "write_report"), "sweep": (grid, "load")}
+         "report": (results_report, "write_report"), "sweep": (grid, "load"), "diagnose": (stages, "diagnose"),
+         "evaluate": (stages, "evaluate")}
 ARGS = {"train": ["--model", "baseNN"], "attack": ["--model", "baseNN"], "table": ["--model", "baseNN"],
         "explain": ["--model", "baseNN"], "analyze": [], "plot": [], "pipeline": [], "faithfulness": [], "report": [],
-        "sweep": ["sweep.toml"]}
+        "sweep": ["sweep.toml"], "diagnose": [], "evaluate": []}
 
 
 def test_every_command_is_covered():

@@ -27,7 +27,7 @@ import pytest
 from click.testing import CliRunner
 
 from bayesrobust import data as datasets
-from bayesrobust import experiment, faithfulness_report, inference, results, results_report
+from bayesrobust import experiment, faithfulness_report, inference, results, results_report, stages
 from bayesrobust.cli import COMMANDS, main
 from bayesrobust.cli import sweep as cli_sweep
 from bayesrobust.errors import BUG_NOTE, UserError
@@ -72,6 +72,7 @@ FLOATS = {
     "ratio": ([0, 0.5, 1], [-0.1, 1.5, "nan", "inf"], []),
     "radius": ([0.5, 0.01], [0, -0.5, "nan", "-inf"], ["inf", 2.0, "1e300"]),  # Linf ε <= 1; L2 unbounded
     "any": ([], [], [0.2, -1, "nan", "inf", 0]),
+    "friction": ([0.1, 0.5, 1], [0, -0.1, 1.5, "nan", "inf"], []),
 }
 #: Semantics of the numeric options: (command or '*', option name) -> kind above (default 'positive').
 NUMERIC = {
@@ -81,6 +82,7 @@ NUMERIC = {
     ("analyze", "epsilon"): "any",
     ("faithfulness", "threshold"): "ratio",
     ("attack", "gamma"): "nonneg",  # manipulate's weight of the output term: 0 moves the map alone
+    ("train", "friction"): "friction", ("train", "burnin"): "nonneg",
 }
 
 
@@ -110,6 +112,9 @@ def _strings(command: str, name: str, tmp: Path) -> list[tuple[str, int]]:
         return [("preset=tiny", OK), ("draws=5,10", OK), ("topk=10", OK), ("keep_draws=true", OK),
                 ("bogus=1", BAD), ("preset=nope", BAD), ("draws=0", BAD), ("keep_draws=1", BAD), ("x", USAGE),
                 ("=1", USAGE)]
+    if command == "evaluate" and name == "models":  # evaluate --model: a model tag, checked before any model is read
+        return [("baseNN", OK), ("fullBNN_sghmc", OK), ("fullBNN", BAD), ("nope", BAD), ("", BAD), ("a/b", BAD),
+                ("a\nb", BAD)]
     if name == "name":  # analyze --name becomes a file name: a safe name or nothing
         return [("mine", OK), ("a.b-c_1", OK), ("", BAD), ("a/b", BAD), ("../x", BAD), (".hidden", BAD),
                 ("a\nb", BAD)]
@@ -266,6 +271,7 @@ def sentinels(monkeypatch):
     monkeypatch.setattr(faithfulness_report, "trained_models", stop("trained_models"))
     monkeypatch.setattr(results_report, "write_report", stop("write_report"))
     monkeypatch.setattr(cli_sweep, "run", stop("sweep.run"))  # where the cluster would start
+    monkeypatch.setattr(stages, "trained_models", stop("trained_models"))  # evaluate without --model
     # train reads the test split before training: once is enough
     monkeypatch.setattr(datasets, "load", functools.lru_cache(maxsize=None)(datasets.load))
     monkeypatch.delenv("BAYESROBUST_OUT", raising=False)

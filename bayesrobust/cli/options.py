@@ -115,7 +115,8 @@ model_option = click.option("--model", required=True, type=Choice(Model.values()
                             help="baseNN (deterministic), advNN (adversarially trained), fullBNN (Bayesian), "
                                  "artNN / artBNN (attributional robustness training: deterministic / SVI).")
 inference_option = click.option("--inference", type=click.Choice(Inference.values()), default=None,
-                                help="fullBNN inference: svi or hmc (NUTS). Default: the preset's.")
+                                help="fullBNN inference: svi, hmc (NUTS), sghmc, sgld, laplace (around "
+                                     "the baseNN) or ensemble. Default: the preset's.")
 out_option = click.option("--out", default=DEFAULT_OUT, show_default=True, envvar=OUT_ENV, show_envvar=True,
                           type=click.Path(file_okay=False, path_type=Path),
                           help="Output folder; models/, attacks/, explanations/, analysis/, figures/ live below it.")

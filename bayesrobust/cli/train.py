@@ -1,4 +1,5 @@
-"""``bayesrobust train`` (also ``python -m bayesrobust.train``): train baseNN, advNN or fullBNN (SVI or NUTS).
+"""``bayesrobust train`` (also ``python -m bayesrobust.train``): train baseNN, advNN or fullBNN (SVI, NUTS, SGHMC,
+SGLD, Laplace or a deep ensemble).
 
 Example (the quick preset, written under ./results)::
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import click
 
 from .. import stages
-from ..choices import AttackName, HMCScheme, LikelihoodScaling, Norm
+from ..choices import AttackName, HMCScheme, LaplaceStructure, LaplaceSubset, LikelihoodScaling, Norm, StepSchedule
 from ..data import DATASETS
 from . import options
 
@@ -21,13 +22,14 @@ from . import options
 @options.inference_option
 @click.option("--dataset", type=click.Choice(list(DATASETS)), default=None, help="Override the preset's dataset.")
 @options.data_root_option
-@click.option("--epochs", type=int, default=None, help="Override the epochs (baseNN/advNN optimiser, or SVI).")
+@click.option("--epochs", type=int, default=None,
+              help="Override the epochs (baseNN/advNN optimiser, SVI, SGHMC/SGLD; ensemble/Laplace: their baseNNs).")
 @click.option("--lr", type=float, default=None, help="Override the learning rate.")
 @click.option("--batch-size", type=int, default=None, help="Override the batch size.")
 @click.option("--hidden", type=int, default=None, help="Override the hidden size h of fc2/conv.")
 @click.option("--warmup", type=int, default=None, help="NUTS warmup iterations per chain.")
-@click.option("--samples", type=int, default=None, help="NUTS samples per chain.")
-@click.option("--chains", type=int, default=None, help="NUTS chains (>= 2 for R-hat).")
+@click.option("--samples", type=int, default=None, help="NUTS (or SGHMC/SGLD) samples per chain.")
+@click.option("--chains", type=int, default=None, help="NUTS (or SGHMC/SGLD) chains (>= 2 for R-hat).")
 @click.option("--n-train", type=int, default=None, help="NUTS: use a class-balanced subset of N training images.")
 @click.option("--prior-scale", type=float, default=None, help="Std of the N(0, s) prior (paper: 1).")
 @click.option("--adv-attack", type=click.Choice(AttackName.values()), default=None, help="advNN training attack.")
@@ -42,6 +44,16 @@ from . import options
                    "disjoint subset of --subset-size images, started uniformly in [-2, 2] (subsets: the paper "
                    "code's scheme).")
 @click.option("--subset-size", type=int, default=None, help="NUTS subsets scheme: images per chain (paper: 4000).")
+@click.option("--burnin", type=int, default=None, help="SGHMC/SGLD: burn-in epochs per chain.")
+@click.option("--friction", type=float, default=None, help="SGHMC: momentum share lost per step, in (0, 1].")
+@click.option("--temperature", type=float, default=None, help="SGHMC/SGLD: posterior temperature (1: Bayes).")
+@click.option("--schedule", type=click.Choice(StepSchedule.values()), default=None,
+              help="SGHMC/SGLD step size after burn-in.")
+@click.option("--members", type=int, default=None, help="Ensemble: number of networks.")
+@click.option("--laplace-subset", type=click.Choice(LaplaceSubset.values()), default=None,
+              help="Laplace: weights covered (the rest stay at the baseNN's).")
+@click.option("--laplace-structure", type=click.Choice(LaplaceStructure.values()), default=None,
+              help="Laplace: posterior precision diagonal, Kronecker-factored (KFAC) or full.")
 @click.option("--eval-draws", type=int, default=None, help="Draws for the test accuracy of a fullBNN.")
 @options.seed_option
 @options.device_option
@@ -52,13 +64,16 @@ from . import options
 @options.friendly_errors
 def main(model, preset, inference, dataset, data_root, epochs, lr, batch_size, hidden, warmup, samples, chains,
          n_train, prior_scale, adv_attack, adv_norm, adv_epsilon, adv_ratio, likelihood_scaling, hmc_scheme,
-         subset_size, eval_draws, seed, device, out, progress, force, verbose):
+         subset_size, burnin, friction, temperature, schedule, members, laplace_subset, laplace_structure,
+         eval_draws, seed, device, out, progress, force, verbose):
     """Train one model and write it under OUT/models/PRESET/MODEL/."""
     options.setup_logging(verbose)
     overrides = dict(dataset=dataset, epochs=epochs, lr=lr, hidden=hidden, batch_size=batch_size, warmup=warmup,
                      samples=samples, chains=chains, n_train=n_train, prior_scale=prior_scale,
                      adv_attack=adv_attack, adv_norm=adv_norm, adv_epsilon=adv_epsilon, adv_ratio=adv_ratio,
-                     likelihood_scaling=likelihood_scaling, hmc_scheme=hmc_scheme, subset_size=subset_size)
+                     likelihood_scaling=likelihood_scaling, hmc_scheme=hmc_scheme, subset_size=subset_size,
+                     burnin=burnin, friction=friction, temperature=temperature, schedule=schedule, members=members,
+                     laplace_subset=laplace_subset, laplace_structure=laplace_structure)
     done = stages.train(preset, model, inference=inference, out=out, overrides=overrides, eval_draws=eval_draws,
                         seed=seed, device=device, data_root=data_root, progress=progress, force=force)
     click.echo(done.summary)

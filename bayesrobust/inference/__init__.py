@@ -19,10 +19,14 @@ from ..models.posterior import deterministic as one_draw_posterior
 from ..paths import model_dir, model_tag
 from ..presets import INFERENCES, Preset, art_config, check_model
 from .deterministic import train_network
+from .ensemble import train_ensemble
 from .hmc import NUTSKernel, train_hmc
+from .laplace import check_arch_for_laplace, fit_laplace
+from .sgmcmc import train_sgmcmc
 from .svi import MeanFieldGuide, train_svi
 
-__all__ = ["train_model", "load_model", "train_network", "train_svi", "train_hmc", "MeanFieldGuide", "NUTSKernel"]
+__all__ = ["train_model", "load_model", "train_network", "train_svi", "train_hmc", "MeanFieldGuide", "NUTSKernel",
+           "train_sgmcmc", "train_ensemble", "fit_laplace"]
 
 
 def resolve_inference(preset: Preset, model: str, inference: str | None) -> str | None:
@@ -42,8 +46,11 @@ def resolve_inference(preset: Preset, model: str, inference: str | None) -> str 
 
 def train_model(preset: Preset, model: str, inference: str | None = None, seed: int = 0,
                 device: str = "cpu", data_root: str | Path | None = None,
-                progress: bool = False) -> Posterior:
+                progress: bool = False, map_network: torch.nn.Module | None = None) -> Posterior:
     """Train ``model`` (baseNN, advNN or fullBNN) with the settings of ``preset`` on its dataset's train split.
+
+    ``map_network``: for ``inference='laplace'``, the trained baseNN to approximate around (default: one
+    trained here with ``preset.base`` and ``seed``).
 
     The returned posterior's ``config`` records the preset (with overrides), model, inference and seed, and
     ``config['train_seconds']``.
@@ -73,6 +80,16 @@ def train_model(preset: Preset, model: str, inference: str | None = None, seed: 
     elif model == "artBNN":
         posterior = train_svi(preset.arch, train, preset.svi, seed=seed, device=device, progress=progress,
                               prior=NormalPrior(preset.prior_scale), art=art_config(preset))
+    elif inference in ("sghmc", "sgld"):
+        posterior = train_sgmcmc(preset.arch, train, preset.sgmcmc, inference, seed=seed, device=device,
+                                 progress=progress, prior=NormalPrior(preset.prior_scale))
+    elif inference == "ensemble":
+        posterior = train_ensemble(preset.arch, train, preset.base, preset.ensemble, seed, device, progress)
+    elif inference == "laplace":
+        check_arch_for_laplace(preset.arch, preset.laplace)
+        if map_network is None:  # the baseNN of this preset and seed, trained here
+            map_network, _ = train_network(preset.arch, train, preset.base, None, seed, device, progress)
+        posterior = fit_laplace(map_network, train, preset.laplace, prior_scale=preset.prior_scale, seed=seed)
     elif inference == "svi":
         posterior = train_svi(preset.arch, train, preset.svi, seed=seed, device=device, progress=progress,
                               prior=NormalPrior(preset.prior_scale))

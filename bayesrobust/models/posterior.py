@@ -33,7 +33,13 @@ from .architectures import ArchConfig, Network, build, check_arch, expected_shap
 if TYPE_CHECKING:
     import xarray as xr
 
-KINDS = ("deterministic", "svi", "hmc")
+KINDS = ("deterministic", "svi", "hmc", "sghmc", "sgld", "ensemble", "laplace")
+#: Kinds whose parameters are stored samples with leading dims (chain, sample) (docs/method.md §13): NUTS,
+#: SGHMC, SGLD, and the deep ensemble (K chains of one sample each: every member is its own chain).
+SAMPLED = ("hmc", "sghmc", "sgld", "ensemble")
+#: How messages name each kind.
+KIND_LABELS = {"deterministic": "deterministic", "svi": "SVI", "hmc": "HMC", "sghmc": "SGHMC", "sgld": "SGLD",
+               "ensemble": "ensemble", "laplace": "Laplace"}
 #: Kind names of older checkpoints → current names (read by :meth:`Posterior.load`).
 LEGACY_KINDS = {"mcmc": "hmc"}
 WEIGHTS_FILE = "weights.pt"
@@ -57,8 +63,10 @@ class Posterior:
         The architecture; draws are :class:`~bayesrobust.models.architectures.Network` instances of it.
     kind
         ``'deterministic'`` (``params`` are the weights), ``'svi'`` (``params`` are the means, ``scales`` the
-        standard deviations of a mean-field Normal) or ``'hmc'`` (``params`` are samples with leading
-        dims ``(chain, sample)``).
+        standard deviations of a mean-field Normal), ``'hmc'``, ``'sghmc'``, ``'sgld'`` or ``'ensemble'``
+        (:data:`SAMPLED`: ``params`` are samples with leading dims ``(chain, sample)``; an ensemble is K chains
+        of one sample), or ``'laplace'`` (``params`` the MAP, the Gaussian's sampling factor in ``extra``;
+        docs/method.md §13.2).
     buffers
         Non-learnable state shared by every draw (BatchNorm running statistics).
     config
@@ -91,7 +99,7 @@ class Posterior:
         """How many distinct draws exist: 1, the number of HMC samples, or ``None`` (unbounded, SVI)."""
         if self.kind == "deterministic":
             return 1
-        if self.kind == "hmc":
+        if self.kind in SAMPLED:
             first = next(iter(self.params.values()))
             return int(first.shape[0] * first.shape[1])
         return None
@@ -112,7 +120,8 @@ class Posterior:
         if n is None:
             return self.max_draws or 100
         if self.max_draws is not None and n > self.max_draws:
-            raise ValueError(f"n_draws={n} but this HMC posterior has only {self.max_draws} samples")
+            raise ValueError(f"n_draws={n} but this {KIND_LABELS[self.kind]} posterior has only {self.max_draws} "
+                             f"samples")
         return n
 
     # -- draws -----------------------------------------------------------------------------------------
@@ -134,10 +143,14 @@ class Posterior:
             return {k: self.params[k] + self.scales[k] * torch.randn(self.params[k].shape, generator=g,
                                                                      dtype=self.params[k].dtype)
                     for k in sorted(self.params)}
+        if self.kind == "laplace":
+            from ..inference.laplace import laplace_draw
+            return laplace_draw(self, _draw_generator(self.seed, j))
         n = self.max_draws
         assert n is not None
         if not 0 <= j < n:
-            raise DrawOutOfRangeError(f"draw {j} out of range: this HMC posterior has {n} samples")
+            raise DrawOutOfRangeError(f"draw {j} out of range: this {KIND_LABELS[self.kind]} posterior has {n} "
+                                      f"samples")
         flat = int(self._flat_order()[j])
         return {k: v.reshape(n, *v.shape[2:])[flat] for k, v in self.params.items()}
 
@@ -165,7 +178,7 @@ class Posterior:
         if n is not None and idx.size and (idx.min() < 0 or idx.max() >= n):
             raise DrawOutOfRangeError(f"draw indices {idx.tolist()} out of range: this {self.kind} posterior has "
                                       f"{n} draw(s)")
-        if self.kind != "hmc":
+        if self.kind not in SAMPLED:
             return np.full(idx.shape, -1, dtype=np.int64), idx.copy()
         per_chain = int(next(iter(self.params.values())).shape[1])
         flat = self._flat_order().numpy().astype(np.int64)[idx]
@@ -287,7 +300,7 @@ def check_tensors(arch: ArchConfig, kind: str, tensors: object, where: str = "ch
                                                 for k in ("params", "scales", "buffers")):
         raise ValueError(f"{where} refused: {WEIGHTS_FILE} does not hold params, scales and buffers")
     params, buffers = expected_shapes(arch)
-    groups = [("parameter", tensors["params"], params, 2 if kind == "hmc" else 0)]
+    groups = [("parameter", tensors["params"], params, 2 if kind in SAMPLED else 0)]
     if kind == "svi":
         groups.append(("scale", tensors["scales"], params, 0))
     groups.append(("buffer", tensors["buffers"], buffers, 0))
@@ -308,7 +321,7 @@ def check_tensors(arch: ArchConfig, kind: str, tensors: object, where: str = "ch
                 raise ValueError(f"{where} refused: {what} {name!r} has shape {got} but architecture {arch.name} "
                                  f"(hidden {arch.hidden}, in_shape {arch.in_shape}, {arch.n_classes} classes) "
                                  f"expects {expected}")
-    if kind == "hmc" and params:
+    if kind in SAMPLED and params:
         leads = {tuple(tensors["params"][k].shape[:2]) for k in params}
         if len(leads) > 1:
             raise ValueError(f"{where} refused: HMC parameters disagree on (chain, sample): {sorted(leads)}")
@@ -372,7 +385,7 @@ def to_arviz(posterior: Posterior, x: torch.Tensor | None = None, y: torch.Tenso
 
     if (x is None) != (y is None):
         raise ValueError("give both x and y (held-out images and labels) or neither")
-    if posterior.kind == "hmc":
+    if posterior.kind in SAMPLED:
         if n_draws is not None and n_draws != posterior.max_draws:
             raise ValueError(f"to_arviz exports all {posterior.max_draws} HMC samples (whole chains); "
                              f"got n_draws={n_draws}")
@@ -394,7 +407,7 @@ def to_arviz(posterior: Posterior, x: torch.Tensor | None = None, y: torch.Tenso
         log_probs = draw_probabilities(draws, x.to(draws.device()), log=True)[0].cpu()  # (S, N, classes)
         labels = y.detach().cpu().long()
         # grid position of each draw: HMC (chain, sample); otherwise (0, j)
-        rows = np.asarray(draws.chains) if posterior.kind == "hmc" else np.zeros(n, dtype=np.int64)
+        rows = np.asarray(draws.chains) if posterior.kind in SAMPLED else np.zeros(n, dtype=np.int64)
         cols = np.asarray(draws.samples)
         n_images, n_classes = log_probs.shape[1:]
         loglik = np.empty((*shape, n_images), dtype=np.float64)

@@ -1,0 +1,165 @@
+"""fullBNN by a Laplace approximation around a trained baseNN (laplace-torch; docs/method.md §13.2).
+
+The posterior of the covered weights (the last layer, or all) is the Gaussian N(θ_MAP, P⁻¹) with
+P = GGN of the training loss + prior precision (Daxberger et al. 2021, "Laplace Redux"); the GGN is diagonal,
+Kronecker-factored (KFAC) or full, and the prior precision is fitted by maximising the Laplace marginal
+likelihood (``optimize_prior_precision(method='marglik')``). Weights outside the covered subset stay at the MAP.
+
+What is stored (checkpoint ``extra``): the MAP vector of the covered weights and the factor that turns a
+standard normal vector ε into a posterior deviation — the diagonal scale P^(-1/2) (``diag``), the dense
+P^(-1/2) (``full``), or the eigendecomposition of each Kronecker factor with the prior deltas (``kron``;
+deviation = laplace-torch's ``KronDecomposed.bmm(ε, exponent=-1/2)``, exactly what its ``sample`` does).
+Draw j uses ε from the generator of ``(seed, j)``, so it is the same network on every load.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import Data
+from ..models.architectures import ArchConfig, Network
+from ..models.posterior import Posterior
+from ..models.posterior import deterministic as one_draw_posterior
+from ..presets import LaplaceConfig
+
+PREFIX = "laplace."
+
+
+def last_layer_name(net: nn.Module) -> str:
+    """The module name of the network's last ``nn.Linear`` (the output layer)."""
+    names = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise ValueError("a last-layer Laplace approximation needs a network ending in a Linear layer")
+    return names[-1]
+
+
+def laplace_approximation(net: Network, data: Data, cfg: LaplaceConfig, *, likelihood: str = "classification",
+                          sigma_noise: float = 1.0, prior_scale: float = 1.0,
+                          prior_precision: float | None = None) -> Any:
+    """The fitted laplace-torch object around the trained ``net`` (its weights are the MAP) on ``data``, its
+    prior precision fitted by marginal likelihood (``cfg.marglik_steps`` Adam steps on a scalar precision,
+    from 1 / ``prior_scale``²) unless ``prior_precision`` is given. ``likelihood``: ``'classification'``
+    (softmax cross-entropy) or ``'regression'`` (Gaussian noise of std ``sigma_noise``)."""
+    from laplace import Laplace
+    from torch.utils.data import DataLoader, TensorDataset
+
+    net = net.eval()
+    y = data.y if likelihood == "classification" or data.y.dim() > 1 else data.y[:, None]
+    device = next(net.parameters()).device
+    loader = DataLoader(TensorDataset(data.x.to(device), y.to(device)), batch_size=cfg.batch_size)
+    kwargs = {"last_layer_name": last_layer_name(net)} if cfg.subset == "last_layer" else {}
+    la = Laplace(net, likelihood, subset_of_weights=cfg.subset, hessian_structure=cfg.structure,
+                 sigma_noise=sigma_noise, prior_precision=1.0 / prior_scale**2, **kwargs)
+    la.fit(loader)
+    if prior_precision is not None:
+        la.prior_precision = float(prior_precision)
+    elif cfg.marglik_steps > 0:
+        with warnings.catch_warnings():  # laplace-torch reminds that its (unused here) predictive is probit
+            warnings.filterwarnings("ignore", message=".*link_approx.*")
+            la.optimize_prior_precision(pred_type="glm", method="marglik", n_steps=cfg.marglik_steps,
+                                        init_prior_prec=1.0 / prior_scale**2, prior_structure="scalar")
+    return la
+
+
+def covered_names(net: Network, cfg: LaplaceConfig) -> list[str]:
+    """State-dict names of the weights the approximation covers, in laplace-torch's vector order."""
+    if cfg.subset == "last_layer":
+        layer = last_layer_name(net)
+        return [f"{layer}.{k}" for k, _ in dict(net.named_modules())[layer].named_parameters()]
+    return [k for k, _ in net.named_parameters()]
+
+
+def fit_laplace(net: Network, data: Data, cfg: LaplaceConfig, *, likelihood: str = "classification",
+                sigma_noise: float = 1.0, prior_scale: float = 1.0, prior_precision: float | None = None,
+                seed: int = 0) -> Posterior:
+    """The Laplace posterior around the trained ``net`` on ``data`` (:func:`laplace_approximation`) as a
+    ``Posterior`` of kind ``'laplace'`` (``params`` the MAP, the sampling factor in ``extra``);
+    ``config['laplace']`` records the subset, structure, fitted prior precision, log marginal likelihood
+    and fit time."""
+    start = time.perf_counter()
+    la = laplace_approximation(net, data, cfg, likelihood=likelihood, sigma_noise=sigma_noise,
+                               prior_scale=prior_scale, prior_precision=prior_precision)
+    return to_posterior(la, net, cfg, seed, fit_seconds=time.perf_counter() - start)
+
+
+def to_posterior(la: Any, net: Network, cfg: LaplaceConfig, seed: int = 0, fit_seconds: float = 0.0) -> Posterior:
+    """A fitted laplace-torch object as a ``Posterior`` of kind ``'laplace'`` around ``net``."""
+    extra = {PREFIX + "mean": la.mean.detach().cpu().clone()}
+    blocks: list[int] = []
+    with torch.no_grad():
+        if cfg.structure == "kron":
+            precision = la.posterior_precision
+            for b, (vecs, vals) in enumerate(zip(precision.eigenvectors, precision.eigenvalues)):
+                blocks.append(len(vecs))
+                for f, (vec, val) in enumerate(zip(vecs, vals)):
+                    extra[f"{PREFIX}kron.{b}.vec{f}"] = vec.detach().cpu().clone()
+                    extra[f"{PREFIX}kron.{b}.val{f}"] = val.detach().cpu().clone()
+            extra[PREFIX + "kron.deltas"] = precision.deltas.detach().cpu().clone()
+            damping = bool(precision.damping)
+        else:
+            extra[PREFIX + "scale"] = la.posterior_scale.detach().cpu().clone()
+            damping = False
+        log_marglik = float(la.log_marginal_likelihood())
+    posterior = one_draw_posterior(net)
+    posterior.kind = "laplace"
+    posterior.seed = seed
+    posterior.extra.update(extra)
+    posterior.config["laplace"] = {
+        "subset": cfg.subset, "structure": cfg.structure, "names": covered_names(net, cfg), "blocks": blocks,
+        "damping": damping, "prior_precision": la.prior_precision.detach().cpu().reshape(-1).tolist(),
+        "log_marginal_likelihood": log_marglik, "fit_seconds": fit_seconds, "n_params": int(la.n_params)}
+    return posterior
+
+
+def _deviation(posterior: Posterior, eps: torch.Tensor) -> torch.Tensor:
+    """P^(-1/2) ε for the stored factor of ``posterior`` (ε: (n,))."""
+    info, extra = posterior.config["laplace"], posterior.extra
+    if info["structure"] == "diag":
+        return extra[PREFIX + "scale"] * eps
+    if info["structure"] == "full":
+        return extra[PREFIX + "scale"] @ eps
+    from laplace.utils.matrix import KronDecomposed
+    cache = posterior.__dict__.setdefault("_kron_precision", None)
+    if cache is None:
+        vecs = [tuple(extra[f"{PREFIX}kron.{b}.vec{f}"] for f in range(n)) for b, n in enumerate(info["blocks"])]
+        vals = [tuple(extra[f"{PREFIX}kron.{b}.val{f}"] for f in range(n)) for b, n in enumerate(info["blocks"])]
+        cache = KronDecomposed(vecs, vals, extra[PREFIX + "kron.deltas"], damping=info["damping"])
+        posterior.__dict__["_kron_precision"] = cache
+    return cache.bmm(eps[None], exponent=-0.5).reshape(-1)
+
+
+def laplace_draw(posterior: Posterior, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The parameters of one Laplace draw: the covered weights MAP + P^(-1/2) ε (ε ~ N(0, I) from
+    ``generator``), every other weight at the MAP."""
+    info = posterior.config["laplace"]
+    mean = posterior.extra[PREFIX + "mean"]
+    eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+    vector = mean + _deviation(posterior, eps)
+    out = dict(posterior.params)
+    offset = 0
+    for name in info["names"]:
+        shape = posterior.params[name].shape
+        size = shape.numel()
+        out[name] = vector[offset:offset + size].reshape(shape).to(posterior.params[name].dtype)
+        offset += size
+    return {k: out[k] for k in sorted(out)}
+
+
+def check_arch_for_laplace(arch: ArchConfig, cfg: LaplaceConfig) -> None:
+    """Reject, before training, a structure that cannot be stored for this network: a dense (``full``)
+    precision over more than 20,000 weights (its square would take gigabytes)."""
+    from ..models.architectures import expected_shapes
+    params, _ = expected_shapes(arch)
+    if cfg.subset == "all":
+        n = sum(s.numel() for s in params.values())
+    else:
+        last = list(params)[-2:]
+        n = sum(params[k].numel() for k in last)
+    if cfg.structure == "full" and n > 20_000:
+        raise ValueError(f"a full Laplace precision over {n:,} weights ({cfg.subset}) is too large to store; "
+                         f"use --laplace-structure kron or diag")

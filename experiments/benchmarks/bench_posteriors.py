@@ -1,0 +1,113 @@
+"""Quality bars of the scalable posteriors (docs/method.md §13), measured through the library's own stages.
+
+Parts (``--part``, default all):
+
+``sghmc``
+    fc2-512 SGHMC on full MNIST (preset ``mnist_fc2``, 2 chains x 50 samples = 100 draws) and its baseNN: test
+    accuracy, NLL, ECE of the posterior predictive against baseNN's, function-space R-hat, wall time.
+    Bars: accuracy >= 98 %, NLL and ECE <= baseNN's, 100 draws from >= 2 chains in < 30 min, R-hat < 1.1.
+``laplace``
+    Last-layer KFAC Laplace around the ``mnist_conv`` baseNN: fit time (bar < 5 min) and NLL against baseNN's
+    (on 2,000 class-balanced test images, 32 draws).
+``evaluate``
+    The ``evaluate`` table on MNIST (preset ``mnist_fc2``) for baseNN, advNN, SVI, SGHMC, Laplace and the
+    ensemble, with OOD AUROC on Fashion-MNIST.
+
+Every model is trained (or found up to date) under ``--out`` with ``bayesrobust.stages.train``, so a part run
+after another reuses its models. ``--small`` runs the same code on the ``tiny`` preset (mnist5k, seconds) to
+check the script. Example (alone on the machine)::
+
+    .venv/bin/python experiments/benchmarks/bench_posteriors.py --part sghmc --data-root ../shared/datasets \\
+        --out results_bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from bayesrobust import stages
+from bayesrobust.inference import load_model
+
+
+def train(preset: str, model: str, inference: str | None, args: argparse.Namespace,
+          eval_draws: int | None = None) -> tuple[float, str]:
+    """Train (or find) a model; its wall time (0 when up to date) and the stage's summary."""
+    start = time.perf_counter()
+    done = stages.train(preset, model, inference=inference, out=args.out, data_root=args.data_root,
+                        progress=args.progress, eval_draws=eval_draws)
+    seconds = 0.0 if done.skipped else time.perf_counter() - start
+    print(done.summary, flush=True)
+    return seconds, done.summary
+
+
+def metrics(preset: str, tags: list[str], args: argparse.Namespace, ood: str = "none", n_images: int | None = None,
+            n_draws: int | None = None):
+    done = stages.evaluate(preset, tags, out=args.out, data_root=args.data_root, ood=ood, force=args.force,
+                           n_images=n_images, n_draws=n_draws)
+    print(done.summary, flush=True)
+    from bayesrobust import store
+    with store.open_result(done.path, "evaluation") as ds:
+        return ds.load()
+
+
+def part_sghmc(args: argparse.Namespace) -> None:
+    preset = "tiny" if args.small else "mnist_fc2"
+    train(preset, "baseNN", None, args)
+    seconds, _ = train(preset, "fullBNN", "sghmc", args)
+    post = load_model(args.out, stages.get_preset(preset), "fullBNN", "sghmc")
+    fd = post.config["function_diagnostics"]
+    ds = metrics(preset, ["baseNN", "fullBNN_sghmc"], args)
+    base, bnn = ds.sel(model="baseNN"), ds.sel(model="fullBNN_sghmc")
+    print(f"\nSGHMC {preset}: {post.max_draws} draws from {fd['chains']} chains; training wall time "
+          f"{post.config['train_seconds'] / 60:.1f} min{' (this run)' if seconds else ' (stored)'}\n"
+          f"  accuracy {float(bnn.accuracy):.4f} (bar >= 0.98; baseNN {float(base.accuracy):.4f})\n"
+          f"  NLL {float(bnn.nll):.4f} (baseNN {float(base.nll):.4f})   ECE {float(bnn.ece):.4f} "
+          f"(baseNN {float(base.ece):.4f})\n"
+          f"  function-space R-hat: log-prob max {fd['logprob_rhat_max']:.3f}, probe-logit max "
+          f"{fd['probe_logit_rhat_max']:.3f} (bar < 1.1); weight-space max {fd['weight_rhat_max']:.3f}; "
+          f"chain disagreement {fd['disagreement_mean']:.4f}", flush=True)
+
+
+def part_laplace(args: argparse.Namespace) -> None:
+    preset = "tiny" if args.small else "mnist_conv"
+    train(preset, "baseNN", None, args)
+    # every draw runs the whole conv net (only its last layer differs): 20 draws at training, and the
+    # comparison on 2,000 test images with 32 draws keeps this part near the Laplace fit itself
+    train(preset, "fullBNN", "laplace", args, eval_draws=4 if args.small else 20)
+    post = load_model(args.out, stages.get_preset(preset), "fullBNN", "laplace")
+    info = post.config["laplace"]
+    ds = metrics(preset, ["baseNN", "fullBNN_laplace"], args, n_images=200 if args.small else 2000, n_draws=32)
+    print(f"\nLaplace {preset} ({info['subset']}, {info['structure']}, {info['n_params']:,} weights): fitted in "
+          f"{info['fit_seconds']:.1f} s (bar < 300 s), prior precision {info['prior_precision']}\n"
+          f"  NLL {float(ds.nll.sel(model='fullBNN_laplace')):.4f} vs baseNN {float(ds.nll.sel(model='baseNN')):.4f}"
+          f"   accuracy {float(ds.accuracy.sel(model='fullBNN_laplace')):.4f} vs "
+          f"{float(ds.accuracy.sel(model='baseNN')):.4f}", flush=True)
+
+
+def part_evaluate(args: argparse.Namespace) -> None:
+    preset = "tiny" if args.small else "mnist_fc2"
+    runs = [("baseNN", None), ("advNN", None), ("fullBNN", "svi"), ("fullBNN", "sghmc"), ("fullBNN", "laplace"),
+            ("fullBNN", "ensemble")]
+    for model, inference in runs:
+        train(preset, model, inference, args)
+    tags = [model if inference is None else f"{model}_{inference}" for model, inference in runs]
+    metrics(preset, tags, args, ood="auto" if args.data_root else "none")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["sghmc", "laplace", "evaluate", "all"], default="all")
+    parser.add_argument("--out", default="results_bench")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--small", action="store_true", help="the tiny preset (seconds): checks the script")
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--force", action="store_true", help="recompute the evaluation tables")
+    args = parser.parse_args()
+    for name, part in (("sghmc", part_sghmc), ("laplace", part_laplace), ("evaluate", part_evaluate)):
+        if args.part in (name, "all"):
+            part(args)
+
+
+if __name__ == "__main__":
+    main()
