@@ -8,8 +8,9 @@
 #   PRESETS="mnist_fc2" bash shell/exec_fidelity_ladder.sh   # an HMC preset: the HMC-scheme switch too
 # Environment: OUT (default results/ladder), PRESETS (default mnist_conv), QUICK_PRESET (with QUICK=1; default
 # quick, tests use tiny), DATA_ROOT (default ../shared/datasets), SUBSET_SIZE and CHAINS (the reference HMC
-# scheme; default 4000 and 15). Extra arguments go to every pipeline call (e.g. --force). Resumable: stages
-# already done are skipped, so a killed ladder continues where it stopped.
+# scheme; default 4000 and 15), STEPS (only these steps, e.g. "0_reference 4_correct"; default all). Extra
+# arguments go to every pipeline call (e.g. --force, --n-inputs 10). Resumable: stages already done are
+# skipped, so a killed ladder continues where it stopped.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/shell/setup_env.sh"
@@ -28,8 +29,13 @@ inference_of() {  # the preset's fullBNN inference
 }
 
 # run_step PRESET STEP SCALING MODE GAMMA_RULE HMC_SCHEME [pipeline args]: one setting of the switches
+wanted() {  # is step $1 among STEPS (all when STEPS is unset)?
+  [ -z "${STEPS:-}" ] || [[ " $STEPS " == *" $1 "* ]]
+}
+
 run_step() {
   local preset=$1 step=$2 scaling=$3 mode=$4 gamma=$5 scheme=$6; shift 6
+  wanted "$step" || return 0
   local dir="$out/$preset/$step"
   local first="$out/$preset/0_reference"
   if [ "$dir" != "$first" ] && [ -d "$first/models/$preset" ]; then  # reuse the switch-free models
@@ -52,6 +58,7 @@ run_step() {
 
 ends() {  # PGD-40 and S in {10, 50, 100} at one end of the ladder
   local preset=$1 step=$2 scaling=$3 mode=$4 gamma=$5 scheme=$6; shift 6
+  wanted "$step" || return 0
   local dir="$out/$preset/$step" hmc=() draws=()
   for s in "${s_ends[@]}"; do draws+=(--draws "$s"); done
   if [ "$(inference_of "$preset")" = hmc ]; then
