@@ -68,16 +68,19 @@ def _warm() -> None:
     import bayesrobust.stages  # noqa: F401
 
 
-def split_explanation(out: Path, preset: str, draws: int) -> None:
-    """(b): one process (1 thread) vs 2 workers, S = ``draws``."""
+def split_explanation(out: Path, preset: str, draws: int, n_inputs: int | None = None,
+                      rules: tuple[str, ...] = ("epsilon",)) -> None:
+    """(b): one process (1 thread) vs 2 workers, S = ``draws`` (``n_inputs`` images, default the preset's)."""
     import torch
     import xarray as xr
     from distributed import Client
 
     from bayesrobust import store
     torch.set_num_threads(1)
-    attack = stages.attack(preset, "fullBNN", out=out, n_draws=draws)
-    settings = dict(rules=["epsilon"], n_draws=draws, force=True)
+    if not (out / "models" / preset / "fullBNN_svi").is_dir():
+        stages.train(preset, "fullBNN", out=out)
+    attack = stages.attack(preset, "fullBNN", out=out, n_draws=draws, n_inputs=n_inputs)
+    settings = dict(rules=list(rules), n_draws=draws, force=True)
     start = time.perf_counter()
     one = stages.explain(preset, "fullBNN", attack.path, out=out, **settings)
     t_one = time.perf_counter() - start
@@ -93,7 +96,7 @@ def split_explanation(out: Path, preset: str, draws: int) -> None:
         diff = float(abs(ds.relevance - reference.relevance).max())
         xr.testing.assert_equal(ds.unit, reference.unit)
     print(f"(b) explanation of S={draws} draws ({preset}, {reference.sizes['image']} images x 2, "
-          f"{reference.sizes['layer']} layers, epsilon rule)")
+          f"{reference.sizes['layer']} layers, rules {', '.join(rules)})")
     print(f"    one process, 1 thread: {t_one:7.1f} s")
     print(f"    2 workers, 2 tasks:    {t_split:7.1f} s   speed-up {t_one / t_split:.2f}x (goal >= 1.7x); "
           f"max |relevance difference| {diff:.2e}")
@@ -256,11 +259,22 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="tiny preset and S = 20: checks the script runs")
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "datasets"))
     parser.add_argument("--keep", help="keep the results in this folder (default: a temporary one)")
+    parser.add_argument("--split-only", action="store_true",
+                        help="only (b), on --split-images images with the three paper rules")
+    parser.add_argument("--split-images", type=int, default=500)
     args = parser.parse_args()
     overrides = {"preset": "tiny"} if args.small else {}
     draws = 20 if args.small else 100
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     base = Path(args.keep or tempfile.mkdtemp(prefix="bench_sweep_"))
+    if args.split_only:
+        try:
+            preset = overrides.get("preset", "quick")
+            split_explanation(base / "split", preset, draws, args.split_images, ("epsilon", "gamma", "alpha1beta0"))
+        finally:
+            if args.keep is None:
+                shutil.rmtree(base, ignore_errors=True)
+        return
     try:
         t1, outcome = run_sweep(1, base / "w1", overrides)
         t2, _ = run_sweep(2, base / "w2", overrides)
