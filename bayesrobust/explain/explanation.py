@@ -144,6 +144,25 @@ def _create_draws_store(path: Path, coords: dict[str, Any], shape: tuple[int, ..
         template.to_zarr(path, mode="w", compute=False, write_empty_chunks=True)
 
 
+def checked_inputs(posterior: Posterior, attack: xr.Dataset, explainers: Sequence[Explainer],
+                   n_draws: int | None, batch_size: int | None, expected: Mapping[str, Any] | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+    """The checks of an attack explanation before any draw (explainers, counts, the attack and its images):
+    ``(x, x_adv, n_draws)``, ``n_draws`` defaulting to the attack's for a posterior."""
+    if not explainers:
+        raise ValueError("no explainer given")
+    names = [e.name for e in explainers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"explainer names must differ, got {names}")
+    count("n_draws", n_draws)
+    count("batch_size", batch_size)
+    check_attack(attack, expected or {})
+    x, x_adv = attack_images(attack)
+    if n_draws is None and "n_draws" in attack.attrs and posterior.kind != "deterministic":
+        n_draws = int(attack.attrs["n_draws"])
+    return x, x_adv, n_draws
+
+
 def explain_attack(posterior: Posterior, attack: xr.Dataset, explainers: Sequence[Explainer], *,
                    layers: LayerSelection = None, n_draws: int | None = None, batch_size: int | None = None,
                    seed: int = 0, draws_path: str | Path | None = None, config: Mapping[str, Any] | None = None,
@@ -201,18 +220,9 @@ def explain_attack(posterior: Posterior, attack: xr.Dataset, explainers: Sequenc
         ``batch_size``, or attack images (``x`` or ``x_adv``) with a NaN or ±inf pixel or outside [0, 1] —
         all before any draw is made.
     """
-    if not explainers:
-        raise ValueError("no explainer given")
+    x, x_adv, n_draws = checked_inputs(posterior, attack, explainers, n_draws, batch_size, expected)
     names = [e.name for e in explainers]
-    if len(set(names)) != len(names):
-        raise ValueError(f"explainer names must differ, got {names}")
-    count("n_draws", n_draws)
-    count("batch_size", batch_size)
-    check_attack(attack, expected or {})
-    x, x_adv = attack_images(attack)
     n_images = x.shape[0]
-    if n_draws is None and "n_draws" in attack.attrs and posterior.kind != "deterministic":
-        n_draws = int(attack.attrs["n_draws"])
     draws = posterior_draws(posterior, n_draws, device=device)  # generated once, for every explainer
     n, net = len(draws), draws.net
     idx = resolve_layers(net, layers)

@@ -38,7 +38,7 @@ from .explanation import (
     _summary_dataset,
     _text,
     attack_images,
-    check_attack,
+    checked_inputs,
 )
 from .layers import layer_names, resolve_layers
 
@@ -120,18 +120,9 @@ def explain_split(posterior: Posterior, attack: xr.Dataset, explainers: Sequence
     and merged exactly. ``posterior`` and ``attack`` are the contents of ``model_dir`` and ``attack_path``
     (read here for the checks and the coordinates; the chunks read the files themselves). Same arguments
     and result as ``explain_attack`` otherwise (``n_draws`` defaults to the attack's)."""
-    if not explainers:
-        raise ValueError("no explainer given")
+    x, _, n_draws = checked_inputs(posterior, attack, explainers, n_draws, batch_size, expected)
     names = [e.name for e in explainers]
-    if len(set(names)) != len(names):
-        raise ValueError(f"explainer names must differ, got {names}")
-    count("n_draws", n_draws)
-    count("batch_size", batch_size)
-    check_attack(attack, expected or {})
-    x, _ = attack_images(attack)
     n_images, image_shape = x.shape[0], tuple(x.shape[1:])
-    if n_draws is None and "n_draws" in attack.attrs and posterior.kind != "deterministic":
-        n_draws = int(attack.attrs["n_draws"])
     s = posterior.resolve_n_draws(n_draws)
     net = posterior.network(0)
     idx = resolve_layers(net, layers)
