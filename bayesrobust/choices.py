@@ -145,3 +145,11 @@ class LaplaceStructure(Choice):
     DIAG = "diag"
     KRON = "kron"
     FULL = "full"
+
+
+class Control(Choice):
+    """The controls of the stability comparison (docs/method.md §9.8): explain each model on the other model's
+    adversarial images (``cross``), or on a random-sign perturbation of its own attack's L2 norm (``random``)."""
+
+    CROSS = "cross"
+    RANDOM = "random"

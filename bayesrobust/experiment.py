@@ -24,7 +24,7 @@ from pathlib import Path
 import xarray as xr
 
 from . import checks, paths, stages
-from .choices import AttackName, HMCScheme, LikelihoodScaling, Model, Norm, PosteriorMode
+from .choices import AttackName, Control, HMCScheme, LikelihoodScaling, Model, Norm, PosteriorMode
 from .explain.rules import RULES
 from .inference import resolve_inference
 from .presets import Preset, get_preset, override_training
@@ -64,6 +64,12 @@ class Experiment:
         preset's).
     report
         Called with each stage's one-line summaries (default: the ``logging`` INFO level).
+    controls
+        Controls run after the explanations (docs/method.md §9.8): ``cross`` (each model explained on the
+        adversarial images of the model it is compared with) and/or ``random`` (on a random-sign perturbation
+        of its own attack's L2 norm). Default none.
+    prior_scale, members
+        fullBNN training overrides: the prior's standard deviation; the number of ensemble members.
     """
 
     preset: str | Preset = paths.DEFAULT_PRESET
@@ -89,6 +95,9 @@ class Experiment:
     progress: bool = False
     report: Callable[[str], object] | None = None
     models: Sequence[str] = field(default=(Model.BASE.value, Model.ADV.value, Model.BAYES.value))
+    controls: Sequence[str] = ()
+    prior_scale: float | None = None
+    members: int | None = None
 
     def __post_init__(self) -> None:
         """Check every setting of every stage before any work (a bad value is a ``ValueError`` naming it)."""
@@ -106,12 +115,13 @@ class Experiment:
         self.subset_size = checks.count("subset_size", self.subset_size)
         self.chains = checks.count("chains", self.chains)
         self.models = tuple(Model.parse(m, "model").value for m in self.models)
+        self.controls = tuple(dict.fromkeys(Control.parse(c, "control").value for c in self.controls))
         if Model.BASE not in self.models:
             raise ValueError(f"the analysis compares against baseNN; models {list(self.models)} lack it")
         given = tuple(checks.count("draws", s, allow_none=False) for s in self.draws)
         p = self.preset
         grids = {"hmc": (self.chains or p.hmc.chains, p.hmc.samples), "sghmc": (p.sgmcmc.chains, p.sgmcmc.samples),
-                 "sgld": (p.sgmcmc.chains, p.sgmcmc.samples), "ensemble": (p.ensemble.members, 1)}
+                 "sgld": (p.sgmcmc.chains, p.sgmcmc.samples), "ensemble": (self.members or p.ensemble.members, 1)}
         available = grids[self.inference][0] * grids[self.inference][1] if self.inference in grids else None
         # the preset's S by default, capped at the draws a sampled posterior has (as train and attack do)
         self.draws = given or (min(p.eval_draws, available or p.eval_draws),)
@@ -157,7 +167,8 @@ class Experiment:
         if model != Model.BAYES:
             return {}
         return {"likelihood_scaling": self.likelihood_scaling, "hmc_scheme": self.hmc_scheme,
-                "subset_size": self.subset_size, "chains": self.chains}
+                "subset_size": self.subset_size, "chains": self.chains, "prior_scale": self.prior_scale,
+                "members": self.members}
 
     def _inference(self, model: str) -> str | None:
         return self.inference if model == Model.BAYES else None
@@ -199,6 +210,23 @@ class Experiment:
                                          seed=self.seed, device=self.device, force=self.force)).path
                 for (model, s), run in zip(self.runs(), attack_runs)]
 
+    def run_controls(self, attack_runs: Sequence[Path] | None = None) -> list[Path]:
+        """The controls of :attr:`controls` for every explained run (docs/method.md §9.8): ``random`` per run,
+        ``cross`` per pair (model, baseNN) both ways. Returns the control files."""
+        attack_runs = self.attack_runs() if attack_runs is None else attack_runs
+        runs = list(zip(self.runs(), attack_runs))
+        det = [run for (model, _), run in runs if model == Model.BASE][0]
+        jobs = []
+        for (model, _), run in runs:
+            if Control.RANDOM in self.controls:
+                jobs.append((model, Control.RANDOM, run, None))
+            if Control.CROSS in self.controls and model != Model.BASE:
+                jobs += [(model, Control.CROSS, run, det), (Model.BASE.value, Control.CROSS, det, run)]
+        return [self._say(stages.control(self.preset, model, kind, run, other_run=other,
+                                         inference=self._inference(model), out=self.out, seed=self.seed,
+                                         device=self.device, force=self.force)).path
+                for model, kind, run, other in jobs]
+
     def analyze(self) -> xr.Dataset:
         """The stability analysis of the explained runs (written to ``OUT/analysis``); returns the Dataset."""
         done = stages.analyze(self.out, self.preset.name, topk=self.topk, attack=self.attack, norm=self.norm,
@@ -217,7 +245,10 @@ class Experiment:
     def run(self) -> xr.Dataset:
         """Every stage in order; returns the analysis Dataset."""
         self.train()
-        self.explain(self.attack_runs())
+        attack_runs = self.attack_runs()
+        self.explain(attack_runs)
+        if self.controls:
+            self.run_controls(attack_runs)
         analysis = self.analyze()
         self.plot()
         return analysis

@@ -459,7 +459,8 @@ def analyse_stored(out: str | Path, preset: str | None = None, topk: float = 20,
     first = found[0].attack.attrs
     ds.attrs.update(preset=preset, attack=str(first.get("attack", "")), norm=str(first.get("norm", "")),
                     epsilon=float(first.get("epsilon", np.nan)))
-    return ds
+    from .controls import attach  # perturbation norms and the stored controls (docs/method.md §9.8)
+    return attach(ds, out, preset, found)
 
 
 def analysis_name(ds: xr.Dataset) -> str:

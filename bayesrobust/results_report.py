@@ -92,6 +92,7 @@ def analysis_tables(ds: xr.Dataset) -> list[Table]:
                             pd.DataFrame(rows, pd.MultiIndex.from_tuples(index, names=names), columns)))
         tables.append(Table("Wilcoxon signed-rank p (two-sided, Benjamini–Hochberg adjusted)",
                             pd.DataFrame(prows, pd.MultiIndex.from_tuples(index, names=names), columns)))
+    tables += control_tables(ds)
     rows, index = [], []
     for model in ds.model.values.tolist():
         for layer in ds.layer.values.tolist():
@@ -100,6 +101,33 @@ def analysis_tables(ds: xr.Dataset) -> list[Table]:
             rows.append([f"{float(rho.sel(rule=r)):+.2f}" for r in rules])
     tables.append(Table("Spearman ρ (LRP robustness, softmax robustness)",
                         pd.DataFrame(rows, pd.MultiIndex.from_tuples(index, names=["model", "layer"]), columns)))
+    return tables
+
+
+def control_tables(ds: xr.Dataset) -> list[Table]:
+    """The controls of an analysis (docs/method.md §9.8), if it has any: median paired difference (model − Det)
+    [95% CI] at the last layer under the own attack, the cross attack and the random-sign perturbation, and the
+    median ‖x̃ − x‖₂ of each model's own attack."""
+    from .control_figures import control_rows
+    from .figures import layer_label, ordered_rules, rule_label
+    from .stages import format_ci
+    tables = []
+    if ds.sizes.get("comparison", 0) and ("cross_diff_median" in ds or "random_diff_median" in ds):
+        rules = ordered_rules(ds.rule.values.tolist())
+        rows = control_rows(ds)
+        index = pd.MultiIndex.from_tuples([(c, label) for c, label, _ in rows], names=["comparison", "condition"])
+        cells = [[format_ci(*values[r]) for r in rules] for _, _, values in rows]
+        tables.append(Table(f"Controls, {layer_label(ds, ds.layer.values[-1])}: median paired difference of LRP "
+                            "robustness (model − Det) [paired bootstrap 95% CI] under the own attack, the cross "
+                            "attack and a random-sign perturbation of the same L2 norm",
+                            pd.DataFrame(cells, index, [rule_label(r) for r in rules])))
+    if "perturbation_l2" in ds:
+        models = ds.model.values.tolist()
+        columns = {"median ‖x̃ − x‖₂ (own attack)": [float(ds.perturbation_l2.sel(model=m).median()) for m in models]}
+        if "random_l2" in ds:
+            columns["median achieved ‖δ‖₂ (random sign)"] = [float(ds.random_l2.sel(model=m).median())
+                                                            for m in models]
+        tables.append(Table("Perturbation size", pd.DataFrame(columns, pd.Index(models, name="model")).round(4)))
     return tables
 
 

@@ -534,6 +534,17 @@ def _explanation_up_to_date(target: Path, draws_path: Path | None, config: dict)
     return True
 
 
+# -- controls ----------------------------------------------------------------------------------------------
+def control(preset: str | Preset, model: str, kind: str, attack_run: str | Path, *,
+            other_run: str | Path | None = None, inference: str | None = None, out: str | Path | None = None,
+            seed: int = 0, device: str = "cpu", force: bool = False) -> Done:
+    """One control of an explained attack run (``cross`` on ``other_run``'s x̃, or ``random``-sign), written
+    to ``OUT/controls/PRESET/`` (:func:`bayesrobust.controls.run`, docs/method.md §9.8)."""
+    from . import controls
+    return controls.run(preset, model, kind, attack_run, other_run=other_run, inference=inference, out=out,
+                        seed=seed, device=device, force=force)
+
+
 # -- analyze and plot --------------------------------------------------------------------------------------
 def analyze(out: str | Path | None = None, preset: str | None = None, *, topk: float = 20,
             attack: str | None = None, norm: str | None = None, epsilon: float | None = None,
@@ -633,7 +644,7 @@ def check_topk(topk: Any) -> float:
     return value
 
 
-FIGURE_NAMES = ("fig1", "fig3", "fig4", "fig5", "fig6", "robustness_table")
+FIGURE_NAMES = ("fig1", "fig3", "fig4", "fig5", "fig6", "robustness_table", "controls", "perturbation")
 FORMATS = ("png", "pdf")
 
 
@@ -753,6 +764,9 @@ def _analysis_figures(out: Path, ds: Any, names: Sequence[str], settings: dict,
         "fig5": lambda: figures.fig5(ds, subset=settings["subset"], layer=settings["layer"]),
         "fig6": lambda: figures.fig6(ds, subset=settings["subset"], layers=layers, **common),
     }
+    from . import control_figures  # docs/method.md §9.8
+    builders["controls"] = lambda: control_figures.controls_figure(ds, layer=settings["layer"])
+    builders["perturbation"] = lambda: control_figures.perturbation_figure(ds, layer=settings["layer"])
     return {n: builders[n] for n in names if n in builders}
 
 
