@@ -11,6 +11,12 @@
 # scheme; default 4000 and 15), STEPS (only these steps, e.g. "0_reference 4_correct"; default all). Extra
 # arguments go to every pipeline call (e.g. --force, --n-inputs 10). Resumable: stages already done are
 # skipped, so a killed ladder continues where it stopped.
+# Controls (docs/method.md §9.8): every pipeline call gets --controls "$CONTROLS" (default cross,random: each
+# model explained on the other model's x̃ and on a random-sign perturbation of its own attack's L2 norm; set
+# CONTROLS="" to skip them), and two control steps follow the ladder, all-correct settings otherwise:
+# 5_ensemble (the fullBNN replaced by a deep ensemble of K = S networks, attacked and explained like it; at
+# paper scale K = S = 100, or ENSEMBLE_MEMBERS=10 with --draws 10 if 100 members are out of reach) and
+# 6_prior_scale (prior std PRIOR_SCALE, default 0.1: a narrower posterior).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/shell/setup_env.sh"
@@ -71,6 +77,9 @@ ends() {  # PGD-40 and S in {10, 50, 100} at one end of the ladder
     --rule epsilon --rule "$gamma" --rule alpha1beta0 "${data[@]}" --out "$dir" "$@"
 }
 
+CONTROLS="${CONTROLS-cross,random}"
+pass=("$@")  # the extra arguments, for the control steps
+[ -n "$CONTROLS" ] && set -- --controls "$CONTROLS" "$@"
 for preset in $presets; do
   if [ "$(inference_of "$preset")" = hmc ]; then ref_scheme=subsets; else ref_scheme=full; fi
   run_step "$preset" 0_reference reference mean_sign gamma_quadratic "$ref_scheme" "$@"
@@ -84,5 +93,29 @@ for preset in $presets; do
   run_step "$preset" 4_correct full mean_grad gamma full "$@"
   ends "$preset" 0_reference reference mean_sign gamma_quadratic "$ref_scheme" "$@"
   ends "$preset" 4_correct full mean_grad gamma full "$@"
+done
+# -- the control steps (docs/method.md §9.8), after the ladder --------------------------------------------------
+control_step() {  # control_step PRESET STEP [pipeline args]: all-correct settings plus the step's own options
+  local preset=$1 step=$2; shift 2
+  wanted "$step" || return 0
+  local dir="$out/$preset/$step" first="$out/$preset/0_reference"
+  if [ -d "$first/models/$preset" ]; then  # baseNN and advNN do not depend on the step
+    for model in baseNN advNN; do
+      if [ -d "$first/models/$preset/$model" ] && [ ! -e "$dir/models/$preset/$model" ]; then
+        mkdir -p "$dir/models/$preset"; cp -r "$first/models/$preset/$model" "$dir/models/$preset/"
+      fi
+    done
+  fi
+  echo "== $preset / $step: all correct, $*"
+  $py -m bayesrobust.pipeline --preset "$preset" --attack fgsm --draws "$s_main" \
+    --likelihood-scaling full --posterior-mode mean_grad --rule epsilon --rule gamma --rule alpha1beta0 \
+    ${CONTROLS:+--controls "$CONTROLS"} "${data[@]}" --out "$dir" "$@"
+}
+
+for preset in $presets; do
+  control_step "$preset" 5_ensemble --inference ensemble --members "${ENSEMBLE_MEMBERS:-$s_main}" "${pass[@]}"
+  scheme=()
+  [ "$(inference_of "$preset")" = hmc ] && scheme=(--hmc-scheme full)
+  control_step "$preset" 6_prior_scale --prior-scale "${PRIOR_SCALE:-0.1}" "${scheme[@]}" "${pass[@]}"
 done
 $py -m bayesrobust.report --out "$out" --title "Fidelity ladder"
