@@ -15,7 +15,7 @@
 # model explained on the other model's x̃ and on a random-sign perturbation of its own attack's L2 norm; set
 # CONTROLS="" to skip them), and two control steps follow the ladder, all-correct settings otherwise:
 # 5_ensemble (the fullBNN replaced by a deep ensemble of K = S networks, attacked and explained like it; at
-# paper scale K = S = 100, or ENSEMBLE_MEMBERS=10 with --draws 10 if 100 members are out of reach) and
+# paper scale K = S = 100, or ENSEMBLE_MEMBERS=10 (then S = 10 in that step) if 100 members are out of reach) and
 # 6_prior_scale (prior std PRIOR_SCALE, default 0.1: a narrower posterior).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -95,8 +95,8 @@ for preset in $presets; do
   ends "$preset" 4_correct full mean_grad gamma full "$@"
 done
 # -- the control steps (docs/method.md §9.8), after the ladder --------------------------------------------------
-control_step() {  # control_step PRESET STEP [pipeline args]: all-correct settings plus the step's own options
-  local preset=$1 step=$2; shift 2
+control_step() {  # control_step PRESET STEP S [pipeline args]: all-correct settings plus the step's own options
+  local preset=$1 step=$2 draws=$3; shift 3
   wanted "$step" || return 0
   local dir="$out/$preset/$step" first="$out/$preset/0_reference"
   if [ -d "$first/models/$preset" ]; then  # baseNN and advNN do not depend on the step
@@ -107,15 +107,16 @@ control_step() {  # control_step PRESET STEP [pipeline args]: all-correct settin
     done
   fi
   echo "== $preset / $step: all correct, $*"
-  $py -m bayesrobust.pipeline --preset "$preset" --attack fgsm --draws "$s_main" \
+  $py -m bayesrobust.pipeline --preset "$preset" --attack fgsm --draws "$draws" \
     --likelihood-scaling full --posterior-mode mean_grad --rule epsilon --rule gamma --rule alpha1beta0 \
     ${CONTROLS:+--controls "$CONTROLS"} "${data[@]}" --out "$dir" "$@"
 }
 
 for preset in $presets; do
-  control_step "$preset" 5_ensemble --inference ensemble --members "${ENSEMBLE_MEMBERS:-$s_main}" "${pass[@]}"
+  members="${ENSEMBLE_MEMBERS:-$s_main}"  # K = S
+  control_step "$preset" 5_ensemble "$members" --inference ensemble --members "$members" "${pass[@]}"
   scheme=()
   [ "$(inference_of "$preset")" = hmc ] && scheme=(--hmc-scheme full)
-  control_step "$preset" 6_prior_scale --prior-scale "${PRIOR_SCALE:-0.1}" "${scheme[@]}" "${pass[@]}"
+  control_step "$preset" 6_prior_scale "$s_main" --prior-scale "${PRIOR_SCALE:-0.1}" "${scheme[@]}" "${pass[@]}"
 done
 $py -m bayesrobust.report --out "$out" --title "Fidelity ladder"

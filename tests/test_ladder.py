@@ -40,6 +40,8 @@ def test_quick_ladder_records_every_switch_and_reports_every_step(tmp_path):
         with xr.open_dataset(folder / "analysis" / "tiny_fgsm_top20.nc") as ana:
             assert sorted(ana.rule.values.tolist()) == sorted(["epsilon", gamma, "alpha1beta0"]), step
             assert {"diff_median", "diff_ci_low", "diff_ci_high"} <= set(ana.data_vars)
+            # the controls run by default in every step (docs/method.md §9.8)
+            assert {"cross_diff_median", "random_diff_median", "perturbation_l2"} <= set(ana.data_vars), step
     # baseNN/advNN do not depend on the switches: the same weights in every step
     weights = {(base / s / "models" / "tiny" / "baseNN" / "weights.pt").read_bytes()
                for s in ("0_reference", "4_correct")}
@@ -52,3 +54,4 @@ def test_quick_ladder_records_every_switch_and_reports_every_step(tmp_path):
     for step in ("0_reference", "4_correct"):
         assert f"tiny/{step}/tiny_fgsm_top20" in report
     assert (tmp_path / "report_files" / "differences.png").is_file()
+    assert "random sign, same ‖δ‖₂" in (tmp_path / "report.md").read_text()  # the controls table
