@@ -221,6 +221,9 @@ def attach(ds: xr.Dataset, out: str | Path, preset: str, found: Sequence[Any]) -
             rule=template.rule, layer=template.layer).sel(image=images)
         hashes[model] = {"attack_sha256": f.attack_sha256,
                          "model_sha256": str(f.attack.attrs.get("model_sha256", ""))}
+        lrp = paths.explanation_path(out, preset, f.attack_path.stem, "lrp")
+        if any(Path(p).resolve() == lrp.resolve() for p, _ in f.explanations):  # its clean maps are the reference
+            hashes[model]["explanation_sha256"] = store.file_hash(lrp)
         control = _load_control(out, preset, control_name(f.attack_path.stem, Control.RANDOM), hashes[model])
         random.append(_robustness(clean[model], control, template, topk))
         random_l2.append(np.full(len(images), np.nan) if control is None

@@ -629,6 +629,14 @@ def analysis_summary(ds: xr.Dataset) -> str:
                   _frame(ds.mannwhitney_p.sel(subset="all", drop=True), "comparison", ".2g")]
     parts += ["\nSpearman rho (LRP robustness, softmax robustness)",
               _frame(ds.spearman_rho.sel(subset="all", drop=True), "model")]
+    if ds.sizes.get("comparison", 0) and ds.attrs.get("controls"):  # docs/method.md §9.8
+        from .control_figures import control_rows
+        from .figures import layer_label, ordered_rules
+        rules = ordered_rules(ds.rule.values.tolist())
+        parts.append(f"\nControls ({layer_label(ds, ds.layer.values[-1])}): median paired difference (model - Det) "
+                     "[paired bootstrap 95% CI]")
+        parts += [f"  {c:>20} {label:<24} " + "  ".join(f"{r} {format_ci(*v[r])}" for r in rules)
+                  for c, label, v in control_rows(ds)]
     return "\n".join(parts)
 
 

@@ -145,3 +145,17 @@ def test_bad_controls_are_refused_before_any_work(done, tmp_path):
     bay = _attack(runs[1])
     with pytest.raises(ValueError, match="lacks test images"):
         controls.control_inputs("cross", bay, bay.isel(image=slice(0, 3)))
+
+
+def test_a_control_of_another_version_of_its_inputs_is_left_out(done):
+    from bayesrobust import results
+    e, _, _, ds = done
+    found = results.find_runs(e.out, "tiny", models=["baseNN", "fullBNN_S4"])
+    found[0].attack_sha256 = "0" * 64  # baseNN's attack "redone" since its controls were computed
+    redone = controls.attach(ds.drop_vars([v for v in ds.data_vars if v.startswith(("random", "cross"))]),
+                             e.out, "tiny", found)
+    assert redone.random_lrp_robustness.sel(model="baseNN").isnull().all()
+    np.testing.assert_array_equal(redone.random_lrp_robustness.sel(model="fullBNN_S4").values,
+                                  ds.random_lrp_robustness.sel(model="fullBNN_S4").values)
+    assert "cross_lrp_robustness" not in redone  # both directions involve baseNN's attack: none usable
+    assert redone.attrs["controls"] == "random"
