@@ -115,6 +115,9 @@ def _strings(command: str, name: str, tmp: Path) -> list[tuple[str, int]]:
     if command == "evaluate" and name == "models":  # evaluate --model: a model tag, checked before any model is read
         return [("baseNN", OK), ("fullBNN_sghmc", OK), ("fullBNN", BAD), ("nope", BAD), ("", BAD), ("a/b", BAD),
                 ("a\nb", BAD)]
+    if name == "controls":  # pipeline --controls: comma-separated control names, checked by the Experiment
+        return [("cross", OK), ("random", OK), ("cross,random", OK), ("", OK), ("bogus", BAD), ("cross,x", BAD),
+                ("a\nb", BAD)]
     if name == "name":  # analyze --name becomes a file name: a safe name or nothing
         return [("mine", OK), ("a.b-c_1", OK), ("", BAD), ("a/b", BAD), ("../x", BAD), (".hidden", BAD),
                 ("a\nb", BAD)]
@@ -232,6 +235,23 @@ def _combinations(case: Case) -> None:
         dataset = case.values.get("dataset", preset.dataset if preset else None)
         if dataset != "mnist5k" and max(t.values(), default=OK) == OK:
             t["dataset_on_disk"] = ANY  # needs --data-root with the real files
+    if c == "pipeline":  # a sampled posterior has chains x samples draws (ensemble: --members), no more
+        preset = PRESETS.get(str(case.values.get("preset", "quick")))
+
+        def number(name, default):
+            try:
+                return int(case.values.get(name, default))
+            except (TypeError, ValueError):
+                return default
+        draws = [number_ for d in case.values.get("draws", []) if (number_ := _int(d)) is not None]
+        if preset is not None and draws:
+            inf = case.values.get("inference", preset.inference)
+            grids = {"hmc": (number("chains", preset.hmc.chains), preset.hmc.samples),
+                     "sghmc": (preset.sgmcmc.chains, preset.sgmcmc.samples),
+                     "sgld": (preset.sgmcmc.chains, preset.sgmcmc.samples),
+                     "ensemble": (number("members", preset.ensemble.members), 1)}
+            if inf in grids and max(draws) > grids[inf][0] * grids[inf][1]:
+                t["draws_available"] = BAD
     if case.values.get("model") == "artBNN" and case.values.get("inference", "svi") != "svi":
         t["art_bnn_svi_only"] = BAD  # the ART term is added to the SVI objective only
     if c == "table" and case.values.get("kind", "robustness") == "attribution":
@@ -249,6 +269,13 @@ def _combinations(case: Case) -> None:
             t["attack_run"] = BAD  # the empty --out has no attack run to default to
         if case.values.get("method", "lrp") != "lrp" and (case.values.get("rules") or "composite" in case.values):
             t["method_rules"] = BAD
+
+
+def _int(value: object) -> int | None:
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
 
 
 # -- the test -----------------------------------------------------------------------------------------------
