@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 
 CONTROL_DIMS = ("rule", "layer", "image", "channel", "height", "width")
 IMAGE_DIMS = ("image", "channel", "height", "width")
-store.register_schema("control", {"relevance": CONTROL_DIMS, "x_control": IMAGE_DIMS,
-                                  "perturbation_l2": ("image",), "target_l2": ("image",)})
 
 
 def perturbation_l2(x: torch.Tensor, x_other: torch.Tensor) -> torch.Tensor:

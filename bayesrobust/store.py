@@ -363,3 +363,6 @@ register_schema("analysis", {
 register_schema("explanation", {
     name: ("input", "rule", "layer", "image", "channel", "height", "width")
     for name in ("relevance", "relevance_std", "relevance_sign_agreement")})
+register_schema("control", {  # bayesrobust.controls (docs/method.md §9.8)
+    "relevance": ("rule", "layer", "image", "channel", "height", "width"),
+    "x_control": ("image", "channel", "height", "width"), "perturbation_l2": ("image",), "target_l2": ("image",)})
