@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 CONTROL_DIMS = ("rule", "layer", "image", "channel", "height", "width")
 IMAGE_DIMS = ("image", "channel", "height", "width")
+#: Stands for the explanation hash of a model whose LRP explanation is not among the analysed ones.
+NOT_ANALYSED = "not analysed"
 
 
 def perturbation_l2(x: torch.Tensor, x_other: torch.Tensor) -> torch.Tensor:
@@ -153,7 +155,7 @@ def control_dataset(relevance: np.ndarray, x_control: torch.Tensor, achieved: to
 def _load_control(out: Path, preset: str, name: str, hashes: dict[str, str]) -> xr.Dataset | None:
     """The stored control ``name`` if it was computed from the files with these content hashes, else None."""
     path = control_path(out, preset, name)
-    if not path.is_file():
+    if not path.is_file() or hashes.get("explanation_sha256") == NOT_ANALYSED:
         return None
     with store.open_result(path, "control") as opened:
         ds = opened.load()
@@ -220,8 +222,9 @@ def attach(ds: xr.Dataset, out: str | Path, preset: str, found: Sequence[Any]) -
         hashes[model] = {"attack_sha256": f.attack_sha256,
                          "model_sha256": str(f.attack.attrs.get("model_sha256", ""))}
         lrp = paths.explanation_path(out, preset, f.attack_path.stem, "lrp")
-        if any(Path(p).resolve() == lrp.resolve() for p, _ in f.explanations):  # its clean maps are the reference
-            hashes[model]["explanation_sha256"] = store.file_hash(lrp)
+        # the controls are scored against this LRP explanation's clean maps: of no use to another method's analysis
+        analysed = any(Path(p).resolve() == lrp.resolve() for p, _ in f.explanations)
+        hashes[model]["explanation_sha256"] = store.file_hash(lrp) if analysed else NOT_ANALYSED
         control = _load_control(out, preset, control_name(f.attack_path.stem, Control.RANDOM), hashes[model])
         random.append(_robustness(clean[model], control, template, topk))
         random_l2.append(np.full(len(images), np.nan) if control is None
