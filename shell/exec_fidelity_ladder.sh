@@ -2,13 +2,15 @@
 # The fidelity ladder (docs/method.md §9.7): the reference code's settings all on, then each switch turned to
 # the correct setting one at a time, then all correct; each step in its own results folder OUT/PRESET/STEP,
 # reported together in OUT/report.html. FGSM with S = 100 at every step; PGD-40 and S in {10, 50, 100} at the
-# two ends (reference, correct). baseNN and advNN do not depend on the switches: trained once, copied.
+# two ends (reference, correct). baseNN and advNN do not depend on the switches: trained once, copied; fullBNN
+# is trained once per (likelihood scaling, HMC scheme) and copied to the steps that share them.
 #   bash shell/exec_fidelity_ladder.sh                    # mnist_conv, 500 images (hours; needs data)
 #   QUICK=1 bash shell/exec_fidelity_ladder.sh            # the same ladder on the quick preset
 #   PRESETS="mnist_fc2" bash shell/exec_fidelity_ladder.sh   # an HMC preset: the HMC-scheme switch too
 # Environment: OUT (default results/ladder), PRESETS (default mnist_conv), QUICK_PRESET (with QUICK=1; default
 # quick, tests use tiny), DATA_ROOT (default ../shared/datasets), SUBSET_SIZE and CHAINS (the reference HMC
-# scheme; default 4000 and 15), STEPS (only these steps, e.g. "0_reference 4_correct"; default all). Extra
+# scheme; default 4000 and 15), STEPS (only these steps, e.g. "0_reference 4_correct"; default all), ENDS=0
+# (skip the PGD-40 / several-S runs at the two ends). Extra
 # arguments go to every pipeline call (e.g. --force, --n-inputs 10). Resumable: stages already done are
 # skipped, so a killed ladder continues where it stopped.
 set -euo pipefail
@@ -33,18 +35,30 @@ wanted() {  # is step $1 among STEPS (all when STEPS is unset)?
   [ -z "${STEPS:-}" ] || [[ " $STEPS " == *" $1 "* ]]
 }
 
+declare -A twin_of  # "preset/scaling/scheme" -> the first step that trains fullBNN with these settings
+
+copy_models() {  # copy_models FROM_DIR TO_DIR PRESET PATTERN...: model folders TO_DIR lacks
+  local from=$1 to=$2 preset=$3; shift 3
+  [ "$from" != "$to" ] && [ -d "$from/models/$preset" ] || return 0
+  for pattern in "$@"; do
+    for model in "$from/models/$preset/"$pattern; do
+      [ -d "$model" ] && [ ! -e "$to/models/$preset/$(basename "$model")" ] || continue
+      mkdir -p "$to/models/$preset"; cp -r "$model" "$to/models/$preset/"
+    done
+  done
+}
+
 run_step() {
   local preset=$1 step=$2 scaling=$3 mode=$4 gamma=$5 scheme=$6; shift 6
+  local key="$preset/$scaling/$scheme"
+  [ -n "${twin_of[$key]:-}" ] || twin_of[$key]=$step
   wanted "$step" || return 0
   local dir="$out/$preset/$step"
-  local first="$out/$preset/0_reference"
-  if [ "$dir" != "$first" ] && [ -d "$first/models/$preset" ]; then  # reuse the switch-free models
-    for model in baseNN advNN; do
-      if [ -d "$first/models/$preset/$model" ] && [ ! -e "$dir/models/$preset/$model" ]; then
-        mkdir -p "$dir/models/$preset"; cp -r "$first/models/$preset/$model" "$dir/models/$preset/"
-      fi
-    done
-  fi
+  # baseNN and advNN do not depend on the switches; fullBNN depends only on the likelihood scaling and the HMC
+  # scheme, so a step whose training settings an earlier step had reuses that step's fullBNN (the train stage
+  # checks the stored config and retrains anything that differs)
+  copy_models "$out/$preset/0_reference" "$dir" "$preset" baseNN advNN
+  copy_models "$out/$preset/${twin_of[$key]}" "$dir" "$preset" "fullBNN*"
   local hmc=()
   if [ "$(inference_of "$preset")" = hmc ]; then
     hmc=(--hmc-scheme "$scheme")
@@ -58,7 +72,7 @@ run_step() {
 
 ends() {  # PGD-40 and S in {10, 50, 100} at one end of the ladder
   local preset=$1 step=$2 scaling=$3 mode=$4 gamma=$5 scheme=$6; shift 6
-  wanted "$step" || return 0
+  wanted "$step" && [ "${ENDS:-1}" = 1 ] || return 0
   local dir="$out/$preset/$step" hmc=() draws=()
   for s in "${s_ends[@]}"; do draws+=(--draws "$s"); done
   if [ "$(inference_of "$preset")" = hmc ]; then
