@@ -10,7 +10,8 @@
 # Environment: OUT (default results/ladder), PRESETS (default mnist_conv), QUICK_PRESET (with QUICK=1; default
 # quick, tests use tiny), DATA_ROOT (default ../shared/datasets), SUBSET_SIZE and CHAINS (the reference HMC
 # scheme; default 4000 and 15), STEPS (only these steps, e.g. "0_reference 4_correct"; default all), ENDS=0
-# (skip the PGD-40 / several-S runs at the two ends). Extra
+# (skip the PGD-40 / several-S runs at the two ends), RESULTS_DIR (also publish the report there, e.g.
+# docs/results: report.md, figures/, numbers.csv). Extra
 # arguments go to every pipeline call (e.g. --force, --n-inputs 10). Resumable: stages already done are
 # skipped, so a killed ladder continues where it stopped.
 set -euo pipefail
@@ -99,4 +100,9 @@ for preset in $presets; do
   ends "$preset" 0_reference reference mean_sign gamma_quadratic "$ref_scheme" "$@"
   ends "$preset" 4_correct full mean_grad gamma full "$@"
 done
-$py -m bayesrobust.report --out "$out" --title "Fidelity ladder"
+if [ -n "${RESULTS_DIR:-}" ]; then  # publish: report.md, figures/, numbers.csv (e.g. docs/results)
+  $py -m bayesrobust.report --out "$out" --title "Fidelity ladder" --to "$RESULTS_DIR" \
+    --command "PRESETS=\"$presets\" STEPS=\"${STEPS:-}\" ENDS=${ENDS:-1} bash shell/exec_fidelity_ladder.sh $*"
+else
+  $py -m bayesrobust.report --out "$out" --title "Fidelity ladder"
+fi
