@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The fidelity ladder (docs/method.md §9.7): the reference code's settings all on, then each switch turned to
 # the correct setting one at a time, then all correct; each step in its own results folder OUT/PRESET/STEP,
-# reported together in OUT/report.html. FGSM with S = 100 at every step; PGD-40 and S in {10, 50, 100} at the
+# reported together in OUT/report.html. FGSM with S = 100 at every step; PGD-40 and S in {1, 5, 10, 50, 100} at the
 # two ends (reference, correct). baseNN and advNN do not depend on the switches: trained once, copied; fullBNN
 # is trained once per (likelihood scaling, HMC scheme) and copied to the steps that share them.
 #   bash shell/exec_fidelity_ladder.sh                    # mnist_conv, 500 images (hours; needs data)
@@ -20,9 +20,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 out="${OUT:-results/ladder}"
 if [ "${QUICK:-0}" = 1 ]; then
-  presets="${QUICK_PRESET:-quick}"; s_main=10; s_ends=(2 5 10); data=()
+  presets="${QUICK_PRESET:-quick}"; s_main=10; s_ends=(1 2 5 10); data=()
 else
-  presets="${PRESETS:-mnist_conv}"; s_main=100; s_ends=(10 50 100)
+  presets="${PRESETS:-mnist_conv}"; s_main=100; s_ends=(1 5 10 50 100)
   data=(--data-root "${DATA_ROOT:-../shared/datasets}")
 fi
 py=.venv/bin/python
@@ -71,7 +71,7 @@ run_step() {
     --rule epsilon --rule "$gamma" --rule alpha1beta0 "${data[@]}" --out "$dir" "$@"
 }
 
-ends() {  # PGD-40 and S in {10, 50, 100} at one end of the ladder
+ends() {  # PGD-40 and S in {1, 5, 10, 50, 100} at one end of the ladder (Bay − Det against S)
   local preset=$1 step=$2 scaling=$3 mode=$4 gamma=$5 scheme=$6; shift 6
   wanted "$step" && [ "${ENDS:-1}" = 1 ] || return 0
   local dir="$out/$preset/$step" hmc=() draws=()
