@@ -53,7 +53,7 @@ def test_quick_ladder_records_every_switch_and_reports_every_step(tmp_path):
     for end in ("0_reference", "4_correct"):  # PGD-40 with several S at the two ends
         with xr.open_dataset(base / end / "analysis" / "tiny_pgd_top20.nc") as pgd:
             assert [m for m in pgd.model.values.tolist() if m.startswith("fullBNN")] == \
-                ["fullBNN_S1", "fullBNN_S2", "fullBNN_S5", "fullBNN_S10"]
+                ["fullBNN", "fullBNN_S2", "fullBNN_S5", "fullBNN_S10"]  # S = 1 is named without _S1
     report = (tmp_path / "report.html").read_text()
     for step in ("0_reference", "4_correct"):
         assert f"tiny/{step}/tiny_fgsm_top20" in report
