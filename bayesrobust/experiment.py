@@ -17,6 +17,7 @@ themselves are :mod:`bayesrobust.stages`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,13 +64,20 @@ class Experiment:
         code's: chain c on its own block of ``subset_size`` images); the number of chains (default: the
         preset's).
     report
-        Called with each stage's one-line summaries (default: the ``logging`` INFO level).
+        Called with each stage's one-line summaries, its wall time appended (default: the ``logging`` INFO
+        level).
     controls
         Controls run after the explanations (docs/method.md §9.8): ``cross`` (each model explained on the
         adversarial images of the model it is compared with) and/or ``random`` (on a random-sign perturbation
         of its own attack's L2 norm). Default none.
     prior_scale, members
         fullBNN training overrides: the prior's standard deviation; the number of ensemble members.
+
+    Attributes
+    ----------
+    stage_seconds
+        ``(result path, wall seconds, skipped)`` of every stage run so far, in order (what
+        ``experiments/benchmarks/bench_study.py`` reads).
     """
 
     preset: str | Preset = paths.DEFAULT_PRESET
@@ -98,6 +106,7 @@ class Experiment:
     controls: Sequence[str] = ()
     prior_scale: float | None = None
     members: int | None = None
+    stage_seconds: list[tuple[Path, float, bool]] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         """Check every setting of every stage before any work (a bad value is a ``ValueError`` naming it)."""
@@ -158,8 +167,17 @@ class Experiment:
         balanced_subset(test, self.n_inputs if self.n_inputs is not None else self.preset.n_inputs)
 
     # -- helpers -------------------------------------------------------------------------------------------
+    def _tick(self) -> None:
+        """Start the clock of the next stage (the stages run one after another; :meth:`_say` reads it)."""
+        self._started = time.perf_counter()
+
     def _say(self, done: stages.Done) -> stages.Done:
-        (self.report or log.info)(done.summary)
+        """Report a finished stage with its wall time (since the previous report or :meth:`_tick`)."""
+        now = time.perf_counter()
+        seconds = now - getattr(self, "_started", now)
+        self._started = now
+        self.stage_seconds.append((Path(done.path), seconds, bool(done.skipped)))
+        (self.report or log.info)(f"{done.summary} [{seconds:.1f} s]")
         return done
 
     def _overrides(self, model: str) -> dict[str, object]:
@@ -185,6 +203,7 @@ class Experiment:
     # -- stages --------------------------------------------------------------------------------------------
     def train(self) -> dict[str, Path]:
         """Train every model; returns model → checkpoint folder."""
+        self._tick()
         found = {}
         for model in self.models:
             done = self._say(stages.train(self.preset, model, inference=self._inference(model), out=self.out,
@@ -195,6 +214,7 @@ class Experiment:
 
     def attack_runs(self) -> list[Path]:
         """Attack every model (the fullBNN once per S); returns the attack files in :meth:`runs` order."""
+        self._tick()
         return [self._say(stages.attack(self.preset, model, inference=self._inference(model), out=self.out,
                                         attack=self.attack, norm=self.norm, epsilon=self.epsilon,
                                         steps=self.steps, n_inputs=self.n_inputs, n_draws=s, mode=self.mode,
@@ -205,6 +225,7 @@ class Experiment:
     def explain(self, attack_runs: Sequence[Path] | None = None) -> list[Path]:
         """Explain the clean and adversarial images of every attack run with every rule at every layer."""
         attack_runs = self.attack_runs() if attack_runs is None else attack_runs
+        self._tick()
         return [self._say(stages.explain(self.preset, model, run, inference=self._inference(model),
                                          out=self.out, rules=self.rules, layers="all", n_draws=s,
                                          seed=self.seed, device=self.device, force=self.force)).path
@@ -214,6 +235,7 @@ class Experiment:
         """The controls of :attr:`controls` for every explained run (docs/method.md §9.8): ``random`` per run,
         ``cross`` per pair (model, baseNN) both ways. Returns the control files."""
         attack_runs = self.attack_runs() if attack_runs is None else attack_runs
+        self._tick()
         runs = list(zip(self.runs(), attack_runs))
         det = [run for (model, _), run in runs if model == Model.BASE][0]
         jobs = []
@@ -229,6 +251,7 @@ class Experiment:
 
     def analyze(self) -> xr.Dataset:
         """The stability analysis of the explained runs (written to ``OUT/analysis``); returns the Dataset."""
+        self._tick()
         done = stages.analyze(self.out, self.preset.name, topk=self.topk, attack=self.attack, norm=self.norm,
                               epsilon=self.epsilon if self.epsilon is not None else self.preset.attack_epsilon,
                               mode=self.mode, method="lrp", name=self.analysis_name,
@@ -238,6 +261,7 @@ class Experiment:
 
     def plot(self) -> list[Path]:
         """Draw the figures of this experiment's analysis; returns the files written."""
+        self._tick()
         done = stages.plot(self.out, analyses=[self.analysis_name], preset=self.preset.name)
         self._say(done)
         return done.details["written"]

@@ -359,3 +359,60 @@ def write_report(out: str | Path, title: str = "bayesrobust report") -> tuple[Pa
     md_path = store.write_text_atomic(out / REPORT_MD, render_markdown(sections, provenance, out, title))
     log.info("report of %d sections written to %s and %s", len(sections), html_path, md_path)
     return html_path, md_path
+
+
+# -- publishing ---------------------------------------------------------------------------------------------------
+NUMBERS_CSV = "numbers.csv"
+
+
+def numbers(out: Path) -> pd.DataFrame:
+    """Every analysis's median paired differences with their CIs and adjusted p-values, one row per
+    (analysis, comparison, subset, rule, layer): the small table a results page keeps beside its figures."""
+    frames = []
+    for path in find_analyses(out):
+        with store.open_result(path, "analysis") as ds:
+            if "diff_median" not in ds or not ds.sizes.get("comparison", 0):
+                continue
+            names = ["diff_median", "diff_ci_low", "diff_ci_high", "wilcoxon_p_adjusted", "mannwhitney_p_adjusted"]
+            frame = ds[names].to_dataframe().reset_index()
+        frame.insert(0, "analysis", str(path.relative_to(out).with_suffix("")))
+        frame.insert(1, "n_images", int(ds.sizes["image"]))
+        frames.append(frame[["analysis", "n_images", "comparison", "subset", "rule", "layer", *names]])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def publish(out: str | Path, to: str | Path, title: str = "bayesrobust report", command: str = "") -> Path:
+    """The report of ``out`` as a folder meant to be committed (e.g. ``docs/results``): ``TO/report.md`` with
+    its PNG figures copied under ``TO/figures/`` and ``TO/numbers.csv`` (:func:`numbers`); no arrays. The
+    command that produced the results is written at the top, with the git revisions recorded in them.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``out`` is not a folder, or holds no analysis.
+    """
+    import shutil
+    out, to = Path(out), Path(to)
+    if not out.is_dir() or not find_analyses(out):
+        raise FileNotFoundError(f"no analysis under {out}; run the study (or `bayesrobust analyze`) first")
+    sections, provenance = collect(out)
+    figures = to / "figures"
+    if figures.exists():
+        shutil.rmtree(figures)
+    figures.mkdir(parents=True)
+    copied = []
+    for section in sections:
+        moved = []
+        for fig in section.figures:
+            target = figures / "__".join(fig.relative_to(out).parts)
+            shutil.copyfile(fig, target)
+            moved.append(target)
+        copied.append(Section(section.title, section.text, section.tables, moved))
+    revisions = sorted({r for r in provenance["git_revision"] if r})
+    head = [f"Produced by `{command}`" if command else "Produced by `bayesrobust report`",
+            f"from the results in `{out}` (git revision{'s' if len(revisions) > 1 else ''} "
+            f"{', '.join(revisions) or 'unknown'}); the numbers of every table are in `{NUMBERS_CSV}`."]
+    text = render_markdown(copied, provenance, to, title).replace(f"# {title}\n", f"# {title}\n\n{' '.join(head)}\n",
+                                                                   1)
+    store.write_text_atomic(to / NUMBERS_CSV, numbers(out).to_csv(index=False, float_format="%.6g"))
+    return store.write_text_atomic(to / REPORT_MD, text)

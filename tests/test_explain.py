@@ -25,7 +25,7 @@ from torch import nn
 from zennit.attribution import Gradient
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import COMPOSITES as ZENNIT_COMPOSITES
-from zennit.rules import Epsilon, Pass
+from zennit.rules import Epsilon, Gamma, Pass, ZPlus
 
 from bayesrobust import store
 from bayesrobust.explain import (
@@ -266,6 +266,47 @@ def test_our_epsilon_is_zennits_epsilon_rule(arch):
     tol = {"rtol": 1e-4, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-13}
     torch.testing.assert_close(maps[0], maps[1], **tol)
     assert n_hooks(net) == 0
+
+
+@pytest.mark.parametrize("rule, zennit_rule", [("gamma", Gamma(gamma=0.1, stabilizer=1e-6)),
+                                               ("alpha1beta0", ZPlus(stabilizer=1e-6))], ids=["gamma", "zplus"])
+@pytest.mark.parametrize("arch", [FC, CONV, RESNET], ids=["fc2", "conv", "resnet20"])
+def test_sign_split_rules_are_zennits_rules(arch, rule, zennit_rule):
+    """'gamma' and 'alpha1beta0' run as GradientGamma / GradientZPlus (two weight products per pass, from
+    2a⁺w⁺ + 2a⁻w⁻ = a·w + |a|·|w|); they must equal Zennit's Gamma and ZPlus hooks on every layer, with the
+    negative activations of LeakyReLU and the BatchNorm merge of ResNet-20."""
+    for dtype, tol in ((torch.float64, {"rtol": 1e-10, "atol": 1e-13}), (torch.float32, {"rtol": 1e-4, "atol": 1e-6})):
+        net, x = tiny_net(arch, dtype=dtype), images(arch, 3, dtype=dtype)
+        layers = list(range(len(net.layers)))
+        maps = []
+        for lrp in (LRP(rule), LRP(zennit_rule)):
+            with lrp.attached(net), lrp.draw(net):
+                maps.append(lrp(net, x, layers)[0])
+        torch.testing.assert_close(maps[0], maps[1], **tol)
+        assert maps[1].abs().sum() > 0
+        assert n_hooks(net) == 0
+
+
+@pytest.mark.parametrize("rule, zennit_rule", [("gamma", Gamma(gamma=0.3, stabilizer=1e-6)),
+                                               ("alpha1beta0", ZPlus(stabilizer=1e-6))], ids=["gamma", "zplus"])
+def test_sign_split_rules_on_inputs_of_both_signs(rule, zennit_rule):
+    """One Linear and one Conv layer fed inputs of both signs (both branches of each rule), biases of both
+    signs and outputs of both signs: our hooks equal Zennit's relevance at the input."""
+    torch.manual_seed(3)
+    for layer, x in ((nn.Linear(12, 5), torch.randn(6, 12, dtype=torch.float64)),
+                     (nn.Conv2d(3, 4, 3, padding=1, stride=2), torch.randn(2, 3, 7, 7, dtype=torch.float64))):
+        layer = layer.to(torch.float64)
+        with torch.no_grad():
+            layer.bias.copy_(torch.linspace(-0.5, 0.5, layer.bias.numel()))
+        seed = torch.randn_like(layer(x))
+        grads = []
+        for lrp in (LRP(rule, gamma=0.3) if rule == "gamma" else LRP(rule), LRP(zennit_rule)):
+            wrapped = nn.Sequential(layer)
+            with lrp.attached(wrapped):
+                xg = x.clone().requires_grad_(True)
+                grads.append(torch.autograd.grad(wrapped(xg), xg, seed)[0])
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+        assert (x < 0).any() and (layer(x) < 0).any() and (layer(x) > 0).any()
 
 
 def zennit_reference(net: nn.Module, composite, x: torch.Tensor, layer: int) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """The fidelity ladder driver end to end (QUICK mode on the `tiny` preset, 10 images): its two ends — every
-switch on the reference's setting, every switch correct — run with the switches recorded in the results,
-PGD-40 and several S at both, and the report shows both. (All five steps of `QUICK=1` take minutes more;
+switch on the reference's setting, every switch correct — and one middle step (which reuses the first
+step's fullBNN) run with the switches recorded in the results, PGD-40 and several S at both ends, and the
+report shows every step. (All five steps of `QUICK=1` take minutes more;
 the middle steps run the same function with other switch values.)"""
 
 import json
@@ -21,14 +22,14 @@ SWITCHES = {"0_reference": ("reference", "mean_sign", "gamma_quadratic"),
 
 def test_quick_ladder_records_every_switch_and_reports_every_step(tmp_path):
     env = {**os.environ, "QUICK": "1", "QUICK_PRESET": "tiny", "OUT": str(tmp_path),
-           "STEPS": "0_reference 4_correct"}
+           "STEPS": "0_reference 2_attack_mean_grad 4_correct"}
     proc = subprocess.run(["bash", str(ROOT / "shell" / "exec_fidelity_ladder.sh"), "--n-inputs", "10"],
                           cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     base = tmp_path / "tiny"
-    assert sorted(p.name for p in base.iterdir()) == ["0_reference", "4_correct"]
-    for step in ("0_reference", "4_correct"):
+    assert sorted(p.name for p in base.iterdir()) == ["0_reference", "2_attack_mean_grad", "4_correct"]
+    for step in ("0_reference", "2_attack_mean_grad", "4_correct"):
         scaling, mode, gamma = SWITCHES[step]
         folder = base / step
         model = json.loads((folder / "models" / "tiny" / "fullBNN_svi" / "config.json").read_text())
@@ -46,10 +47,15 @@ def test_quick_ladder_records_every_switch_and_reports_every_step(tmp_path):
     weights = {(base / s / "models" / "tiny" / "baseNN" / "weights.pt").read_bytes()
                for s in ("0_reference", "4_correct")}
     assert len(weights) == 1
+    # fullBNN depends on the likelihood scaling only: step 2 reuses step 0's (same scaling), step 4 trains its own
+    bayes = {s: (base / s / "models" / "tiny" / "fullBNN_svi" / "weights.pt").read_bytes() for s in SWITCHES
+             if (base / s).is_dir()}
+    assert bayes["2_attack_mean_grad"] == bayes["0_reference"] != bayes["4_correct"]
+    assert "fullBNN_svi for preset 'tiny' is up to date" in proc.stdout.split("== tiny / 2_attack_mean_grad")[1]
     for end in ("0_reference", "4_correct"):  # PGD-40 with several S at the two ends
         with xr.open_dataset(base / end / "analysis" / "tiny_pgd_top20.nc") as pgd:
             assert [m for m in pgd.model.values.tolist() if m.startswith("fullBNN")] == \
-                ["fullBNN_S2", "fullBNN_S5", "fullBNN_S10"]
+                ["fullBNN", "fullBNN_S2", "fullBNN_S5", "fullBNN_S10"]  # S = 1 is named without _S1
     report = (tmp_path / "report.html").read_text()
     for step in ("0_reference", "4_correct"):
         assert f"tiny/{step}/tiny_fgsm_top20" in report

@@ -90,3 +90,33 @@ def test_report_command_and_its_errors(study, tmp_path):
     empty = CliRunner().invoke(main, ["report", "--out", str(tmp_path)])
     assert empty.exit_code == 1 and "no analysis under" in empty.output
     assert not (tmp_path / "report.html").exists()
+
+
+def test_published_report_is_markdown_figures_and_the_numbers(study, tmp_path):
+    """--to writes report.md, its figures (copied, every reference resolves) and numbers.csv whose rows are
+    the Datasets' median differences and CIs; the command is stated on top; nothing but text and PNG."""
+    import pandas as pd
+    root, analyses = study
+    to = tmp_path / "docs" / "results"
+    result = CliRunner().invoke(main, ["report", "--out", str(root), "--to", str(to),
+                                       "--command", "bash shell/exec_fidelity_ladder.sh"])
+    assert result.exit_code == 0, result.output
+    md = (to / "report.md").read_text()
+    assert "Produced by `bash shell/exec_fidelity_ladder.sh`" in md
+    assert analyses["1_reference"].attrs["git_revision"] in md
+    referenced = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(referenced) == 4 and all((to / ref).read_bytes().startswith(PNG_MAGIC) for ref in referenced)
+    assert {p.suffix for p in to.rglob("*") if p.is_file()} == {".md", ".png", ".csv"}
+    table = pd.read_csv(to / "numbers.csv")
+    assert len(table) == sum(ds.sizes["comparison"] * ds.sizes["subset"] * ds.sizes["rule"] * ds.sizes["layer"]
+                             for ds in analyses.values())
+    for step, ds in analyses.items():
+        at = ds.sel(subset="all", comparison="fullBNN_S10-baseNN", rule="gamma", layer=0)
+        row = table[(table.analysis == f"{step}/analysis/" + next(iter((root / step / "analysis").glob("*.nc"))).stem)
+                    & (table.comparison == "fullBNN_S10-baseNN") & (table.subset == "all")
+                    & (table.rule == "gamma") & (table.layer == 0)]
+        assert len(row) == 1
+        for name in ("diff_median", "diff_ci_low", "diff_ci_high"):
+            assert row[name].item() == pytest.approx(float(at[name]), rel=1e-5, abs=1e-7)
+    lone = CliRunner().invoke(main, ["report", "--out", str(root), "--command", "x"])
+    assert lone.exit_code != 0 and "--to" in lone.output

@@ -5,6 +5,7 @@ every result under OUT (:mod:`bayesrobust.results_report`).
 Example::
 
     bayesrobust report --out results          # results/report.html and results/report.md
+    bayesrobust report --out results/ladder --to docs/results --command "bash shell/exec_fidelity_ladder.sh"
 """
 
 from __future__ import annotations
@@ -17,12 +18,19 @@ from . import options
 @click.command(cls=options.Command, context_settings=options.CONTEXT)
 @options.out_option
 @click.option("--title", default="bayesrobust report", show_default=True, help="Title of the report.")
+@click.option("--to", "to", type=click.Path(file_okay=False), default=None,
+              help="Also publish the report to this folder (report.md, figures/, numbers.csv; e.g. docs/results).")
+@click.option("--command", default="", help="With --to: the command that produced the results, stated on top.")
 @options.verbose_option
 @options.friendly_errors
-def main(out, title, verbose):
+def main(out, title, to, command, verbose):
     """Write OUT/report.html (figures embedded) and OUT/report.md from every result under OUT."""
     from ..paths import resolve_out
-    from ..results_report import write_report
+    from ..results_report import publish, write_report
     options.setup_logging(verbose)
+    if command and to is None:
+        raise click.UsageError("--command is written into a published report: give --to as well")
     html_path, md_path = write_report(resolve_out(out), title=title)
     click.echo(f"report written to {html_path} and {md_path}")
+    if to is not None:
+        click.echo(f"published to {publish(resolve_out(out), to, title=title, command=command)}")
