@@ -381,6 +381,29 @@ def numbers(out: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+CONTROLS_CSV = "controls.csv"
+
+
+def control_numbers(out: Path) -> pd.DataFrame:
+    """The controls of every analysis (docs/method.md §9.8): median paired difference (model − Det) with its CI
+    under the own attack, the cross attack and the random-sign perturbation, one row per (analysis,
+    comparison, condition, rule, layer)."""
+    from .control_figures import control_rows
+    rows = []
+    for path in find_analyses(out):
+        with store.open_result(path, "analysis") as ds:
+            if not ds.sizes.get("comparison", 0) or not ds.attrs.get("controls"):
+                continue
+            name = str(path.relative_to(out).with_suffix(""))
+            for layer in ds.layer.values.tolist():
+                rows += [{"analysis": name, "n_images": int(ds.sizes["image"]), "comparison": comparison,
+                          "condition": condition, "rule": rule, "layer": layer, "median": v[0], "ci_low": v[1],
+                          "ci_high": v[2]}
+                         for comparison, condition, values in control_rows(ds, layer)
+                         for rule, v in values.items()]
+    return pd.DataFrame(rows)
+
+
 def publish(out: str | Path, to: str | Path, title: str = "bayesrobust report", command: str = "") -> Path:
     """The report of ``out`` as a folder meant to be committed (e.g. ``docs/results``): ``TO/report.md`` with
     its PNG figures copied under ``TO/figures/`` and ``TO/numbers.csv`` (:func:`numbers`); no arrays. The
@@ -415,4 +438,9 @@ def publish(out: str | Path, to: str | Path, title: str = "bayesrobust report", 
     text = render_markdown(copied, provenance, to, title).replace(f"# {title}\n", f"# {title}\n\n{' '.join(head)}\n",
                                                                    1)
     store.write_text_atomic(to / NUMBERS_CSV, numbers(out).to_csv(index=False, float_format="%.6g"))
+    controls = control_numbers(out)
+    if not controls.empty:  # the controls tables (docs/method.md §9.8)
+        store.write_text_atomic(to / CONTROLS_CSV, controls.to_csv(index=False, float_format="%.6g"))
+        text = text.replace(f"are in `{NUMBERS_CSV}`.",
+                            f"are in `{NUMBERS_CSV}` (the controls' in `{CONTROLS_CSV}`).", 1)
     return store.write_text_atomic(to / REPORT_MD, text)

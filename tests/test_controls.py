@@ -159,3 +159,17 @@ def test_a_control_of_another_version_of_its_inputs_is_left_out(done):
                                   ds.random_lrp_robustness.sel(model="fullBNN_S4").values)
     assert "cross_lrp_robustness" not in redone  # both directions involve baseNN's attack: none usable
     assert redone.attrs["controls"] == "random"
+
+
+def test_published_controls_numbers_are_the_analysis_values(done):
+    from bayesrobust import results_report
+    e, _, _, ds = done
+    table = results_report.control_numbers(e.out)
+    row = table[(table.condition == "cross: on Det's x̃") & (table.rule == "gamma")
+                & (table.layer == int(ds.layer[-1]))].iloc[0]
+    at = {"comparison": "fullBNN_S4-baseNN", "attacked_by": "reference", "rule": "gamma", "layer": ds.layer[-1]}
+    assert row.comparison == "fullBNN_S4-baseNN"
+    assert (row["median"], row.ci_low, row.ci_high) == tuple(
+        float(ds[f"cross_diff_{p}"].sel(at)) for p in ("median", "ci_low", "ci_high"))
+    assert set(table.condition) == {"own attack", "cross: on Det's x̃", "cross: on model's x̃",
+                                    "random sign, same ‖δ‖₂"}
