@@ -131,6 +131,8 @@ def _paths(name: str, tmp: Path) -> list[tuple[str, int]]:
         return [(str(tmp / "out"), OK), (str(tmp / "new" / "deeper"), OK), (str(tmp / "a\nb"), OK),
                 (str(tmp / "a_file"), USAGE),
                 (str(tmp / "a_file" / "below"), ANY), ("", ANY), (str(tmp / TOO_LONG), ANY)]
+    if name == "to":  # report --to: a folder to publish into (created), never a file
+        return [(str(tmp / "published"), OK), (str(tmp / "new" / "deeper"), OK), (str(tmp / "a_file"), USAGE)]
     # --data-root: only read by the stages after their checks, and not at all for the embedded mnist5k
     return [(str(tmp / "nowhere"), OK), (str(tmp / "a_file"), OK), (str(tmp), OK), (str(tmp / TOO_LONG), ANY)]
 
@@ -220,6 +222,8 @@ def _combinations(case: Case) -> None:
     norm = case.values.get("norm", "linf")
     if c in ("attack", "pipeline") and attack == "fgsm" and norm == "l2":
         t["fgsm_l2"] = BAD
+    if c == "report" and "command" in case.values and "to" not in case.values:
+        t["command_without_to"] = USAGE  # --command is only written into a published report
     if c == "attack" and attack != "pgd":  # FGSM ignores the PGD settings
         for name in ("steps", "step_size"):
             if t.get(name) == BAD:

@@ -20,7 +20,7 @@ from . import options
 @click.option("--title", default="bayesrobust report", show_default=True, help="Title of the report.")
 @click.option("--to", "to", type=click.Path(file_okay=False), default=None,
               help="Also publish the report to this folder (report.md, figures/, numbers.csv; e.g. docs/results).")
-@click.option("--command", default="", help="With --to: the command that produced the results, stated on top.")
+@click.option("--command", default=None, help="With --to: the command that produced the results, stated on top.")
 @options.verbose_option
 @options.friendly_errors
 def main(out, title, to, command, verbose):
@@ -28,9 +28,10 @@ def main(out, title, to, command, verbose):
     from ..paths import resolve_out
     from ..results_report import publish, write_report
     options.setup_logging(verbose)
-    if command and to is None:
+    if command is not None and to is None:
         raise click.UsageError("--command is written into a published report: give --to as well")
     html_path, md_path = write_report(resolve_out(out), title=title)
     click.echo(f"report written to {html_path} and {md_path}")
     if to is not None:
-        click.echo(f"published to {publish(resolve_out(out), to, title=title, command=command)}")
+        published = publish(resolve_out(out), to, title=title, command=command or "")
+        click.echo(f"published to {published}")
