@@ -79,7 +79,7 @@ def describe(path: Path, exp: Experiment, n_layers: int) -> tuple[str, str, floa
         units = n * 2 * s * n_layers * len(exp.rules)
         return f"explain {path.name}", f"{n} x 2 images x {s} draws x {n_layers} layers x {len(exp.rules)} rules", \
             units * LRP_MS / 1e3, {"explain": units}
-    return path.parent.name, "", None, {}
+    return ("analyze" if "analysis" in parts else "plot"), "", None, {}
 
 
 def main() -> None:
@@ -122,10 +122,13 @@ def main() -> None:
                 per_unit[kind][1] += count
         ratio = f"{ref / seconds:6.1f}x" if ref else ""
         print(f"{stage[:58]:58s} {seconds:9.1f} {ref if ref else float('nan'):12.1f} {ratio:>7s}  {work}")
-        ours_sum += seconds
-        ref_sum += ref or 0.0
+        if ref:
+            ours_sum += seconds
+            ref_sum += ref
     print(f"{'all stages (wall)':58s} {total:9.1f}")
-    print(f"stages with a reference figure: ours {ours_sum:.0f} s of which compared; reference {ref_sum:.0f} s")
+    if ours_sum:
+        print(f"the stages with a reference figure: ours {ours_sum:.0f} s, reference {ref_sum:.0f} s "
+              f"({ref_sum / ours_sum:.1f}x)")
 
     if all(count for _, count in per_unit.values()):
         attack_s = per_unit["attack"][0] / per_unit["attack"][1]
