@@ -71,7 +71,30 @@ from ..models.architectures import Normalize
 STABILIZER = 1e-6
 
 
-class GradientEpsilon(Hook):
+class RescaledGradientHook(Hook):
+    """A Zennit hook whose rule is the layer's own backward applied to a rescaled relevance: a pre-hook on the
+    output's gradient node replaces the incoming relevance ``R`` by :meth:`rescale` ``(R)`` before autograd runs
+    the module's ordinary backward (``Wᵀ`` of it); :meth:`backward` then finishes the rule at the input."""
+
+    def rescale(self, relevance: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def post_forward(self, module: nn.Module, input: tuple, output: Any) -> Any:
+        output = super().post_forward(module, input, output)
+        node = output.grad_fn if isinstance(output, torch.Tensor) else None
+        if node is not None:
+            hook_ref = weakref.ref(self)
+
+            def rescale(grad_outputs: tuple) -> tuple | None:
+                hook = hook_ref()
+                if hook is None or not hook.active:
+                    return None
+                return (hook.rescale(grad_outputs[0]), *grad_outputs[1:])
+            self.tensor_handles.append(node.register_prehook(rescale))
+        return output
+
+
+class GradientEpsilon(RescaledGradientHook):
     """Zennit's LRP-ε rule (:class:`zennit.rules.Epsilon`) computed as *gradient × input*.
 
     ``R_i = a_i · Σ_j w_ij · R_j / (z_j + ε·sign(z_j))`` (``sign(0) = +1``) is the input times the
@@ -99,19 +122,8 @@ class GradientEpsilon(Hook):
         self.stored_tensors["input"] = input[0].detach()
         self.stored_tensors["denominator"] = stabilize(output.detach(), self.epsilon)
 
-    def post_forward(self, module: nn.Module, input: tuple, output: Any) -> Any:
-        output = super().post_forward(module, input, output)
-        node = output.grad_fn if isinstance(output, torch.Tensor) else None
-        if node is not None:
-            hook_ref = weakref.ref(self)
-
-            def divide(grad_outputs: tuple) -> tuple | None:
-                hook = hook_ref()
-                if hook is None or not hook.active:
-                    return None
-                return (grad_outputs[0] / hook.stored_tensors["denominator"], *grad_outputs[1:])
-            self.tensor_handles.append(node.register_prehook(divide))
-        return output
+    def rescale(self, relevance: torch.Tensor) -> torch.Tensor:
+        return relevance / self.stored_tensors["denominator"]
 
     def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple:
         return (self.stored_tensors["input"] * grad_input[0], *grad_input[1:])
@@ -135,7 +147,7 @@ def _bias_like(module: nn.Module, output: torch.Tensor) -> torch.Tensor:
     return bias.detach().reshape(shape)
 
 
-class SignSplitHook(Hook):
+class SignSplitHook(RescaledGradientHook):
     """Base of LRP rules that weight positive and negative contributions apart (LRP-γ, LRP-α₁β₀), computed with
     two weight products per pass instead of Zennit's four or five (docs/method.md §5.2).
 
@@ -161,27 +173,15 @@ class SignSplitHook(Hook):
     def denominators(self, z: torch.Tensor, bias: torch.Tensor, positive: torch.Tensor) -> dict:
         raise NotImplementedError
 
-    def rescale(self, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(self, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(s, v)``: the relevance the engine multiplies by ``wᵀ`` and the one multiplied by ``|w|ᵀ``."""
         raise NotImplementedError
 
     coefficients: tuple[float, float] = (1.0, 1.0)
 
-    def post_forward(self, module: nn.Module, input: tuple, output: Any) -> Any:
-        output = super().post_forward(module, input, output)
-        node = output.grad_fn if isinstance(output, torch.Tensor) else None
-        if node is not None:
-            hook_ref = weakref.ref(self)
-
-            def rescale(grad_outputs: tuple) -> tuple | None:
-                hook = hook_ref()
-                if hook is None or not hook.active:
-                    return None
-                s, v = hook.rescale(grad_outputs[0])
-                hook.stored_tensors["v"] = v
-                return (s, *grad_outputs[1:])
-            self.tensor_handles.append(node.register_prehook(rescale))
-        return output
+    def rescale(self, relevance: torch.Tensor) -> torch.Tensor:
+        s, self.stored_tensors["v"] = self.split(relevance)
+        return s
 
     def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple:
         stored = self.stored_tensors
@@ -215,7 +215,7 @@ class GradientGamma(SignSplitHook):
                 "d_up": stabilize(z + self.gamma * (positive + bias.clamp(min=0)), self.stabilizer),
                 "d_down": stabilize(z + self.gamma * (negative + bias.clamp(max=0)), self.stabilizer)}
 
-    def rescale(self, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(self, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         stored = self.stored_tensors
         zero = relevance.new_zeros(())
         up = torch.where(stored["up"], relevance / stored["d_up"], zero)
@@ -239,7 +239,7 @@ class GradientZPlus(SignSplitHook):
     def denominators(self, z: torch.Tensor, bias: torch.Tensor, positive: torch.Tensor) -> dict:
         return {"d": stabilize(positive + bias.clamp(min=0), self.stabilizer)}
 
-    def rescale(self, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(self, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = relevance / self.stored_tensors["d"]
         return s, s
 
