@@ -340,8 +340,10 @@ def render_html(sections: Sequence[Section], provenance: pd.DataFrame, title: st
     return "\n".join(parts)
 
 
-def write_report(out: str | Path, title: str = "bayesrobust report") -> tuple[Path, Path]:
-    """Write ``OUT/report.html`` (self-contained) and ``OUT/report.md``; returns their paths.
+def write_report(out: str | Path, title: str = "bayesrobust report", publish_to: str | Path | None = None,
+                 command: str = "") -> tuple[Path, Path]:
+    """Write ``OUT/report.html`` (self-contained) and ``OUT/report.md``; returns their paths. With
+    ``publish_to``, also :func:`publish` the same sections there (their figures drawn once).
 
     Raises
     ------
@@ -354,10 +356,12 @@ def write_report(out: str | Path, title: str = "bayesrobust report") -> tuple[Pa
     if not find_analyses(out):
         raise FileNotFoundError(f"no analysis under {out} (expected OUT/analysis/*.nc or */analysis/*.nc); "
                                 "run `bayesrobust analyze --out OUT` first")
-    sections, provenance = collect(out)
+    sections, provenance = contents = collect(out)
     html_path = store.write_text_atomic(out / REPORT_HTML, render_html(sections, provenance, title))
     md_path = store.write_text_atomic(out / REPORT_MD, render_markdown(sections, provenance, out, title))
     log.info("report of %d sections written to %s and %s", len(sections), html_path, md_path)
+    if publish_to is not None:
+        publish(out, publish_to, title=title, command=command, contents=contents)
     return html_path, md_path
 
 
@@ -404,10 +408,12 @@ def control_numbers(out: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def publish(out: str | Path, to: str | Path, title: str = "bayesrobust report", command: str = "") -> Path:
+def publish(out: str | Path, to: str | Path, title: str = "bayesrobust report", command: str = "",
+            contents: tuple[list[Section], pd.DataFrame] | None = None) -> Path:
     """The report of ``out`` as a folder meant to be committed (e.g. ``docs/results``): ``TO/report.md`` with
     its PNG figures copied under ``TO/figures/`` and ``TO/numbers.csv`` (:func:`numbers`); no arrays. The
     command that produced the results is written at the top, with the git revisions recorded in them.
+    ``contents``: what :func:`collect` returned for ``out``, if the caller has it already.
 
     Raises
     ------
@@ -418,7 +424,7 @@ def publish(out: str | Path, to: str | Path, title: str = "bayesrobust report", 
     out, to = Path(out), Path(to)
     if not out.is_dir() or not find_analyses(out):
         raise FileNotFoundError(f"no analysis under {out}; run the study (or `bayesrobust analyze`) first")
-    sections, provenance = collect(out)
+    sections, provenance = contents if contents is not None else collect(out)
     figures = to / "figures"
     if figures.exists():
         shutil.rmtree(figures)

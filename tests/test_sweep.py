@@ -153,6 +153,17 @@ def test_draw_split_explanation_equals_one_process(client, serial, tmp_path):
         xr.testing.assert_allclose(a.relevance.load(), b.relevance.load(), rtol=1e-5, atol=1e-7)
 
 
+def test_workers_run_with_one_thread_and_glibc_default_malloc(client):
+    """dask's nanny default MALLOC_TRIM_THRESHOLD_ (65536) slowed explanations 1.5-2x in a worker; the
+    embedded cluster unsets it, and every numerical library has one thread."""
+    def worker_env():
+        import os
+
+        import torch
+        return os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
+    assert set(client.run(worker_env).values()) == {(None, "1", 1)}
+
+
 def test_parallel_welford_merge_is_exact():
     """Chunks of draws merged with DrawReducer.merge give NumPy's mean, std (ddof=0) and sign agreement of all
     draws, and the one-pass reducer's result, whatever the cut."""

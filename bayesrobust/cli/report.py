@@ -10,6 +10,8 @@ Example::
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from . import options
@@ -26,12 +28,11 @@ from . import options
 def main(out, title, to, command, verbose):
     """Write OUT/report.html (figures embedded) and OUT/report.md from every result under OUT."""
     from ..paths import resolve_out
-    from ..results_report import publish, write_report
+    from ..results_report import REPORT_MD, write_report
     options.setup_logging(verbose)
     if command is not None and to is None:
         raise click.UsageError("--command is written into a published report: give --to as well")
-    html_path, md_path = write_report(resolve_out(out), title=title)
+    html_path, md_path = write_report(resolve_out(out), title=title, publish_to=to, command=command or "")
     click.echo(f"report written to {html_path} and {md_path}")
     if to is not None:
-        published = publish(resolve_out(out), to, title=title, command=command or "")
-        click.echo(f"published to {published}")
+        click.echo(f"published to {Path(to) / REPORT_MD}")
