@@ -16,11 +16,18 @@ from test_inference import ARCH, NOISE, PRIOR, D, N, _flat
 
 from bayesrobust import convergence, uncertainty
 from bayesrobust.data import Data
-from bayesrobust.inference.laplace import fit_laplace, laplace_approximation, laplace_draw, to_posterior
+from bayesrobust.inference.laplace import (
+    MAX_KRON_FACTOR,
+    check_arch_for_laplace,
+    fit_laplace,
+    laplace_approximation,
+    laplace_draw,
+    to_posterior,
+)
 from bayesrobust.inference.sgmcmc import sample_steps, step_size, train_sgmcmc
 from bayesrobust.models.architectures import ArchConfig, build
 from bayesrobust.models.posterior import Posterior, _draw_generator
-from bayesrobust.presets import LaplaceConfig, SGMCMCConfig
+from bayesrobust.presets import LaplaceConfig, SGMCMCConfig, get_preset
 
 pytestmark = pytest.mark.threads(1)  # tiny networks: one thread is faster
 
@@ -115,6 +122,21 @@ def test_laplace_draws_are_laplace_torch_samples(mnist5k_train, subset, structur
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
         others = [k for k in post.params if k not in names]
         assert all(torch.equal(post.draw_params(j)[k], post.params[k]) for k in others)
+
+
+def test_laplace_structures_too_large_are_refused_before_any_work():
+    """mnist_conv's last layer reads 7*7*512 = 25,088 features: its KFAC factor is refused (the preset uses the
+    diagonal); the quick conv net's (7*7*32 = 1,568) is not; a full precision over 250,890 weights is refused."""
+    conv = get_preset("mnist_conv").arch
+    assert 7 * 7 * 512 > MAX_KRON_FACTOR
+    with pytest.raises(ValueError, match="25,088 x 25,088 Kronecker factor.*--laplace-structure diag"):
+        check_arch_for_laplace(conv, LaplaceConfig(structure="kron"))
+    with pytest.raises(ValueError, match="250,890 weights"):
+        check_arch_for_laplace(conv, LaplaceConfig(structure="full"))
+    check_arch_for_laplace(conv, LaplaceConfig(structure="diag"))
+    check_arch_for_laplace(conv, get_preset("mnist_conv").laplace)
+    check_arch_for_laplace(get_preset("quick").arch, LaplaceConfig(structure="kron"))
+    check_arch_for_laplace(get_preset("mnist_fc2").arch, LaplaceConfig(subset="all", structure="kron"))
 
 
 def test_laplace_checkpoint_round_trip(tmp_path, mnist5k_train):
