@@ -105,15 +105,14 @@ def test_laplace_recovers_exact_linear_gaussian_posterior(regression):
 def test_diagonal_laplace_ggn_equals_the_jacobian_computation(mnist5k_train):
     """The last-layer diagonal GGN we fit through BackPACK (DiagGGNExact) equals laplace-torch's default
     backend, which forms it from whole Jacobians: Σ_b diag(J_bᵀ H_b J_b)."""
-    subset = "last_layer"
     from laplace import Laplace
     torch.manual_seed(0)
     net = build(ArchConfig("conv", 8, (1, 28, 28)))
     data = Data(mnist5k_train.x[:200], mnist5k_train.y[:200], mnist5k_train.index[:200], "mnist5k", "train")
-    ours = laplace_approximation(net, data, LaplaceConfig(subset=subset, structure="diag", marglik_steps=0))
-    kwargs = {"last_layer_name": last_layer_name(net)}
+    ours = laplace_approximation(net, data, LaplaceConfig(subset="last_layer", structure="diag", marglik_steps=0))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.x, data.y), batch_size=256)
-    reference = Laplace(net, "classification", subset_of_weights=subset, hessian_structure="diag", **kwargs)
+    reference = Laplace(net, "classification", subset_of_weights="last_layer", hessian_structure="diag",
+                        last_layer_name=last_layer_name(net))
     reference.fit(loader)
     torch.testing.assert_close(ours.H, reference.H, rtol=1e-4, atol=1e-6)
 
