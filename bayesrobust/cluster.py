@@ -1,8 +1,8 @@
 """Running a sweep's work units on dask.distributed (docs/method.md §12).
 
 :func:`run_units` submits every :class:`~bayesrobust.grid.Unit` as one task whose dependencies are the
-tasks of the units it needs, so dask runs them in the stages' order (train → attack → explain → analyze →
-plot) on whatever workers are free. A task is a stage call (:mod:`bayesrobust.stages`) on settings and
+tasks of the units it needs, so dask runs them in the stages' order (train → attack → explain → control →
+analyze → plot) on whatever workers are free. A task is a stage call (:mod:`bayesrobust.stages`) on settings and
 paths; results travel as files under OUT (written atomically by :mod:`bayesrobust.store`), so a task that
 is run twice — dask re-runs the task of a worker that died — writes the same files again, and a stage
 whose result is up to date skips the work. Explanations are split by draws into further tasks
@@ -104,6 +104,10 @@ def run_unit(unit: Unit, threads: int, *needed: UnitResult) -> UnitResult:
         kwargs["attack_run"] = Path(needed[0].path)
         if kwargs.get("draws_per_task"):
             kwargs["map_chunks"] = dask_map
+    if unit.stage == "control":  # needs: its attack run, that run's explanation[, the other attack run]
+        kwargs["attack_run"] = Path(needed[0].path)
+        if len(needed) > 2:
+            kwargs["other_run"] = Path(needed[2].path)
     if unit.stage in ("analyze", "plot") and needed and all(r.skipped for r in needed):
         current = _stored_analysis(unit) if unit.stage == "analyze" else _figures(unit, needed[0])
         if current is not None:

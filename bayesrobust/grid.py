@@ -1,6 +1,6 @@
 """Sweep descriptions: an experiment grid as named axes in a TOML file, and its work units (docs/method.md §12).
 
-A sweep file (``experiments/sweeps/*.toml``) has three tables::
+A sweep file (``experiments/sweeps/*.toml``) has these tables::
 
     description = "what the sweep reproduces"
     [grid]            # the axes: each a value or a list of values
@@ -11,16 +11,25 @@ A sweep file (``experiments/sweeps/*.toml``) has three tables::
     draws = [10, 50, 100]
     rules = ["epsilon"]
     seeds = [0]
-    [settings]        # one value each
+    [settings]        # one value each (controls: a list)
     draws_per_task = 50
     [quick]           # replaces grid axes or settings in --quick mode
     preset = ["quick"]
+    [steps.0_reference]      # optional: named variants of the experiment (the fidelity ladder)
+    likelihood_scaling = "reference"
+    [steps.0_reference.quick]
 
 Each point of ``preset × attack × epsilon × seed`` is one :class:`~bayesrobust.Experiment` (its models,
-draws and rules are axes within it), checked in full before any work. :func:`units` turns the experiments
-into :class:`Unit` s — one stage call each (train, attack, explain, analyze, plot), described by its
-settings and the keys of the units it needs, never by a model — shared between experiments when equal
-(a model is trained once for all its attacks). The runner is :mod:`bayesrobust.cluster`.
+draws and rules are axes within it), checked in full before any work. With ``[steps.NAME]`` tables every
+point is run once per step, the step's axes and settings replacing the sweep's, in ``OUT/PRESET/FOLDER``
+(``folder``: default the step's name; steps may share one, e.g. a PGD run beside an FGSM one); ``for_inference``
+limits a step to presets whose fullBNN uses one of the given inferences; a setting that does not apply to the
+fullBNN's inference (``likelihood_scaling`` to SVI; ``hmc_scheme``, ``subset_size``, ``chains`` to NUTS) is
+left out. :func:`units` turns the experiments into :class:`Unit` s — one stage call each (train, attack,
+explain, control, analyze, plot), described by its settings and the keys of the units it needs, never by a
+model — shared between experiments when equal (a model is trained once for all its attacks); a model that
+another step trains with the very same settings is copied from that step's folder, not trained again. The
+runner is :mod:`bayesrobust.cluster`.
 
 Several seeds write to ``OUT/seed{N}`` (the stores' layout has no seed in its names); several ε share ``OUT``
 (attack runs are named by ε) and get one analysis each, named ``..._eps{ε}``.
@@ -28,14 +37,16 @@ Several seeds write to ``OUT/seed{N}`` (the stores' layout has no seed in its na
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from . import checks, paths
-from .choices import Model
+from .choices import Control, Model
 from .errors import UserError
 from .stability import model_name
 
@@ -48,11 +59,21 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as a package
 AXES: dict[str, type | tuple[type, ...]] = {
     "preset": str, "models": str, "attack": str, "epsilon": (int, float), "draws": int, "rules": str,
     "seeds": int}
-#: One-valued settings and their types.
+#: One-valued settings and their types (those in :data:`LIST_SETTINGS`: a list of them).
 SETTINGS: dict[str, type | tuple[type, ...]] = {
     "inference": str, "norm": str, "steps": int, "mode": str, "n_inputs": int, "topk": (int, float),
-    "likelihood_scaling": str, "draws_per_task": int, "keep_draws": bool, "data_root": str, "device": str}
-TABLES = ("description", "grid", "settings", "quick")
+    "likelihood_scaling": str, "hmc_scheme": str, "subset_size": int, "chains": int, "prior_scale": (int, float),
+    "members": int, "controls": str, "draws_per_task": int, "keep_draws": bool, "data_root": str, "device": str}
+LIST_SETTINGS = ("controls",)
+#: Settings of the whole sweep, which a step cannot change.
+SWEEP_ONLY = ("data_root", "device", "draws_per_task", "keep_draws")
+#: Settings a step leaves out when the fullBNN's inference is not the one they belong to.
+ONLY_FOR = {"likelihood_scaling": "svi", "hmc_scheme": "hmc", "subset_size": "hmc", "chains": "hmc"}
+#: The keys of a ``[steps.NAME]`` table besides its axes and settings.
+STEP_ONLY = ("folder", "for_inference", "quick")
+STEP_KEYS = tuple([a for a in AXES if a not in ("preset", "seeds")] +
+                  [k for k in SETTINGS if k not in SWEEP_ONLY] + list(STEP_ONLY))
+TABLES = ("description", "grid", "settings", "quick", "steps")
 
 
 class SweepError(UserError):
@@ -60,39 +81,88 @@ class SweepError(UserError):
 
 
 @dataclass(frozen=True)
+class Step:
+    """One ``[steps.NAME]`` table: the axes (tuples) and settings it replaces, its folder under ``OUT/PRESET``
+    and the fullBNN inferences it is for (empty: every one)."""
+
+    name: str
+    changes: dict[str, Any] = field(hash=False)
+    folder: str = ""
+    for_inference: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Sweep:
-    """A checked sweep: its grid (axis → values) and settings (name → value)."""
+    """A checked sweep: its grid (axis → values), settings (name → value) and the steps to run (none: one
+    experiment per point in ``OUT`` itself); ``folders`` are the folders of all the file's steps (the
+    selected ones and the others: a model may be copied from any of them)."""
 
     name: str
     grid: dict[str, tuple]
     settings: dict[str, Any]
     description: str = ""
+    steps: tuple[Step, ...] = ()
+    folders: tuple[str, ...] = ()
+
+    def resolved(self, step: Step | None) -> tuple[dict[str, tuple], dict[str, Any]]:
+        """The grid and settings of ``step`` (the sweep's, the step's changes applied)."""
+        if step is None:
+            return self.grid, self.settings
+        grid, settings = dict(self.grid), dict(self.settings)
+        for key, value in step.changes.items():
+            (grid if key in AXES else settings)[key] = value
+        return grid, settings
 
     def points(self) -> list[dict[str, Any]]:
-        """One dict per ``preset × attack × epsilon × seed`` (ε ``None``: the preset's)."""
-        eps = self.grid.get("epsilon") or (None,)
-        return [{"preset": p, "attack": a, "epsilon": e, "seed": s}
-                for p, a, e, s in itertools.product(self.grid["preset"], self.grid["attack"], eps,
-                                                    self.grid["seeds"])]
+        """One dict per ``preset × step × attack × epsilon × seed`` (ε ``None``: the preset's; step ``None``
+        without steps), the steps a preset's fullBNN inference excludes left out."""
+        found = []
+        for preset, seed in itertools.product(self.grid["preset"], self.grid["seeds"]):
+            for step in self.steps or (None,):
+                grid, settings = self.resolved(step)
+                if step is not None and step.for_inference and \
+                        _bayes_inference(preset, self.settings) not in step.for_inference:
+                    continue
+                for a, e in itertools.product(grid["attack"], grid.get("epsilon") or (None,)):
+                    found.append({"preset": preset, "step": step.name if step else None, "attack": a,
+                                  "epsilon": e, "seed": seed})
+        return found
+
+    def root(self, out: Path, point: Mapping[str, Any], folder: str | None = None) -> Path:
+        """The output folder of a point (of its step's ``folder`` unless another is given)."""
+        root = out / f"seed{point['seed']}" if len(self.grid["seeds"]) > 1 else out
+        if point["step"] is None:
+            return root
+        return root / point["preset"] / (folder or self._step(point["step"]).folder)
+
+    def _step(self, name: str | None) -> Step | None:
+        return next((s for s in self.steps if s.name == name), None)
 
     def experiments(self, out: str | Path | None = None, force: bool = False) -> list[tuple[dict, Any]]:
         """``(point, Experiment)`` for every point, each checked (``ValueError`` naming the point)."""
         from .experiment import Experiment
         out = paths.resolve_out(out)
-        several_seeds = len(self.grid["seeds"]) > 1
         found = []
         for point in self.points():
-            kwargs = {k: v for k, v in self.settings.items() if k not in ("draws_per_task", "keep_draws")}
+            grid, settings = self.resolved(self._step(point["step"]))
+            kwargs = {k: v for k, v in settings.items() if k not in ("draws_per_task", "keep_draws")}
+            inference = _bayes_inference(point["preset"], settings)
+            kwargs = {k: v for k, v in kwargs.items() if ONLY_FOR.get(k, inference) == inference}
             try:
-                exp = Experiment(point["preset"], out / f"seed{point['seed']}" if several_seeds else out,
-                                 attack=point["attack"], epsilon=point["epsilon"], seed=point["seed"],
-                                 models=self.grid["models"], draws=self.grid.get("draws", ()), rules=self.grid["rules"],
-                                 force=force, **kwargs)
+                exp = Experiment(point["preset"], self.root(out, point), attack=point["attack"],
+                                 epsilon=point["epsilon"], seed=point["seed"], models=grid["models"],
+                                 draws=grid.get("draws", ()), rules=grid["rules"], force=force, **kwargs)
             except (ValueError, OSError) as err:
                 where = ", ".join(f"{k}={v}" for k, v in point.items() if v is not None)
                 raise SweepError(f"sweep {self.name!r}, point {where}: {err}") from None
             found.append((point, exp))
         return found
+
+
+def _bayes_inference(preset: str, settings: Mapping[str, Any]) -> str:
+    """The fullBNN inference of ``preset`` under ``settings`` (their ``inference``, else the preset's)."""
+    from .presets import get_preset
+    return settings.get("inference") or get_preset(preset).inference
 
 
 def _as_list(name: str, value: Any, kind: type | tuple[type, ...], where: str) -> tuple:
@@ -114,54 +184,127 @@ def _check_keys(table: Mapping[str, Any], allowed: Sequence[str], where: str) ->
         raise SweepError(f"{where}: unknown key {unknown[0]!r}; expected one of {', '.join(allowed)}")
 
 
+def _check_setting(key: str, value: Any, where: str) -> Any:
+    """A setting's value, type-checked (a list setting as a tuple)."""
+    kind = SETTINGS[key]
+    if key in LIST_SETTINGS:
+        return _as_list(key, value, kind, where)
+    if isinstance(value, list) or not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise SweepError(f"{where}: {key} = {value!r}; expected {_type_name(kind)}")
+    return value
+
+
+def _table(raw: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise SweepError(f"{where}: {key} must be a table ([{key}]), got {value!r}")
+    return dict(value)
+
+
 def parse(text: str, name: str = "sweep", *, quick: bool = False,
-          overrides: Mapping[str, Any] | None = None) -> Sweep:
-    """Read and check a sweep description (TOML text). ``quick`` applies its ``[quick]`` table; then
-    ``overrides`` (axis or setting → value) replace entries (e.g. ``{"preset": "tiny"}`` from ``--set``).
+          overrides: Mapping[str, Any] | None = None, steps: Sequence[str] = (),
+          skip_steps: Sequence[str] = ()) -> Sweep:
+    """Read and check a sweep description (TOML text). ``quick`` applies its ``[quick]`` tables; then
+    ``overrides`` (axis or setting → value; ``STEP.KEY`` → a step's value) replace entries (e.g.
+    ``{"preset": "tiny"}`` from ``--set``). ``steps``/``skip_steps``: run only the steps matching one of
+    these names or shell patterns / not those matching one.
 
     Raises
     ------
     SweepError
-        Not TOML, an unknown table, key or value, a value of the wrong type, an empty axis — one line naming it.
+        Not TOML, an unknown table, key, step or value, a value of the wrong type, an empty axis — one line
+        naming it.
     """
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise SweepError(f"{name}: not a valid TOML file: {err}") from None
     _check_keys(raw, TABLES, name)
-    for table in ("grid", "settings", "quick"):
-        if not isinstance(raw.get(table, {}), dict):
-            raise SweepError(f"{name}: {table} must be a table ([{table}]), got {raw[table]!r}")
-    grid, settings = dict(raw.get("grid", {})), dict(raw.get("settings", {}))
+    grid, settings, quick_table = (_table(raw, t, name) for t in ("grid", "settings", "quick"))
+    raw_steps = _table(raw, "steps", name)
     _check_keys(grid, list(AXES), f"{name} [grid]")
     _check_keys(settings, list(SETTINGS), f"{name} [settings]")
-    changes = [("quick", dict(raw.get("quick", {})))] if quick else []
-    changes.append(("--set", dict(overrides or {})))
-    for where, table in changes:
-        _check_keys(table, [*AXES, *SETTINGS], f"{name} {where if where == '--set' else '[quick]'}")
-        for key, value in table.items():
+    _check_keys(quick_table, [*AXES, *SETTINGS], f"{name} [quick]")
+    step_changes: dict[str, dict[str, Any]] = {}
+    for step, table in raw_steps.items():
+        where = f"{name} [steps.{step}]"
+        if not isinstance(table, dict):
+            raise SweepError(f"{where}: a step must be a table of settings, got {table!r}")
+        step_changes[step] = dict(table)
+        _check_keys(table, STEP_KEYS, where)
+        step_quick = _table(table, "quick", where)
+        _check_keys(step_quick, [k for k in STEP_KEYS if k not in STEP_ONLY], f"{where[:-1]}.quick]")
+        if quick:
+            step_changes[step].update(step_quick)
+        step_changes[step].pop("quick", None)
+    for key, value in (quick_table if quick else {}).items():
+        (grid if key in AXES else settings)[key] = value
+    for key, value in dict(overrides or {}).items():
+        step, dot, key_in_step = key.rpartition(".")
+        if dot:
+            if step not in step_changes:
+                raise SweepError(f"{name} --set {key}: no step {step!r}; the steps are "
+                                 f"{', '.join(step_changes) or '(none)'}")
+            _check_keys({key_in_step: value}, [k for k in STEP_KEYS if k != "quick"], f"{name} --set")
+            step_changes[step][key_in_step] = value
+        else:
+            _check_keys({key: value}, [*AXES, *SETTINGS], f"{name} --set")
             (grid if key in AXES else settings)[key] = value
-    if "quick" in raw:
-        _check_keys(raw["quick"], [*AXES, *SETTINGS], f"{name} [quick]")
     for axis in ("preset", "attack", "seeds", "rules", "models"):
         grid.setdefault(axis, {"attack": ["fgsm"], "seeds": [0], "rules": ["epsilon"],
                                "models": list(Model.values())}.get(axis))
         if grid[axis] is None:
             raise SweepError(f"{name} [grid]: the axis {axis!r} is missing; give it one or more values")
-    checked = {axis: _as_list(axis, value, AXES[axis], f"{name} [grid]") for axis, value in grid.items()}
-    for axis, values in checked.items():
-        if not values and axis not in ("epsilon", "draws"):
-            raise SweepError(f"{name} [grid]: the axis {axis!r} is empty; give it one or more values")
-        if len(set(values)) != len(values):
-            raise SweepError(f"{name} [grid]: the axis {axis!r} repeats a value: {list(values)}")
-    for key, value in settings.items():
-        if isinstance(value, list) or not isinstance(value, SETTINGS[key]) or \
-                (isinstance(value, bool) and SETTINGS[key] is not bool):
-            raise SweepError(f"{name} [settings]: {key} = {value!r}; expected {_type_name(SETTINGS[key])}")
+    checked = _check_axes(grid, f"{name} [grid]")
+    settings = {key: _check_setting(key, value, f"{name} [settings]") for key, value in settings.items()}
     _check_values(checked, settings, name)
     if settings.get("data_root") == "":
         settings.pop("data_root")
-    return Sweep(name, checked, settings, str(raw.get("description", "")))
+    all_steps = [_step(step, changes, checked, settings, f"{name} [steps.{step}]")
+                 for step, changes in step_changes.items()]
+    chosen = [s for s in all_steps if (not steps or any(fnmatch.fnmatchcase(s.name, p) for p in steps))
+              and not any(fnmatch.fnmatchcase(s.name, p) for p in skip_steps)]
+    for pattern in steps:
+        if not any(fnmatch.fnmatchcase(s.name, pattern) for s in all_steps):
+            raise SweepError(f"{name}: no step matches {pattern!r}; the steps are "
+                             f"{', '.join(s.name for s in all_steps) or '(none)'}")
+    if all_steps and not chosen:
+        raise SweepError(f"{name}: every step is left out (steps {list(steps)}, skipped {list(skip_steps)})")
+    return Sweep(name, checked, settings, str(raw.get("description", "")), tuple(chosen),
+                 tuple(dict.fromkeys(s.folder for s in all_steps)))
+
+
+def _check_axes(grid: Mapping[str, Any], where: str) -> dict[str, tuple]:
+    checked = {axis: _as_list(axis, value, AXES[axis], where) for axis, value in grid.items()}
+    for axis, values in checked.items():
+        if not values and axis not in ("epsilon", "draws"):
+            raise SweepError(f"{where}: the axis {axis!r} is empty; give it one or more values")
+        if len(set(values)) != len(values):
+            raise SweepError(f"{where}: the axis {axis!r} repeats a value: {list(values)}")
+    return checked
+
+
+def _step(name: str, changes: Mapping[str, Any], grid: Mapping[str, tuple], settings: Mapping[str, Any],
+          where: str) -> Step:
+    """A checked step: its name and folder safe path components, its axes and settings checked as the
+    sweep's are (with the sweep's grid and settings they replace)."""
+    from .presets import INFERENCES
+    try:
+        paths.safe_name(name, "step name")
+        folder = paths.safe_name(changes.get("folder", name), "step folder")
+    except ValueError as err:
+        raise SweepError(f"{where}: {err}") from None
+    only = _as_list("for_inference", changes.get("for_inference", []), str, where)
+    for inference in only:
+        if inference not in INFERENCES:
+            raise SweepError(f"{where}: for_inference has the value {inference!r}; expected one of "
+                             f"{', '.join(INFERENCES)}")
+    own = {k: v for k, v in changes.items() if k not in STEP_ONLY}
+    axes = _check_axes({k: v for k, v in own.items() if k in AXES}, where)
+    values = {k: _check_setting(k, v, where) for k, v in own.items() if k in SETTINGS}
+    merged_settings = {**settings, **values}
+    _check_values({**grid, **axes}, merged_settings, where)
+    return Step(name, {**axes, **values}, folder, only)
 
 
 def _check_values(grid: dict[str, tuple], settings: dict[str, Any], name: str) -> None:
@@ -184,6 +327,9 @@ def _check_values(grid: dict[str, tuple], settings: dict[str, Any], name: str) -
     for rule in grid["rules"]:
         if rule not in RULES:
             raise bad("rules", rule, f"one of {', '.join(RULES)}")
+    for control in settings.get("controls", ()):
+        if control not in Control.values():
+            raise bad("controls", control, f"some of {', '.join(Control.values())}")
     for key in ("draws", "seeds", "epsilon"):
         for value in grid.get(key, ()):
             try:
@@ -194,13 +340,16 @@ def _check_values(grid: dict[str, tuple], settings: dict[str, Any], name: str) -
             except ValueError:
                 raise bad(key, value, "a positive number" if key == "epsilon" else
                           "an integer >= 0" if key == "seeds" else "a positive integer") from None
-    for key in ("draws_per_task", "n_inputs", "steps"):
+    for key in ("draws_per_task", "n_inputs", "steps", "subset_size", "chains", "members"):
         if key in settings and (settings[key] < 1):
             raise bad(key, settings[key], "a positive integer")
+    if "prior_scale" in settings and not settings["prior_scale"] > 0:
+        raise bad("prior_scale", settings["prior_scale"], "a positive number")
 
 
-def load(path: str | Path, *, quick: bool = False, overrides: Mapping[str, Any] | None = None) -> Sweep:
-    """:func:`parse` the sweep file ``path`` (its stem names the sweep)."""
+def load(path: str | Path, *, quick: bool = False, overrides: Mapping[str, Any] | None = None,
+         steps: Sequence[str] = (), skip_steps: Sequence[str] = ()) -> Sweep:
+    """:func:`parse` the sweep file ``path`` (its name names the sweep)."""
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"no sweep file {str(path)!r}" + "; the paper's are in experiments/sweeps/")
@@ -208,7 +357,7 @@ def load(path: str | Path, *, quick: bool = False, overrides: Mapping[str, Any] 
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise SweepError(f"cannot read sweep file {str(path)!r}: {err}") from None
-    return parse(text, path.name, quick=quick, overrides=overrides)
+    return parse(text, path.name, quick=quick, overrides=overrides, steps=steps, skip_steps=skip_steps)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -244,27 +393,47 @@ class Unit:
 
 
 def units(sweep: Sweep, experiments: Sequence[tuple[dict, Any]]) -> list[Unit]:
-    """The work units of the experiments in dependency order (train → attack → explain → analyze → plot),
-    with the same stage arguments as :meth:`Experiment.run` (so the results are the same); equal units
-    of different experiments (a model's training) appear once."""
+    """The work units of the experiments in dependency order (train → attack → explain → control → analyze →
+    plot), with the same stage arguments as :meth:`Experiment.run` (so the results are the same); equal units
+    of different experiments (a model's training) appear once. A model that an earlier step trains with the
+    same settings is copied from its folder (``reuse_from``) after that unit, not trained again.
+
+    Raises
+    ------
+    SweepError
+        Two experiments that would write one result with different settings (steps sharing a folder).
+    """
     found: dict[str, Unit] = {}
+    trained_by: dict[str, str] = {}  # training settings (JSON) -> the unit that trains the model with them
     several_eps = len(sweep.grid.get("epsilon") or ()) > 1
     per_task = sweep.settings.get("draws_per_task")
     keep = bool(sweep.settings.get("keep_draws", False))
 
-    def add(unit: Unit) -> str:
-        found.setdefault(unit.key, unit)
+    def add(unit: Unit, point: Mapping[str, Any]) -> str:
+        known = found.setdefault(unit.key, unit)
+        if known is not unit and (known.kwargs != unit.kwargs or known.needs != unit.needs):
+            raise SweepError(f"sweep {sweep.name!r}: step {point['step']!r} would redo `{unit.key}` with other "
+                             f"settings than an earlier step in the same folder; give the steps their own folders")
         return unit.key
-    for _point, e in experiments:
+    for point, e in experiments:
         where = str(e.out)
         trained = {}
         for model in e.models:
-            overrides = {"likelihood_scaling": e.likelihood_scaling} if model == Model.BAYES else {}
-            trained[model] = add(Unit(
-                f"train {where} {e.preset.name} {paths.model_tag(model, e._inference(model))}", "train",
-                dict(preset=e.preset, model=model, inference=e._inference(model), out=e.out, overrides=overrides,
-                     seed=e.seed, device=e.device, data_root=e.data_root, force=e.force)))
-        explained = []
+            key = f"train {where} {e.preset.name} {paths.model_tag(model, e._inference(model))}"
+            settings = _training_settings(e, model)
+            twin = trained_by.setdefault(settings, key)
+            reuse: tuple[Path, ...] = ()
+            if twin != key:
+                reuse = (Path(found[twin].kwargs["out"]),)
+            if point["step"] is not None and not e.force:  # or one a run of other steps left in their folders
+                siblings = (Path(e.out).parent / folder for folder in sweep.folders)  # OUT/PRESET/FOLDER
+                reuse += tuple(f for f in siblings if f != Path(e.out) and f not in reuse)
+            trained[model] = add(Unit(key, "train", dict(
+                preset=e.preset, model=model, inference=e._inference(model), out=e.out,
+                overrides=e._overrides(model),
+                seed=e.seed, device=e.device, data_root=e.data_root, force=e.force,
+                **({"reuse_from": reuse} if reuse else {})), (twin,) if twin != key else ()), point)
+        runs = []
         eps = e.epsilon if e.epsilon is not None else e.preset.attack_epsilon
         for model, s in e.runs():
             common = dict(inference=e._inference(model), out=e.out, seed=e.seed, device=e.device, force=e.force)
@@ -272,18 +441,44 @@ def units(sweep: Sweep, experiments: Sequence[tuple[dict, Any]]) -> list[Unit]:
             attacked = add(Unit(f"attack {tag}", "attack", dict(
                 preset=e.preset, model=model, attack=e.attack, norm=e.norm, epsilon=e.epsilon, steps=e.steps,
                 n_inputs=e.n_inputs, n_draws=s, mode=e.mode, data_root=e.data_root, **common),
-                (trained[model],)))
-            explained.append(add(Unit(f"explain {tag}", "explain", dict(
+                (trained[model],)), point)
+            explained = add(Unit(f"explain {tag}", "explain", dict(
                 preset=e.preset, model=model, rules=tuple(e.rules), layers="all", n_draws=s, keep_draws=keep,
-                draws_per_task=per_task, **common), (attacked,))))
+                draws_per_task=per_task, **common), (attacked,)), point)
+            runs.append((model, s, tag, attacked, explained))
+        controlled = []
+        det = next(r for r in runs if r[0] == Model.BASE)
+        for model, s, tag, attacked, explained in runs:  # docs/method.md §9.8, as Experiment.run_controls
+            jobs = [(model, Control.RANDOM.value, (attacked, explained), tag)] \
+                if Control.RANDOM in e.controls else []
+            if Control.CROSS in e.controls and model != Model.BASE:
+                jobs += [(model, Control.CROSS.value, (attacked, explained, det[3]), tag),
+                         (Model.BASE.value, Control.CROSS.value, (det[3], det[4], attacked), det[2])]
+            for who, kind, needs, own in jobs:
+                on = f" on {model_name(model, s) if who == Model.BASE else model_name(Model.BASE, 1)}" \
+                    if kind == Control.CROSS else ""
+                controlled.append(add(Unit(f"control {own} {kind}{on}", "control", dict(
+                    preset=e.preset, model=who, kind=kind, inference=e._inference(who), out=e.out, seed=e.seed,
+                    device=e.device, force=e.force), needs), point))
         name = e.analysis_name + (f"_eps{eps:g}" if several_eps else "")
         models = [model_name(m, s) for m, s in e.runs()]
         analysed = add(Unit(f"analyze {where} {name}", "analyze", dict(
             out=e.out, preset=e.preset.name, topk=e.topk, attack=e.attack, norm=e.norm, epsilon=eps, mode=e.mode,
-            method="lrp", name=name, models=models), tuple(explained), label=",".join(models)))
+            method="lrp", name=name, models=models), tuple(r[4] for r in runs) + tuple(controlled),
+            label=",".join(models)), point)
         add(Unit(f"plot {where} {name}", "plot", dict(out=e.out, analyses=[name], preset=e.preset.name),
-                 (analysed,)))
+                 (analysed,)), point)
     return list(found.values())
+
+
+def _training_settings(e: Any, model: str) -> str:
+    """What a trained model's stored config must equal for it to be reused (:func:`bayesrobust.stages.train`):
+    the preset with the experiment's overrides, the model, its inference and the seed, as JSON."""
+    from .presets import override_training
+    inference = e._inference(model)
+    p = override_training(e.preset, model, inference, **e._overrides(model))
+    return json.dumps({"preset": p.to_dict(), "model": model, "inference": inference, "seed": e.seed},
+                      sort_keys=True, default=str)
 
 
 def with_kwargs(unit: Unit, **changes: Any) -> Unit:

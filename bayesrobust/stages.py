@@ -95,10 +95,14 @@ def _counts(**values: Any) -> None:
 def train(preset: str | Preset, model: str, *, inference: str | None = None, out: str | Path | None = None,
           overrides: dict[str, Any] | None = None, eval_draws: int | None = None, seed: int = 0,
           device: str = "cpu", data_root: str | Path | None = None, progress: bool = False,
-          force: bool = False) -> Done:
+          force: bool = False, reuse_from: Sequence[str | Path] = ()) -> Done:
     """Train ``model`` with ``preset`` (plus ``overrides``: see :func:`bayesrobust.presets.override_training`)
     and write it to ``OUT/models/PRESET/MODEL_TAG/``; its test accuracy (posterior predictive over
-    ``eval_draws`` draws, default the preset's) is stored in its config."""
+    ``eval_draws`` draws, default the preset's) is stored in its config.
+
+    ``reuse_from``: other output folders (a sweep's steps, :mod:`bayesrobust.grid`); the first one holding this
+    model trained with the very same settings and seed is copied instead of training (also with ``force``:
+    the sweep passes only the folder its own run has just trained in then)."""
     from . import data as datasets
     from . import store
     from .inference import train_model
@@ -142,6 +146,21 @@ def train(preset: str | Preset, model: str, *, inference: str | None = None, out
             return Done(target, True, f"{tag} for preset {p.name!r} is up to date in {target} "
                                       f"(test accuracy {acc:.4f}); --force retrains",
                         {"test_accuracy": acc})
+    for folder in reuse_from:
+        source = paths.model_dir(folder, p.name, model, inference)
+        if source.resolve() == target.resolve() or not (source / "config.json").is_file():
+            continue
+        try:
+            stored = Posterior.load(source).config
+        except (ValueError, OSError):  # damaged: not a model to copy
+            continue
+        if up_to_date(stored, wanted):
+            from .models.posterior import copy_checkpoint
+            paths.prepare_out(out, "models", p.name)
+            copy_checkpoint(source, target)
+            acc = float(stored.get("test_accuracy", float("nan")))
+            return Done(target, True, f"{tag} for preset {p.name!r} copied from {source} (same training settings "
+                                      f"and seed; test accuracy {acc:.4f})", {"test_accuracy": acc})
     test = datasets.load(p.dataset, "test", data_root)  # fail on missing data before training
     paths.prepare_out(out, "models", p.name)  # an unusable --out is reported before training, not after
     posterior = train_model(p, model, inference, seed, device, data_root, progress,

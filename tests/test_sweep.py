@@ -198,6 +198,16 @@ def test_parallel_welford_merge_is_exact():
     ("[grid]\npreset = 'tiny'\nrules = ['epsilon', 'bogus']\n", "rules has the value 'bogus'; expected one of"),
     ("[grid]\npreset = 'tiny'\n[settings]\nkeep_draws = 1\n", "keep_draws = 1; expected true or false"),
     ("[grid]\npreset = 'tiny'\n[quick]\nbogus = 1\n", "tiny.toml [quick]: unknown key 'bogus'"),
+    ("[grid]\npreset = 'tiny'\n[settings]\ncontrols = ['crosss']\n", "controls has the value 'crosss'; expected"),
+    ("[grid]\npreset = 'tiny'\n[steps.a]\nbogus = 1\n", "tiny.toml [steps.a]: unknown key 'bogus'"),
+    ("[grid]\npreset = 'tiny'\n[steps.a]\ndata_root = 'x'\n", "tiny.toml [steps.a]: unknown key 'data_root'"),
+    ("[grid]\npreset = 'tiny'\n[steps.a]\nmode = 3\n", "tiny.toml [steps.a]: mode = 3; expected a string"),
+    ("[grid]\npreset = 'tiny'\n[steps.a]\nrules = ['no']\n", "[steps.a]: rules has the value 'no'; expected one of"),
+    ("[grid]\npreset = 'tiny'\n[steps.a]\nfolder = '../b'\n", "[steps.a]: step folder '../b' cannot name an output"),
+    ("[grid]\npreset = 'tiny'\n[steps.a]\nfor_inference = 'mcmc'\n", "for_inference has the value 'mcmc'; expected"),
+    ("[grid]\npreset = 'tiny'\n[steps.a.quick]\nfolder = 'b'\n", "tiny.toml [steps.a.quick]: unknown key 'folder'"),
+    ("[grid]\npreset = 'tiny'\nmodels = ['baseNN']\n[steps.a]\nmode = 'mean_sign'\n[steps.b]\nfolder = 'a'\n",
+     "step 'b' would redo `attack"),
     ("[grid]\npreset = 'tiny'\n[tables]\n", "tiny.toml: unknown key 'tables'; expected one of description"),
     ("[grid]\nmodels = ['baseNN']\n", "the axis 'preset' is missing"),
     ("[grid\npreset = 'tiny'\n", "tiny.toml: not a valid TOML file"),
@@ -224,3 +234,55 @@ def test_set_overrides_and_quick_tables():
     assert len(paper.points()) == 4 and paper.grid["draws"] == (10, 50, 100)
     with pytest.raises(grid.SweepError, match="--set 'preset': expected KEY=VALUE"):
         grid.parse_override("preset")
+
+
+def test_the_ladder_sweep_runs_every_step_and_trains_each_model_once(tmp_path):
+    """experiments/sweeps/fidelity_ladder.toml (QUICK): the steps' switches reach their experiments (those of
+    another inference left out), the PGD ends share their step's folder, and every model is trained once per
+    distinct training setting, the other steps copying it after that unit."""
+    ladder = grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True)
+    found = {point["step"]: e for point, e in ladder.experiments(tmp_path)}
+    assert list(found) == ["0_reference", "1_likelihood_scaled", "2_attack_mean_grad", "3_gamma_textbook",
+                           "4_correct", "0_reference_ends", "4_correct_ends", "5_ensemble", "6_prior_scale"]
+    ref, ends = found["0_reference"], found["0_reference_ends"]
+    assert (ref.likelihood_scaling, ref.mode, ref.hmc_scheme, ref.chains) == ("reference", "mean_sign", None, None)
+    assert tuple(ref.rules) == ("epsilon", "gamma_quadratic", "alpha1beta0") and ref.controls == ("cross", "random")
+    assert ref.out == ends.out == tmp_path / "quick" / "0_reference" and tuple(ref.draws) == (10,)
+    assert (ends.attack, ends.steps, tuple(ends.draws)) == ("pgd", 40, (1, 2, 5, 10))
+    assert (found["5_ensemble"].inference, found["5_ensemble"].members) == ("ensemble", 10)
+    units = grid.units(ladder, ladder.experiments(tmp_path))
+    trained = {u.key.split()[1].split("/")[-1] + " " + u.key.split()[-1]: u for u in units if u.stage == "train"}
+    assert [k for k, u in trained.items() if not u.needs] == [
+        "0_reference baseNN", "0_reference advNN", "0_reference fullBNN_svi", "1_likelihood_scaled fullBNN_svi",
+        "5_ensemble fullBNN_ensemble", "6_prior_scale fullBNN_svi"]
+    assert trained["4_correct fullBNN_svi"].needs == (trained["1_likelihood_scaled fullBNN_svi"].key,)
+    assert trained["2_attack_mean_grad fullBNN_svi"].kwargs["reuse_from"][0] == tmp_path / "quick" / "0_reference"
+    # random: one per attack run (7 FGSM steps x 3 runs, 2 ends x 6 runs); cross: both ways per non-baseNN run
+    assert sum(u.stage == "control" for u in units) == (7 * 3 + 2 * 6) + 2 * (7 * 2 + 2 * 5)
+    # a NUTS preset: the HMC scheme is step 1's switch, and the SVI likelihood scaling is left out
+    nuts = grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, overrides={"preset": "quick_fc2"},
+                     steps=["0_*", "1_*", "4_correct"])
+    found = {point["step"]: e for point, e in nuts.experiments(tmp_path / "nuts")}
+    assert list(found) == ["0_reference", "1_hmc_full_data", "4_correct", "0_reference_ends"]
+    assert (found["0_reference"].hmc_scheme, found["0_reference"].chains, found["0_reference"].likelihood_scaling) \
+        == ("subsets", 15, None)
+    trained = [u for u in grid.units(nuts, nuts.experiments(tmp_path / "nuts")) if u.stage == "train"]
+    assert [u.key.split()[1].split("/")[-1] for u in trained if "fullBNN" in u.key and not u.needs] == \
+        ["0_reference", "1_hmc_full_data"]  # 4_correct has step 1's NUTS settings
+    with pytest.raises(grid.SweepError, match="no step matches '7_more'; the steps are 0_reference, "):
+        grid.load("experiments/sweeps/fidelity_ladder.toml", steps=["7_more"])
+    with pytest.raises(grid.SweepError, match="--set 9_x.members: no step '9_x'"):
+        grid.load("experiments/sweeps/fidelity_ladder.toml", overrides={"9_x.members": 3})
+
+
+def test_train_copies_a_model_trained_with_the_same_settings(tmp_path):
+    """reuse_from: the stored model of another folder is copied byte for byte when its settings and seed are
+    this training's, and ignored otherwise."""
+    first = stages.train("tiny", "baseNN", out=tmp_path / "a")
+    copied = stages.train("tiny", "baseNN", out=tmp_path / "b", reuse_from=[tmp_path / "a"])
+    assert copied.skipped and "copied from" in copied.summary
+    for name in ("weights.pt", "config.json"):
+        assert (first.path / name).read_bytes() == (copied.path / name).read_bytes()
+    other = stages.train("tiny", "baseNN", out=tmp_path / "c", seed=1, reuse_from=[tmp_path / "a"])
+    assert not other.skipped
+    assert (other.path / "weights.pt").read_bytes() != (first.path / "weights.pt").read_bytes()

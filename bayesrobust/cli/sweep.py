@@ -33,7 +33,12 @@ def _overrides(_ctx, _param, values):
 @click.argument("sweep_file", metavar="FILE", type=click.Path(dir_okay=False))
 @click.option("--quick", is_flag=True, help="Apply the file's [quick] table (the drivers' QUICK=1).")
 @click.option("--set", "overrides", multiple=True, callback=_overrides, metavar="KEY=VALUE",
-              help="Replace a grid axis or setting, e.g. --set preset=tiny --set draws=5,10 (repeatable).")
+              help="Replace a grid axis or setting, e.g. --set preset=tiny --set draws=5,10, or a step's "
+                   "(--set 5_ensemble.members=10) (repeatable).")
+@click.option("--step", "steps", multiple=True, metavar="NAME",
+              help="Run only this step of a file with [steps] (a name or shell pattern; repeatable).")
+@click.option("--skip-step", "skip_steps", multiple=True, metavar="NAME",
+              help="Leave out the steps matching this name or shell pattern (repeatable), e.g. '*_ends'.")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Worker processes of the embedded cluster (default: one per CPU core).")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
@@ -47,8 +52,8 @@ def _overrides(_ctx, _param, values):
 @options.progress_option
 @options.verbose_option
 @options.friendly_errors
-def main(sweep_file, quick, overrides, workers, scheduler, torch_threads, dashboard, out, force, progress,
-         verbose):
+def main(sweep_file, quick, overrides, steps, skip_steps, workers, scheduler, torch_threads, dashboard, out, force,
+         progress, verbose):
     """Run the experiment grid of sweep FILE on dask.distributed, results under OUT."""
     from .. import cluster, grid
     options.setup_logging(verbose)
@@ -57,7 +62,7 @@ def main(sweep_file, quick, overrides, workers, scheduler, torch_threads, dashbo
     if scheduler is not None and workers is not None:
         raise click.UsageError("--workers sizes the embedded cluster; with --scheduler the cluster is yours")
     start = time.perf_counter()
-    sweep = grid.load(sweep_file, quick=quick, overrides=overrides)
+    sweep = grid.load(sweep_file, quick=quick, overrides=overrides, steps=steps, skip_steps=skip_steps)
     units = grid.units(sweep, sweep.experiments(out, force=force))  # every point checked before any work
     outcome = run(units, scheduler=scheduler, workers=workers, threads=torch_threads, dashboard=dashboard,
                   progress=progress, verbose=verbose)

@@ -215,13 +215,7 @@ class Posterior:
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
             if "diagnostics" in self.config:
                 (tmp / DIAGNOSTICS_FILE).write_text(json.dumps(self.config["diagnostics"], indent=2))
-            old = None
-            if directory.exists():
-                old = _old(directory)
-                os.replace(directory, old)
-            os.replace(tmp, directory)
-            if old is not None:
-                store.remove_path(old)
+            _install(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -330,6 +324,38 @@ def check_tensors(arch: ArchConfig, kind: str, tensors: object, where: str = "ch
 def _old(directory: Path) -> Path:
     """Where :meth:`Posterior.save` keeps the previous checkpoint while it is being replaced."""
     return directory.with_name(f".{directory.name}.old")
+
+
+def _install(tmp: Path, directory: Path) -> None:
+    """Move the complete checkpoint folder ``tmp`` to ``directory``; a previous one waits as ``.NAME.old``
+    between the two renames (:func:`recover` restores it after a kill there) and is removed after."""
+    from .. import store
+    old = None
+    if directory.exists():
+        old = _old(directory)
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    if old is not None:
+        store.remove_path(old)
+
+
+def copy_checkpoint(source: str | Path, directory: str | Path) -> Path:
+    """Copy the checkpoint folder ``source`` to ``directory`` byte for byte, atomically as :meth:`Posterior.save`
+    (a model shared by the steps of a sweep, :mod:`bayesrobust.grid`)."""
+    from .. import store
+    source, directory = Path(source), Path(directory)
+    recover(directory)
+    store.clean_leftovers(directory)
+    tmp = store.temp_sibling(directory, directory=True)
+    try:
+        for item in source.iterdir():
+            if item.is_file():
+                shutil.copy2(item, tmp / item.name)
+        _install(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
 
 
 def recover(directory: str | Path) -> bool:
