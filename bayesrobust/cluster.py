@@ -194,5 +194,5 @@ def headlines(outcome: Outcome, units: Iterable[Unit]) -> list[str]:
         result = outcome.done.get(unit.key)
         if unit.stage == "analyze" and result is not None:
             with store.open_result(result.path, "analysis") as ds:
-                lines.append(f"{unit.kwargs['name']}:\n{headline(ds.load())}")
+                lines.append(f"{Path(unit.kwargs['out']) / unit.kwargs['name']}:\n{headline(ds.load())}")
     return lines
