@@ -221,22 +221,22 @@ def test_art_loss_against_a_hand_computation():
 
 @pytest.mark.threads(1)
 def test_art_training_raises_the_topk_intersection_under_attack(mnist5k_train, mnist5k_test):
-    """Seeded and measured: the tiny preset's fc2 (h=16) on 3,000 mnist5k training images, 3 epochs of Adam
-    at lr 3e-3, baseNN vs artNN (ART attack ε = 0.2, 2 steps of 0.1, k = 100); IFIA top-k (k = 100, ε = 0.1,
-    15 steps) on 30 class-balanced test images. Measured once: top-k intersection 0.68 (baseNN) vs 0.78
-    (artNN). A smaller setting than the quick preset, whose ART training takes minutes on 2 cores; the quick
-    comparison is ``QUICK=1 shell/exec_attribution.sh``."""
+    """Seeded and measured: the quick preset's conv net (h=32) on 3,000 mnist5k training images, 3 epochs of
+    Adam at lr 3e-3, baseNN vs artNN (ART weight λ = 20, its attack ε = 0.1 in 2 steps of 0.05, k = 100); IFIA
+    top-k (k = 100, ε = 0.1, 15 steps) on 60 class-balanced test images. Measured once: top-k intersection
+    0.669 (baseNN) vs 0.726 (artNN), at test accuracy 0.78 vs 0.75. With this short training λ = 1 did not
+    raise it (0.661 vs 0.622 on 30 images, ε = 0.2), λ = 5 by 0.02, λ = 50 by 0.07 (accuracy 0.72)."""
     from dataclasses import replace
 
     from bayesrobust.data import Data, balanced_subset
     from bayesrobust.inference import train_network
     from bayesrobust.presets import ARTConfig, get_preset
-    p = get_preset("tiny")
+    p = get_preset("quick")
     train = Data(mnist5k_train.x[:3000], mnist5k_train.y[:3000], mnist5k_train.index[:3000], "mnist5k", "train")
-    test = balanced_subset(mnist5k_test, 30, seed=0)
+    test = balanced_subset(mnist5k_test, 60, seed=0)
     attack = IFIA(epsilon=0.1, steps=15, step_size=0.01, k=100)
     result = {}
-    for name, art in (("baseNN", None), ("artNN", ARTConfig(k=100, epsilon=0.2, step_size=0.1))):
+    for name, art in (("baseNN", None), ("artNN", ARTConfig(weight=20.0, k=100, epsilon=0.1, step_size=0.05))):
         net, _ = train_network(p.arch, train, replace(p.base, epochs=3, lr=3e-3), None, seed=0, art=art)
         maps = attack.map_model(net.requires_grad_(False))
         x_adv = attack(maps, test.x, test.y)
@@ -251,4 +251,4 @@ def test_art_training_raises_the_topk_intersection_under_attack(mnist5k_train, m
             e_noise = maps.maps((test.x + noise).clamp(0, 1), pred).numpy()
             random = metrics.topk_intersection(np.abs(e), np.abs(e_noise), 100 * 100.5 / 784, map_dims=2)
             assert (per_image < random).mean() >= 0.9, (per_image, random)
-    assert result["artNN"] > result["baseNN"] + 0.04, result
+    assert result["artNN"] > result["baseNN"] + 0.03, result
