@@ -260,7 +260,7 @@ def parse(text: str, name: str = "sweep", *, quick: bool = False,
     _check_values(checked, settings, name)
     if settings.get("data_root") == "":
         settings.pop("data_root")
-    all_steps = [_step(step, changes, checked, settings, f"{name} [steps.{step}]")
+    all_steps = [_check_step(step, changes, checked, settings, f"{name} [steps.{step}]")
                  for step, changes in step_changes.items()]
     chosen = [s for s in all_steps if (not steps or any(fnmatch.fnmatchcase(s.name, p) for p in steps))
               and not any(fnmatch.fnmatchcase(s.name, p) for p in skip_steps)]
@@ -284,7 +284,7 @@ def _check_axes(grid: Mapping[str, Any], where: str) -> dict[str, tuple]:
     return checked
 
 
-def _step(name: str, changes: Mapping[str, Any], grid: Mapping[str, tuple], settings: Mapping[str, Any],
+def _check_step(name: str, changes: Mapping[str, Any], grid: Mapping[str, tuple], settings: Mapping[str, Any],
           where: str) -> Step:
     """A checked step: its name and folder safe path components, its axes and settings checked as the
     sweep's are (with the sweep's grid and settings they replace)."""
