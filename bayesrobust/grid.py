@@ -142,8 +142,13 @@ class Sweep:
         """``(point, Experiment)`` for every point, each checked (``ValueError`` naming the point)."""
         from .experiment import Experiment
         out = paths.resolve_out(out)
+        points = self.points()
+        if not points:  # every chosen step is for another inference than the presets'
+            inferences = ", ".join(f"{p}: {_bayes_inference(p, self.settings)}" for p in self.grid["preset"])
+            raise SweepError(f"sweep {self.name!r}: none of the steps {', '.join(s.name for s in self.steps)} "
+                             f"applies to the presets' fullBNN inference ({inferences})")
         found = []
-        for point in self.points():
+        for point in points:
             grid, settings = self.resolved(self._step(point["step"]))
             kwargs = {k: v for k, v in settings.items() if k not in ("draws_per_task", "keep_draws")}
             inference = _bayes_inference(point["preset"], settings)

@@ -112,6 +112,10 @@ def _strings(command: str, name: str, tmp: Path) -> list[tuple[str, int]]:
         return [("preset=tiny", OK), ("draws=5,10", OK), ("topk=10", OK), ("keep_draws=true", OK),
                 ("bogus=1", BAD), ("preset=nope", BAD), ("draws=0", BAD), ("keep_draws=1", BAD), ("x", USAGE),
                 ("=1", USAGE)]
+    if name == "steps":  # sweep --step NAME: a step of the file (its steps are a and b) or a shell pattern
+        return [("a", OK), ("*", OK), ("[ab]", OK), ("c", BAD), ("", BAD), ("a\nb", BAD)]
+    if name == "skip_steps":  # sweep --skip-step NAME: leaving out every step is an error
+        return [("a", OK), ("c", OK), ("", OK), ("*", BAD)]
     if command == "evaluate" and name == "models":  # evaluate --model: a model tag, checked before any model is read
         return [("baseNN", OK), ("fullBNN_sghmc", OK), ("fullBNN", BAD), ("nope", BAD), ("", BAD), ("a/b", BAD),
                 ("a\nb", BAD)]
@@ -266,6 +270,13 @@ def _combinations(case: Case) -> None:
         linf, l2 = case.values.get("linf_eps", "8/255"), case.values.get("l2_eps", "0.25")
         if linf == "" and l2 == "":
             t["no_epsilon"] = BAD
+    if c == "sweep" and ("steps" in case.values or "skip_steps" in case.values):  # steps a and b of sweep.toml
+        import fnmatch
+        chosen = [step for step in "ab" if (not case.values.get("steps") or any(
+            fnmatch.fnmatchcase(step, p) for p in case.values["steps"])) and not any(
+            fnmatch.fnmatchcase(step, p) for p in case.values.get("skip_steps", []))]
+        if not chosen:
+            t["no_step_left"] = BAD
     if c == "sweep" and "scheduler" in case.values and "workers" in case.values:
         t["scheduler_workers"] = USAGE  # --workers sizes the embedded cluster only
     if c == "explain":
@@ -339,7 +350,8 @@ def test_fuzz_every_command(sentinels, tmp_path):
     runner = CliRunner()
     (tmp_path / "a_file").write_text("not a folder")
     (tmp_path / "run.nc").write_text("")
-    (tmp_path / "sweep.toml").write_text('[grid]\npreset = "tiny"\nmodels = ["baseNN", "fullBNN"]\n')
+    (tmp_path / "sweep.toml").write_text('[grid]\npreset = "tiny"\nmodels = ["baseNN", "fullBNN"]\n'
+                                         '[steps.a]\nmode = "mean_sign"\n[steps.b]\nrules = ["gamma"]\n')
     problems = []
     seen = {OK: 0, ANY: 0, BAD: 0, USAGE: 0}
     with runner.isolated_filesystem(temp_dir=tmp_path):

@@ -269,6 +269,9 @@ def test_the_ladder_sweep_runs_every_step_and_trains_each_model_once(tmp_path):
     trained = [u for u in grid.units(nuts, nuts.experiments(tmp_path / "nuts")) if u.stage == "train"]
     assert [u.key.split()[1].split("/")[-1] for u in trained if "fullBNN" in u.key and not u.needs] == \
         ["0_reference", "1_hmc_full_data"]  # 4_correct has step 1's NUTS settings
+    with pytest.raises(grid.SweepError, match="none of the steps 1_hmc_full_data applies to the presets' fullBNN "
+                                              "inference \\(quick: svi\\)"):
+        grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["1_hmc*"]).experiments(tmp_path)
     with pytest.raises(grid.SweepError, match="no step matches '7_more'; the steps are 0_reference, "):
         grid.load("experiments/sweeps/fidelity_ladder.toml", steps=["7_more"])
     with pytest.raises(grid.SweepError, match="--set 9_x.members: no step '9_x'"):
