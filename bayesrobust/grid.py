@@ -477,13 +477,14 @@ def units(sweep: Sweep, experiments: Sequence[tuple[dict, Any]]) -> list[Unit]:
 
 
 def _training_settings(e: Any, model: str) -> str:
-    """What a trained model's stored config must equal for it to be reused (:func:`bayesrobust.stages.train`):
-    the preset with the experiment's overrides, the model, its inference and the seed, as JSON."""
+    """The experiment's training settings of ``model`` as :func:`bayesrobust.stages.train` compares them
+    (:func:`~bayesrobust.stages.training_config`), as JSON."""
+    from .inference import resolve_inference
     from .presets import override_training
-    inference = e._inference(model)
-    p = override_training(e.preset, model, inference, **e._overrides(model))
-    return json.dumps({"preset": p.to_dict(), "model": model, "inference": inference, "seed": e.seed},
-                      sort_keys=True, default=str)
+    from .stages import training_config
+    p = override_training(e.preset, model, e._inference(model), **e._overrides(model))
+    config = training_config(p, model, resolve_inference(p, model, e._inference(model)), e.seed)
+    return json.dumps(config, sort_keys=True, default=str)
 
 
 def with_kwargs(unit: Unit, **changes: Any) -> Unit:

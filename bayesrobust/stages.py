@@ -129,12 +129,7 @@ def train(preset: str | Preset, model: str, *, inference: str | None = None, out
         eval_draws = min(p.eval_draws, available) if eval_draws is None else eval_draws
     target = paths.model_dir(out, p.name, model, inference)
     tag = paths.model_tag(model, inference)
-    wanted = {"preset": p.to_dict(), "model": model, "inference": inference, "seed": seed}
-    if model in (Model.ART, Model.ART_BAYES):  # changed ART settings retrain
-        from dataclasses import asdict
-
-        from .presets import art_config
-        wanted["art"] = asdict(art_config(p))
+    wanted = training_config(p, model, inference, seed)
     recover(target)  # a save killed between its renames
     store.clean_leftovers(target)
     found = target.exists() and (not target.is_dir() or
@@ -187,6 +182,18 @@ def train(preset: str | Preset, model: str, *, inference: str | None = None, out
                      f"chain disagreement {fdiag['disagreement_mean']:.4f} (bayesrobust diagnose for more)")
     lines.append(f"model written to {target}")
     return Done(target, False, "\n".join(lines), {"test_accuracy": acc})
+
+
+def training_config(preset: Preset, model: str, inference: str | None, seed: int) -> dict[str, Any]:
+    """What a stored model's config must equal for :func:`train` to take it as up to date (or to copy it): the
+    preset with its overrides applied, the model, its resolved inference, the seed (and the ART settings)."""
+    wanted = {"preset": preset.to_dict(), "model": model, "inference": inference, "seed": seed}
+    if model in (Model.ART, Model.ART_BAYES):  # changed ART settings retrain
+        from dataclasses import asdict
+
+        from .presets import art_config
+        wanted["art"] = asdict(art_config(preset))
+    return wanted
 
 
 def _stored_base_network(out: Path, preset: Preset, seed: int) -> Any:
