@@ -26,9 +26,9 @@ from local explanations to global insights with Zennit, CoRelAy, and ViRelAy", a
    ``alpha1beta0``
        LRP-α₁β₀ = z⁺ (Bach et al. 2015; Montavon et al. 2017), :class:`zennit.rules.ZPlus`:
        ``R_i = Σ_j (a_i⁺ w_ij⁺ + a_i⁻ w_ij⁻) / (Σ_i (a_i⁺ w_ij⁺ + a_i⁻ w_ij⁻) + b_j⁺) · R_j``
-       (identical to ``AlphaBeta(alpha=1, beta=0)``, at half the cost), computed by :class:`GradientZPlus`
-       (same numbers, tested; two weight products forward and two per backward pass, where Zennit's runs one and
-       five).
+       (identical to ``AlphaBeta(alpha=1, beta=0)``, at half the cost). Zennit's own hook: the sign-split
+       identity that makes ``gamma`` cheap loses every digit to cancellation in float32 where an output's
+       positive part is near 0 and its denominator is the stabiliser (tested).
 
    ``gamma`` and ``alpha1beta0`` stabilise their denominators with ``1e-6·sign`` (Zennit's default).
    The first layer gets the same rule as all others (no ``z^B``/flat rule), as in the paper.
@@ -62,7 +62,7 @@ from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
 from zennit.composites import COMPOSITES as _ZENNIT_COMPOSITES
 from zennit.composites import LayerMapComposite, layer_map_base
 from zennit.core import BasicHook, Composite, Hook, ParamMod, stabilize
-from zennit.rules import Pass
+from zennit.rules import Pass, ZPlus
 from zennit.types import BatchNorm, Linear
 
 from ..models.architectures import Normalize
@@ -148,8 +148,10 @@ def _bias_like(module: nn.Module, output: torch.Tensor) -> torch.Tensor:
 
 
 class SignSplitHook(RescaledGradientHook):
-    """Base of LRP rules that weight positive and negative contributions apart (LRP-γ, LRP-α₁β₀), computed with
-    two weight products per pass instead of Zennit's four or five (docs/method.md §5.2).
+    """Base of LRP rules that weight positive and negative contributions apart (LRP-γ), computed with
+    two weight products per pass instead of Zennit's four or five (docs/method.md §5.2). The identity below
+    is exact in real numbers but cancels in floating point where ``P`` is far smaller than ``|a|·|w|``; LRP-γ's
+    denominators contain ``z`` and stay accurate (tested in float32), LRP-z⁺'s are ``P`` itself and would not.
 
     Both rules need, per output ``j``, the positive part ``P_j = Σ_i a_i⁺ w_ij⁺ + a_i⁻ w_ij⁻`` of the
     pre-activation and, per input ``i``, sums over ``w⁺`` and ``w⁻`` of the rescaled relevance. With
@@ -223,27 +225,6 @@ class GradientGamma(SignSplitHook):
         return up + down, up - down
 
 
-class GradientZPlus(SignSplitHook):
-    """Zennit's LRP-z⁺ = α₁β₀ (:class:`zennit.rules.ZPlus`) with two weight products per pass (tested equal):
-    ``R_i = ½ a_i (wᵀs)_i + ½ |a_i| (|w|ᵀs)_i``, ``s = R / stab(P + b⁺)``."""
-
-    coefficients = (0.5, 0.5)
-
-    def __init__(self, stabilizer: float = 1e-6):
-        super().__init__()
-        self.stabilizer = float(stabilizer)
-
-    def copy(self) -> GradientZPlus:
-        return GradientZPlus(self.stabilizer)
-
-    def denominators(self, z: torch.Tensor, bias: torch.Tensor, positive: torch.Tensor) -> dict:
-        return {"d": stabilize(positive + bias.clamp(min=0), self.stabilizer)}
-
-    def split(self, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s = relevance / self.stored_tensors["d"]
-        return s, s
-
-
 class QuadraticGamma(BasicHook):
     """The reference code's γ rule, ``ρ(p) = p + γ·p·max(0, p)`` on the weight and the bias (quadratic in p).
 
@@ -293,7 +274,7 @@ class RuleSpec:
 RULES: dict[str, RuleSpec] = {
     "epsilon": RuleSpec(GradientEpsilon, {"epsilon": 0.1}),
     "gamma": RuleSpec(GradientGamma, {"gamma": 0.1, "stabilizer": STABILIZER}),
-    "alpha1beta0": RuleSpec(GradientZPlus, {"stabilizer": STABILIZER}),
+    "alpha1beta0": RuleSpec(ZPlus, {"stabilizer": STABILIZER}),
     "gamma_quadratic": RuleSpec(QuadraticGamma, {"gamma": 0.1, "stabilizer": STABILIZER}),
 }
 
