@@ -131,7 +131,8 @@ def test_a_failing_unit_stops_its_own_branch_only(client, serial, tmp_path):
 @pytest.mark.threads(1)  # as the workers: then every draw's maps are the same bits
 def test_draw_split_explanation_equals_one_process(client, serial, tmp_path):
     """S = 4 draws in 4 chunks on the workers, with every draw's maps in the zarr store (each chunk writes
-    its region): the same summary, units and per-draw maps as one process."""
+    its region): the same summary, units and per-draw maps as one process. The two rules run as one fused
+    pass (bayesrobust.explain.fused), whose per-rule moments each chunk returns."""
     for name in ("models", "attacks"):
         shutil.copytree(serial / name, tmp_path / "split" / name)
         shutil.copytree(serial / name, tmp_path / "one" / name)

@@ -4,6 +4,8 @@
   composites by name, canonizers;
 - :mod:`~bayesrobust.explain.layers`: which layers are explained and where their outputs are read;
 - :mod:`~bayesrobust.explain.lrp`: :class:`LRP`, relevance of every layer's argmax unit at the pixels;
+- :mod:`~bayesrobust.explain.fused`: :class:`~bayesrobust.explain.fused.FusedLRP`, the rules ``epsilon``,
+  ``gamma`` and ``alpha1beta0`` in one pass on fc2/conv networks (same maps as :class:`LRP`, faster);
 - :mod:`~bayesrobust.explain.captum_methods`: :class:`CaptumMethod` (IG, GradientSHAP, saliency,
   SmoothGrad, Grad-CAM) behind the same interface;
 - :mod:`~bayesrobust.explain.rise`: :class:`RISE`, random-mask relevance behind the same interface;

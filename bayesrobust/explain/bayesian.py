@@ -51,7 +51,9 @@ class Explainer(Protocol):
 
     def __call__(self, net: Network, x: torch.Tensor,
                  layers: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(maps (L, N, *x.shape[1:]), units (L, N))`` for the layers ``layers``."""
+        """``(maps (L, N, *x.shape[1:]), units (L, N))`` for the layers ``layers``; an explainer with a
+        ``lead_shape`` attribute (e.g. :class:`~bayesrobust.explain.fused.FusedLRP`, one map per rule) returns
+        maps of shape ``(*lead_shape, L, N, ...)``."""
 
 
 #: ``(draw index, maps (L, N, C, H, W), units (L, N))`` → None, called once per draw.
@@ -102,6 +104,16 @@ class DrawReducer:
         agree = torch.where(sign > 0, self._pos, torch.where(sign < 0, self._neg, zero))
         return self._mean, std, agree.to(self._mean.dtype) / self.count
 
+    def part(self, index: int) -> DrawReducer:
+        """The moments of ``maps[index]`` alone (maps with a leading axis, e.g. one map per rule)."""
+        part = DrawReducer()
+        if self._mean is not None:
+            part.count = self.count
+            part._mean, part._m2 = self._mean[index].clone(), self._m2[index].clone()
+            part._pos, part._neg = self._pos[index].clone(), self._neg[index].clone()
+            part.__setstate__({})  # the scratch buffers
+        return part
+
     def merge(self, other: DrawReducer) -> DrawReducer:
         """Fold in the draws another reducer saw (a disjoint chunk of the same maps' draws): the parallel
         update of Chan, Golub & LeVeque (1979) for mean and M2, sums for the sign counts. The merged
@@ -136,7 +148,8 @@ class DrawReducer:
 class PosteriorExplanation:
     """Per-pixel summaries over the draws and the units each draw explained.
 
-    ``mean``, ``std``, ``sign_agreement``: (L, N, C, H, W); ``units``: (S, L, N) int64;
+    ``mean``, ``std``, ``sign_agreement``: (L, N, C, H, W), with the explainer's ``lead_shape`` in front if it
+    has one; ``units``: (S, L, N) int64;
     ``layers``: the layer indices, ``n_draws`` = S.
     """
 
@@ -243,14 +256,14 @@ def explain_posterior(posterior: Posterior | DrawSet, x: torch.Tensor, explainer
     parts = chunks(x.shape[0], draws.chunk_size if batch_size is None else batch_size)
     reducer = DrawReducer() if reducer is None else reducer
     units = torch.empty((n, len(idx), x.shape[0]), dtype=torch.int64)
-    maps = x.new_empty((len(idx), *x.shape))
+    maps = x.new_empty((*getattr(explainer, "lead_shape", ()), len(idx), *x.shape))
     log.debug("explaining %d images with %s, %d draws, layers %s", x.shape[0], explainer.name, n, idx)
     with explainer.attached(net):
         for position in draws:
             j = draws.indices[position]
             with explainer.draw(net), seeded(draw_seed(seed, j)):
                 for part in parts:
-                    maps[:, part], units[position, :, part] = explainer(net, x[part], idx)
+                    maps[..., part, :, :, :], units[position, :, part] = explainer(net, x[part], idx)
             reducer.add(maps)
             if on_draw is not None:
                 on_draw(j, maps, units[position])

@@ -38,8 +38,9 @@ import xarray as xr
 from .. import store
 from ..checks import check_images, count
 from ..models.posterior import Posterior
-from .bayesian import Explainer, explain_posterior, posterior_draws
+from .bayesian import Explainer, posterior_draws
 from .captum_methods import METHODS, CaptumMethod
+from .fused import EachDrawCallback, explain_each
 from .layers import LayerSelection, layer_names, resolve_layers
 from .lrp import LRP
 from .rise import RISE
@@ -237,16 +238,14 @@ def explain_attack(posterior: Posterior, attack: xr.Dataset, explainers: Sequenc
                for name in ("relevance", "relevance_std", "relevance_sign_agreement")}
     units = None
 
-    def run(on_draw_for: Callable[[int], Any] | None) -> None:
+    def run(on_draw: EachDrawCallback | None) -> None:
         nonlocal units
-        for r, explainer in enumerate(explainers):
-            result = explain_posterior(draws, both, explainer, layers=idx, batch_size=batch_size,
-                                       seed=seed, progress=progress,
-                                       on_draw=on_draw_for(r) if on_draw_for is not None else None)
+        results = explain_each(draws, both, explainers, layers=idx, batch_size=batch_size, seed=seed,
+                               on_draw=on_draw, progress=progress)
+        for r, (result, _) in enumerate(results):
             for name, value in zip(summary, (result.mean, result.std, result.sign_agreement)):
                 summary[name][:, r] = _split_inputs(value, n_images)
-            if units is None:
-                units = result.units.reshape(n, len(idx), len(INPUTS), n_images).permute(2, 1, 0, 3).numpy()
+        units = results[0][0].units.reshape(n, len(idx), len(INPUTS), n_images).permute(2, 1, 0, 3).numpy()
 
     settings = {"explainers": [e.config() for e in explainers], "layers": idx, "n_draws": n,
                 "batch_size": batch_size, "seed": seed}
@@ -270,12 +269,10 @@ def explain_attack(posterior: Posterior, attack: xr.Dataset, explainers: Sequenc
         array = zarr.open_array(str(Path(tmp) / "relevance_draws"), mode="r+").with_config(
             {"write_empty_chunks": True})
 
-        def writer(r: int) -> Callable[[int, torch.Tensor, torch.Tensor], None]:
-            def write(j: int, maps: torch.Tensor, _units: torch.Tensor) -> None:
-                array[:, r, :, j] = _split_inputs(maps, n_images)
-            return write
+        def write(r: int, j: int, maps: torch.Tensor, _units: torch.Tensor) -> None:
+            array[:, r, :, j] = _split_inputs(maps, n_images)
 
-        run(writer)
+        run(write)
         ds = _summary_dataset(summary, units, coords, attack, attrs)
         store.validate(ds)
         with warnings.catch_warnings():

@@ -31,6 +31,8 @@ from local explanations to global insights with Zennit, CoRelAy, and ViRelAy", a
        positive part is near 0 and its denominator is the stabiliser (tested).
 
    ``gamma`` and ``alpha1beta0`` stabilise their denominators with ``1e-6·sign`` (Zennit's default).
+   Asked for together on the fc2/conv networks, the three rules run in one pass instead
+   (:mod:`bayesrobust.explain.fused`, the same maps).
    The first layer gets the same rule as all others (no ``z^B``/flat rule), as in the paper.
 
 2. **A Zennit composite** by name from :data:`COMPOSITES` (``epsilon_plus``, ``epsilon_gamma_box``, ...),

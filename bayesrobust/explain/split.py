@@ -30,7 +30,7 @@ from .. import store
 from ..checks import count
 from ..models.draws import DrawSet
 from ..models.posterior import Posterior
-from .bayesian import DrawReducer, Explainer, explain_posterior
+from .bayesian import DrawReducer, Explainer
 from .explanation import (
     INPUTS,
     _create_draws_store,
@@ -40,6 +40,7 @@ from .explanation import (
     attack_images,
     checked_inputs,
 )
+from .fused import explain_each
 from .layers import layer_names, resolve_layers
 
 #: ``(function, chunks) → results in the same order``: the builtin ``map`` runs them here, one after the other.
@@ -96,16 +97,12 @@ def explain_chunk(chunk: DrawChunk) -> ChunkResult:
         import zarr
         array = zarr.open_array(str(Path(chunk.draws_store) / "relevance_draws"), mode="r+").with_config(
             {"write_empty_chunks": True})
-    reducers, units = [], None
-    for r, explainer in enumerate(chunk.explainers):
-        def write(j: int, maps: torch.Tensor, _units: torch.Tensor, r: int = r) -> None:
-            array[:, r, :, j] = _split_inputs(maps, n_images)
-        reducer = DrawReducer()
-        result = explain_posterior(draws, both, explainer, layers=list(chunk.layers), batch_size=chunk.batch_size,
-                                   seed=chunk.seed, on_draw=write if array is not None else None, reducer=reducer)
-        reducers.append(reducer)
-        units = result.units if units is None else units
-    return ChunkResult(chunk.start, reducers, units)
+    def write(r: int, j: int, maps: torch.Tensor, _units: torch.Tensor) -> None:
+        array[:, r, :, j] = _split_inputs(maps, n_images)
+
+    results = explain_each(draws, both, chunk.explainers, layers=list(chunk.layers), batch_size=chunk.batch_size,
+                           seed=chunk.seed, on_draw=write if array is not None else None)
+    return ChunkResult(chunk.start, [reducer for _, reducer in results], results[0][0].units)
 
 
 def explain_split(posterior: Posterior, attack: xr.Dataset, explainers: Sequence[Explainer], *,
