@@ -82,12 +82,13 @@ def explain_inputs(posterior: Any, x: torch.Tensor, explainers: Sequence[Any], *
     """The posterior-mean maps of images ``x`` (N, C, H, W) for every explainer: (rule, layer, N, C, H, W)
     float32, each draw explaining its own argmax unit (docs/method.md §5.4) — the same computation as the
     ``relevance`` of :func:`~bayesrobust.explain.explanation.explain_attack`, on other images."""
-    from .explain.bayesian import explain_posterior, posterior_draws
+    from .explain.bayesian import posterior_draws
+    from .explain.fused import explain_each
     from .explain.layers import resolve_layers
     draws = posterior_draws(posterior, n_draws, device=device)  # generated once, for every explainer
     idx = resolve_layers(draws.net, layers)
-    maps = [explain_posterior(draws, x, e, layers=idx, batch_size=batch_size, seed=seed).mean
-            for e in explainers]
+    maps = [result.mean for result, _ in explain_each(draws, x, explainers, layers=idx, batch_size=batch_size,
+                                                      seed=seed)]
     return torch.stack(maps).to(torch.float32).cpu().numpy()
 
 

@@ -155,24 +155,48 @@ def run_child(*args: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def fused_flops(hidden: int) -> float:
+    """Weight-product FLOPs per image·draw of the fused pass on the conv net (3 rules, 3 layers): forward
+    ``w`` and ``[w⁺; w⁻]`` (twice the inputs), and for the last layer's seed the backward products below it
+    (``w`` for ε and γ, ``|w|`` for γ, ``[w⁺ | w⁻]`` for z⁺: five per layer); the seeds' first steps and the
+    last layer's (10-unit) products are left out as negligible."""
+    conv1 = 2 * 24 * 24 * 16 * 1 * 25
+    conv2 = 2 * 8 * 8 * hidden * 16 * 25
+    return 3 * (conv1 + conv2) + 5 * (conv1 + conv2)
+
+
 def compare_rules(hidden: int, n_images: int, n_draws: int) -> None:
-    """(d) The three paper rules on the conv net, ours against Zennit's stock hooks (same numbers, tested):
-    seconds per image·draw (all 3 layers) and the speed-up."""
+    """(d) The three paper rules on the conv net: one rule at a time through hooks (ours for ε and γ, Zennit's
+    for z⁺), Zennit's stock hooks, and the fused pass of all three (same numbers, tested); seconds per
+    image·draw (all 3 layers), speed-ups, and the fused pass's product throughput against the matmul peak."""
     from zennit.rules import Epsilon, Gamma, ZPlus
+
+    from bayesrobust.explain.fused import FusedLRP
     posterior = random_posterior("conv", hidden)
     x = balanced_subset(load("mnist5k", "test"), n_images, seed=0).x
     print(f"(d) rules on conv h={hidden}: N={n_images} images, S={n_draws} draws, 3 layers; "
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
     peak = matmul_gflops()[0]
+    unit = n_images * n_draws
+    hooks = stock_total = 0.0
     for name, ours, stock in (("epsilon", LRP("epsilon"), LRP(Epsilon(epsilon=0.1))),
                               ("gamma", LRP("gamma"), LRP(Gamma(gamma=0.1, stabilizer=1e-6))),
                               ("alpha1beta0", LRP("alpha1beta0"), LRP(ZPlus(stabilizer=1e-6)))):
         t_ours = timed(lambda lrp=ours: explain_posterior(posterior, x, lrp, n_draws=n_draws))[0]
         t_stock = timed(lambda lrp=stock: explain_posterior(posterior, x, lrp, n_draws=n_draws))[0]
-        unit = n_images * n_draws
-        print(f"    {name:12s} ours {1e3 * t_ours / unit:6.2f} ms, Zennit's hook {1e3 * t_stock / unit:6.2f} ms "
+        hooks, stock_total = hooks + t_ours, stock_total + t_stock
+        print(f"    {name:12s} hooks {1e3 * t_ours / unit:6.2f} ms, Zennit's stock hook {1e3 * t_stock / unit:6.2f} ms "
               f"per image·draw: {t_stock / t_ours:.2f}x")
-    print(f"    float32 matmul {peak:.0f} GFLOP/s before; load average now {os.getloadavg()[0]:.1f}")
+    fused = FusedLRP([LRP("epsilon"), LRP("gamma"), LRP("alpha1beta0")])
+    t_fused = timed(lambda: explain_posterior(posterior, x, fused, n_draws=n_draws))[0]
+    after = matmul_gflops()[0]
+    rate = fused_flops(hidden) * unit / t_fused / 1e9
+    print(f"    all three, one rule at a time {1e3 * hooks / unit:6.2f} ms (Zennit's stock hooks "
+          f"{1e3 * stock_total / unit:.2f} ms); fused {1e3 * t_fused / unit:6.2f} ms per image·draw: "
+          f"{hooks / t_fused:.2f}x (vs stock {stock_total / t_fused:.2f}x)")
+    print(f"    fused weight products {fused_flops(hidden) / 1e6:.0f} MFLOP per image·draw: {rate:.0f} GFLOP/s, "
+          f"{100 * rate / ((peak + after) / 2):.0f}% of float32 matmul ({peak:.0f} / {after:.0f} GFLOP/s before / "
+          f"after); load average now {os.getloadavg()[0]:.1f}")
 
 
 def main() -> None:
@@ -181,7 +205,7 @@ def main() -> None:
     parser.add_argument("--archs", default="fc2,conv")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--rules", action="store_true",
-                        help="only the rules: gamma and alpha1beta0 (ours) against Zennit's stock hooks, and epsilon")
+                        help="only the rules: hooks, Zennit's stock hooks and the fused pass of the three")
     parser.add_argument("--child", nargs=5, metavar=("ARCH", "HIDDEN", "N", "S", "IDLE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
