@@ -17,10 +17,13 @@ def run(command: str | None = None, prog_name: str | None = None) -> None:
     """Run the command group (``command=None``) or one of its commands, e.g. ``run("train")``."""
     try:
         from .cli import COMMANDS, main
+        if command is None and len(sys.argv) > 1 and sys.argv[1] in COMMANDS:
+            COMMANDS[sys.argv[1]]  # load the sub-command here, where an interrupt is handled
+        entry = main if command is None else COMMANDS[command]
     except KeyboardInterrupt:
         sys.stderr.write("\nAborted.\n")
         sys.exit(INTERRUPT_EXIT_CODE)
-    (main if command is None else COMMANDS[command])(prog_name=prog_name)
+    entry(prog_name=prog_name)
 
 
 if __name__ == "__main__":
