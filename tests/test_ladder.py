@@ -2,8 +2,8 @@
 dask cluster, QUICK mode on the `tiny` preset, 10 images: its two ends — every switch on the reference's
 setting, every switch correct — and one middle step (which copies the first step's fullBNN) run with the
 switches recorded in the results, PGD-40 and two S (1 and 10, set per step from the command line) at both
-ends, the controls in every step, and the report shows every step. (All steps of `QUICK=1` take minutes more; the middle steps are the same sweep
-with other switch values.)"""
+ends, the controls in every step, and the report shows every step. (All steps of `QUICK=1` take minutes
+more; the middle steps are the same sweep with other switch values.)"""
 
 import json
 import os
