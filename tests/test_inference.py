@@ -7,6 +7,7 @@ The inputs are nearly orthogonal so the posterior is nearly diagonal and a mean-
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -149,3 +150,18 @@ def test_subset_chains_sample_each_subsets_own_posterior(regression):
 def test_subset_chains_need_enough_images():
     with pytest.raises(ValueError, match=r"chains x subset_size <= training images; got 15 x 4000 = 60,000 > 5,000"):
         chain_subsets(5000, 15, 4000, seed=0)
+
+
+def test_diagnostics_of_many_parameters_use_a_seeded_subset_with_each_sites_share():
+    from bayesrobust.inference.hmc import diagnostics
+    rng = np.random.default_rng(0)
+    mixed = rng.normal(size=(2, 50, 300))
+    stuck = rng.normal(size=(2, 50, 30, 10)) + np.array([0.0, 5.0])[:, None, None, None]  # the chains apart
+    full = diagnostics({"a": mixed, "b": stuck}, [0, 0])
+    sub = diagnostics({"a": mixed, "b": stuck}, [0, 0], max_parameters=60)
+    assert full["parameters"] == full["parameters_diagnosed"] == 600
+    assert sub["parameters"] == 600 and sub["parameters_diagnosed"] == 60  # 30 of each site's 300
+    assert sub["per_site"]["b"]["rhat_max"] > 1.5 and sub["per_site"]["a"]["rhat_max"] < 1.1
+    # a subset's extremes lie within the full set's, and the subset is seeded: a repeat is identical
+    assert sub["rhat_max"] <= full["rhat_max"] and sub["ess_bulk_min"] >= full["ess_bulk_min"]
+    assert diagnostics({"a": mixed, "b": stuck}, [0, 0], max_parameters=60) == sub
