@@ -92,10 +92,15 @@ class NUTSKernel:
 MAX_DIAGNOSED = 20_000
 
 
+def _scalars(samples: dict[str, np.ndarray]) -> int:
+    """Scalar parameters in ``samples`` (name → (chain, draw, ...))."""
+    return sum(int(np.prod(v.shape[2:])) for v in samples.values())
+
+
 def _subsample(samples: dict[str, np.ndarray], limit: int, seed: int = 0) -> dict[str, np.ndarray]:
     """At most ``limit`` scalar parameters in all, each site keeping its share (at least one), chosen
     without replacement by a seeded generator; (chain, draw, ...) → (chain, draw, kept)."""
-    total = sum(int(np.prod(v.shape[2:])) for v in samples.values())
+    total = _scalars(samples)
     if total <= limit:
         return samples
     rng = np.random.default_rng(seed)
@@ -126,9 +131,9 @@ def diagnostics(samples: dict[str, np.ndarray], divergences: list[int],
     from arviz_base import from_dict
     from arviz_stats import ess
     from arviz_stats import rhat as split_rhat
-    parameters = sum(int(np.prod(v.shape[2:])) for v in samples.values())
+    parameters = _scalars(samples)
     samples = _subsample(samples, max_parameters)
-    diagnosed = sum(int(np.prod(v.shape[2:])) for v in samples.values())
+    diagnosed = _scalars(samples)
     log.info("R-hat and ESS (ArviZ) of %d of %d parameters", diagnosed, parameters)
     tree = from_dict({"posterior": samples})
     rhat = split_rhat(tree)
