@@ -109,7 +109,7 @@ def fuse(explainers: Sequence[Explainer], net: nn.Module) -> list[tuple[Explaine
 
 def _inverse_stabilized(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     """``1 / (z + ε·sign(z))`` with ``sign(0) = +1`` (Zennit's ``stabilize``), in four element-wise passes."""
-    return torch.where(z >= 0, z.new_tensor(epsilon), z.new_tensor(-epsilon)).add_(z).reciprocal_()
+    return torch.full_like(z, epsilon).copysign_(z + 0.0).add_(z).reciprocal_()
 
 
 def _forward(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -290,11 +290,13 @@ class FusedLRP:
                 # one of the two denominators per output, by the sign of z (z = 0 passes nothing)
                 g = p["gamma"]
                 assert positive is not None
-                side = torch.where(z > 0, positive + bias.clamp(min=0), (z - positive) + (bias.clamp(max=0) - bias))
-                inverse = _inverse_stabilized(torch.add(z, side, alpha=g), p["stabilizer"])
-                inverse.masked_fill_(z == 0, 0.0)
+                sign = z.sign()
+                upper = positive + bias.clamp(min=0)
+                lower = (z - positive).add_(bias.clamp(max=0) - bias)
+                side = torch.lerp(lower, upper, sign.clamp(min=0))
+                inverse = _inverse_stabilized(side.mul_(g).add_(z), p["stabilizer"]).mul_(sign.abs())
                 out[rule, "w"] = inverse.mul(1 + g / 2)
-                out[rule, "abs"] = inverse.mul_(z.sign()).mul_(g / 2)
+                out[rule, "abs"] = inverse.mul_(sign).mul_(g / 2)
             else:
                 assert positive is not None    # P + b⁺ ≥ 0: the stabiliser adds with sign +
                 out[rule, "signed"] = torch.add(positive, bias.clamp(min=0)).add_(p["stabilizer"]).reciprocal_()
