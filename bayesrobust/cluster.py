@@ -92,6 +92,7 @@ def dask_map(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
 def run_unit(unit: Unit, threads: int, *needed: UnitResult) -> UnitResult:
     """Run one unit's stage with ``threads`` torch threads (explain: on the attack file of its dependency,
     its draws split through :func:`dask_map` when ``draws_per_task`` asks for it)."""
+    import logging
     import time
 
     import torch
@@ -99,6 +100,8 @@ def run_unit(unit: Unit, threads: int, *needed: UnitResult) -> UnitResult:
     from . import stages
     start = time.perf_counter()
     torch.set_num_threads(threads)
+    logging.getLogger("bayesrobust").setLevel(logging.INFO)  # for the client's forward_logging (cli.sweep)
+    logging.getLogger(__name__).info("started: %s", unit.key)
     kwargs = dict(unit.kwargs)
     if unit.stage == "explain":
         kwargs["attack_run"] = Path(needed[0].path)

@@ -57,6 +57,10 @@ def test_quick_ladder_records_every_switch_and_reports_every_step(tmp_path):
     assert bayes["2_attack_mean_grad"] == bayes["0_reference"]
     assert bayes["4_correct"][0] != bayes["0_reference"][0]
     assert "sweep fidelity_ladder.toml" in proc.stdout + proc.stderr and "0 failed, 0 not run" in proc.stdout
+    # the workers' own progress reaches the terminal; dask's INFO chatter does not
+    assert f"bayesrobust.cluster: started: train {base / '0_reference'} tiny baseNN" in proc.stderr
+    assert "bayesrobust.inference.svi: SVI epoch 1/" in proc.stderr
+    assert "distributed.scheduler" not in proc.stderr
     for end in ("0_reference", "4_correct"):  # PGD-40 with several S at the two ends
         with xr.open_dataset(base / end / "analysis" / "tiny_pgd_top20.nc") as pgd:
             assert [m for m in pgd.model.values.tolist() if m.startswith("fullBNN")] == \

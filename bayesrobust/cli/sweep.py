@@ -3,8 +3,9 @@
 Reads a sweep file (:mod:`bayesrobust.grid`; the paper's are ``experiments/sweeps/*.toml``), checks every
 experiment of the grid before any work, and runs its units (:mod:`bayesrobust.cluster`) on an embedded
 ``LocalCluster`` (one single-threaded worker process per core, or ``--workers N``) or on a running cluster
-(``--scheduler ADDRESS``). Prints the dashboard address, one progress bar (units done / total), each unit's
-outcome, the headline of every analysis, and a summary; exit status 1 if any unit failed.
+(``--scheduler ADDRESS``). Prints the dashboard address, one progress bar (units done / total), the units'
+own progress lines as the workers log them (training epochs, stages), each unit's outcome, the headline of
+every analysis, and a summary; exit status 1 if any unit failed.
 
 Example (the QUICK layers-robustness sweep; minutes on 2 CPU cores)::
 
@@ -57,8 +58,6 @@ def main(sweep_file, quick, overrides, steps, skip_steps, workers, scheduler, to
     """Run the experiment grid of sweep FILE on dask.distributed, results under OUT."""
     from .. import cluster, grid
     options.setup_logging(verbose)
-    if not verbose:  # the scheduler's and workers' own INFO lines would bury the progress bar
-        logging.getLogger("distributed").setLevel(logging.WARNING)
     if scheduler is not None and workers is not None:
         raise click.UsageError("--workers sizes the embedded cluster; with --scheduler the cluster is yours")
     start = time.perf_counter()
@@ -80,8 +79,16 @@ def run(units, *, scheduler=None, workers=None, threads=1, dashboard=":8787", pr
 
     from distributed import Client
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from .. import cluster
+
+    def quiet_dask() -> None:  # the scheduler's, nannies' and workers' own INFO lines would bury the bar
+        if not verbose:
+            for name in [n for n in logging.root.manager.loggerDict if n.startswith("distributed")]:
+                logging.getLogger(name).setLevel(logging.WARNING)
+
+    quiet_dask()  # importing distributed set its loggers to INFO: again before the cluster starts
     with ExitStack() as stack:
         if scheduler is None:
             local = stack.enter_context(cluster.local_cluster(
@@ -89,11 +96,12 @@ def run(units, *, scheduler=None, workers=None, threads=1, dashboard=":8787", pr
             client = stack.enter_context(Client(local))
         else:
             client = stack.enter_context(Client(scheduler))
-        if not verbose:  # quiet also the scheduler's and nanny's own loggers (closing messages included)
-            for name in [n for n in logging.root.manager.loggerDict if n.startswith("distributed")]:
-                logging.getLogger(name).setLevel(logging.WARNING)
+        quiet_dask()  # and the loggers the cluster made (closing messages included)
+        # the units' own progress (epochs, chains, stages) from the workers, printed above the bar
+        client.forward_logging("bayesrobust", level=logging.INFO)
         n = len(client.scheduler_info().get("workers", {}))
         click.echo(f"dask: {n} worker(s) at {client.scheduler.address}; dashboard {client.dashboard_link}")
+        stack.enter_context(logging_redirect_tqdm())
         bar = stack.enter_context(tqdm(total=len(units), unit="unit", desc="sweep", disable=not progress))
 
         def advance(done, total, message):
