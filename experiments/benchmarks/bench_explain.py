@@ -28,6 +28,7 @@ Run from the repository root::
 
     .venv/bin/python experiments/benchmarks/bench_explain.py             # the issue's setting
     .venv/bin/python experiments/benchmarks/bench_explain.py --quick     # a fast check that it runs
+    .venv/bin/python experiments/benchmarks/bench_explain.py --study-size --threads 2  # (e) one model, study size
 """
 
 from __future__ import annotations
@@ -203,6 +204,20 @@ def compare_rules(hidden: int, n_images: int, n_draws: int) -> None:
           f"after); load average now {os.getloadavg()[0]:.1f}")
 
 
+def study_size(hidden: int, n_images: int, n_draws: int) -> None:
+    """(e) One model's explanations at the study's size (issue 14's goal: under 5 minutes): the fused pass of
+    the three rules at the three layers on ``n_images`` images (the study: 500 clean + 500 adversarial) with
+    ``n_draws`` draws of a conv posterior of random weights (its cost is that of a trained one), one process."""
+    from bayesrobust.explain.fused import FusedLRP
+    posterior = random_posterior("conv", hidden)
+    x = load("mnist5k", "test").x[:n_images]  # its 1,000 test images
+    fused = FusedLRP([LRP("epsilon"), LRP("gamma"), LRP("alpha1beta0")])
+    seconds = timed(lambda: explain_posterior(posterior, x, fused, n_draws=n_draws))[0]
+    print(f"(e) study size, conv h={hidden}: {n_images} images x S={n_draws} x 3 rules x 3 layers in {seconds:.0f} s "
+          f"({1e3 * seconds / (n_images * n_draws):.2f} ms per image·draw), {torch.get_num_threads()} threads, "
+          f"load average {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: checks that the script runs")
@@ -210,6 +225,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--rules", action="store_true",
                         help="only the rules: hooks, Zennit's stock hooks and the fused pass of the three")
+    parser.add_argument("--study-size", action="store_true",
+                        help="only one model's explanations at the study's size (1,000 images, S = 100, 3 rules)")
     parser.add_argument("--child", nargs=5, metavar=("ARCH", "HIDDEN", "N", "S", "IDLE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -217,6 +234,9 @@ def main() -> None:
     if args.child:
         arch, hidden, n, s, idle = args.child
         keep_draws_child(arch, int(hidden), int(n), int(s), idle == "1")
+        return
+    if args.study_size:
+        study_size(64 if args.quick else 512, 20 if args.quick else 1000, 2 if args.quick else 100)
         return
     if args.rules:
         compare_rules(64 if args.quick else 512, 20 if args.quick else 100, 2 if args.quick else 10)
