@@ -108,7 +108,9 @@ def fuse(explainers: Sequence[Explainer], net: nn.Module) -> list[tuple[Explaine
 
 
 def _inverse_stabilized(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``1 / (z + ε·sign(z))`` with ``sign(0) = +1`` (Zennit's ``stabilize``), in four element-wise passes."""
+    """``1 / (z + ε·sign(z))`` with ``sign(0) = +1`` (Zennit's ``stabilize``; ``-0.0 + 0.0`` is ``+0.0``, so
+    ``copysign`` gives −0 the + sign too), in arithmetic passes: ``torch.where`` and ``masked_fill`` took 5–7 ms
+    on a (50, 512, 8, 8) tensor on the 2-core CPU, an arithmetic pass under 1 ms."""
     return torch.full_like(z, epsilon).copysign_(z + 0.0).add_(z).reciprocal_()
 
 
@@ -291,10 +293,10 @@ class FusedLRP:
                 g = p["gamma"]
                 assert positive is not None
                 sign = z.sign()
-                upper = positive + bias.clamp(min=0)
-                lower = (z - positive).add_(bias.clamp(max=0) - bias)
-                side = torch.lerp(lower, upper, sign.clamp(min=0))
-                inverse = _inverse_stabilized(side.mul_(g).add_(z), p["stabilizer"]).mul_(sign.abs())
+                upper = positive + bias.clamp(min=0)                    # z > 0: P + b⁺
+                lower = (z - positive).add_(bias.clamp(max=0) - bias)   # z ≤ 0: N + b⁻ (N = z − P − b)
+                side = torch.lerp(lower, upper, sign.clamp(min=0))      # exact at the weights 0 and 1
+                inverse = _inverse_stabilized(side.mul_(g).add_(z), p["stabilizer"]).mul_(sign.abs())  # 0 at z = 0
                 out[rule, "w"] = inverse.mul(1 + g / 2)
                 out[rule, "abs"] = inverse.mul_(sign).mul_(g / 2)
             else:
