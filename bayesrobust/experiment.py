@@ -59,10 +59,11 @@ class Experiment:
         LRP rules explained, and k of the top-k% of the analysis.
     likelihood_scaling
         fullBNN SVI: ``full`` (N/B-scaled minibatch likelihood, default) or ``reference`` (the paper code's).
-    hmc_scheme, subset_size, chains
+    hmc_scheme, subset_size, chains, warmup, samples, n_train
         fullBNN NUTS: ``full`` (every chain on the whole training set, default) or ``subsets`` (the paper
-        code's: chain c on its own block of ``subset_size`` images); the number of chains (default: the
-        preset's).
+        code's: chain c on its own block of ``subset_size`` images); the number of chains, warmup and kept
+        iterations per chain, and the cap on the ``full`` scheme's training images (default: the preset's).
+        ``chains`` and ``samples`` also set an SGHMC/SGLD fullBNN's.
     report
         Called with each stage's one-line summaries, its wall time appended (default: the ``logging`` INFO
         level).
@@ -96,6 +97,9 @@ class Experiment:
     hmc_scheme: str | None = None
     subset_size: int | None = None
     chains: int | None = None
+    warmup: int | None = None
+    samples: int | None = None
+    n_train: int | None = None
     seed: int = 0
     data_root: str | Path | None = None
     device: str = "cpu"
@@ -123,14 +127,18 @@ class Experiment:
             self.hmc_scheme = HMCScheme.parse(self.hmc_scheme, "HMC scheme").value
         self.subset_size = checks.count("subset_size", self.subset_size)
         self.chains = checks.count("chains", self.chains)
+        self.warmup = checks.count("warmup", self.warmup, minimum=0)
+        self.samples = checks.count("samples", self.samples)
+        self.n_train = checks.count("n_train", self.n_train)
         self.models = tuple(Model.parse(m, "model").value for m in self.models)
         self.controls = tuple(dict.fromkeys(Control.parse(c, "control").value for c in self.controls))
         if Model.BASE not in self.models:
             raise ValueError(f"the analysis compares against baseNN; models {list(self.models)} lack it")
         given = tuple(checks.count("draws", s, allow_none=False) for s in self.draws)
         p = self.preset
-        grids = {"hmc": (self.chains or p.hmc.chains, p.hmc.samples), "sghmc": (p.sgmcmc.chains, p.sgmcmc.samples),
-                 "sgld": (p.sgmcmc.chains, p.sgmcmc.samples), "ensemble": (self.members or p.ensemble.members, 1)}
+        sg = (self.chains or p.sgmcmc.chains, self.samples or p.sgmcmc.samples)
+        grids = {"hmc": (self.chains or p.hmc.chains, self.samples or p.hmc.samples), "sghmc": sg, "sgld": sg,
+                 "ensemble": (self.members or p.ensemble.members, 1)}
         available = grids[self.inference][0] * grids[self.inference][1] if self.inference in grids else None
         # the preset's S by default, capped at the draws a sampled posterior has (as train and attack do)
         self.draws = given or (min(p.eval_draws, available or p.eval_draws),)
@@ -185,7 +193,8 @@ class Experiment:
         if model != Model.BAYES:
             return {}
         return {"likelihood_scaling": self.likelihood_scaling, "hmc_scheme": self.hmc_scheme,
-                "subset_size": self.subset_size, "chains": self.chains, "prior_scale": self.prior_scale,
+                "subset_size": self.subset_size, "chains": self.chains, "warmup": self.warmup,
+                "samples": self.samples, "n_train": self.n_train, "prior_scale": self.prior_scale,
                 "members": self.members}
 
     def _inference(self, model: str) -> str | None:

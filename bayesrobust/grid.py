@@ -24,11 +24,11 @@ draws and rules are axes within it), checked in full before any work. With ``[st
 point is run once per step, the step's axes and settings replacing the sweep's, in ``OUT/PRESET/FOLDER``
 (``folder``: default the step's name; steps may share one, e.g. a PGD run beside an FGSM one); ``for_inference``
 limits a step to presets whose fullBNN uses one of the given inferences; a setting that does not apply to the
-fullBNN's inference (``likelihood_scaling`` to SVI; ``hmc_scheme``, ``subset_size``, ``chains`` to NUTS) is
-left out. :func:`units` turns the experiments into :class:`Unit` s — one stage call each (train, attack,
-explain, control, analyze, plot), described by its settings and the keys of the units it needs, never by a
-model — shared between experiments when equal (a model is trained once for all its attacks); a model that
-another step trains with the very same settings is copied from that step's folder, not trained again. The
+fullBNN's inference (``likelihood_scaling`` to SVI; ``hmc_scheme``, ``subset_size``, ``chains``, ``warmup``,
+``samples``, ``n_train`` to NUTS) is left out. :func:`units` turns the experiments into :class:`Unit` s — one stage
+call each (train, attack, explain, control, analyze, plot), described by its settings and the keys of the units it
+needs, never by a model — shared between experiments when equal (a model is trained once for all its attacks); a
+model that another step trains with the very same settings is copied from that step's folder, not trained again. The
 runner is :mod:`bayesrobust.cluster`.
 
 Several seeds write to ``OUT/seed{N}`` (the stores' layout has no seed in its names); several ε share ``OUT``
@@ -62,13 +62,15 @@ AXES: dict[str, type | tuple[type, ...]] = {
 #: One-valued settings and their types (those in :data:`LIST_SETTINGS`: a list of them).
 SETTINGS: dict[str, type | tuple[type, ...]] = {
     "inference": str, "norm": str, "steps": int, "mode": str, "n_inputs": int, "topk": (int, float),
-    "likelihood_scaling": str, "hmc_scheme": str, "subset_size": int, "chains": int, "prior_scale": (int, float),
-    "members": int, "controls": str, "draws_per_task": int, "keep_draws": bool, "data_root": str, "device": str}
+    "likelihood_scaling": str, "hmc_scheme": str, "subset_size": int, "chains": int, "warmup": int, "samples": int,
+    "n_train": int, "prior_scale": (int, float), "members": int, "controls": str, "draws_per_task": int,
+    "keep_draws": bool, "data_root": str, "device": str}
 LIST_SETTINGS = ("controls",)
 #: Settings of the whole sweep, which a step cannot change.
 SWEEP_ONLY = ("data_root", "device", "draws_per_task", "keep_draws")
 #: Settings a step leaves out when the fullBNN's inference is not the one they belong to.
-ONLY_FOR = {"likelihood_scaling": "svi", "hmc_scheme": "hmc", "subset_size": "hmc", "chains": "hmc"}
+ONLY_FOR = {"likelihood_scaling": "svi", "hmc_scheme": "hmc", "subset_size": "hmc", "chains": "hmc", "warmup": "hmc",
+            "samples": "hmc", "n_train": "hmc"}
 #: The keys of a ``[steps.NAME]`` table besides its axes and settings.
 STEP_ONLY = ("folder", "for_inference", "quick")
 STEP_KEYS = tuple([a for a in AXES if a not in ("preset", "seeds")] +
@@ -345,9 +347,11 @@ def _check_values(grid: dict[str, tuple], settings: dict[str, Any], name: str) -
             except ValueError:
                 raise bad(key, value, "a positive number" if key == "epsilon" else
                           "an integer >= 0" if key == "seeds" else "a positive integer") from None
-    for key in ("draws_per_task", "n_inputs", "steps", "subset_size", "chains", "members"):
+    for key in ("draws_per_task", "n_inputs", "steps", "subset_size", "chains", "samples", "n_train", "members"):
         if key in settings and (settings[key] < 1):
             raise bad(key, settings[key], "a positive integer")
+    if "warmup" in settings and settings["warmup"] < 0:
+        raise bad("warmup", settings["warmup"], "an integer >= 0")
     if "prior_scale" in settings and not settings["prior_scale"] > 0:
         raise bad("prior_scale", settings["prior_scale"], "a positive number")
 

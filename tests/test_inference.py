@@ -5,6 +5,7 @@ conjugate Gaussian posterior  Σ = (XᵀX/σ² + I/s²)⁻¹,  μ = Σ Xᵀy/σ�
 The inputs are nearly orthogonal so the posterior is nearly diagonal and a mean-field guide can match it.
 """
 
+import logging
 import math
 
 import numpy as np
@@ -165,3 +166,21 @@ def test_diagnostics_of_many_parameters_use_a_seeded_subset_with_each_sites_shar
     # a subset's extremes lie within the full set's, and the subset is seeded: a repeat is identical
     assert sub["rhat_max"] <= full["rhat_max"] and sub["ess_bulk_min"] >= full["ess_bulk_min"]
     assert diagnostics({"a": mixed, "b": stuck}, [0, 0], max_parameters=60) == sub
+
+
+def test_diagnostics_of_one_chain_or_few_draws_are_nan_where_undefined_and_quiet(caplog):
+    """One chain: no R-hat, but ESS as ArviZ computes it; under 4 draws nothing is defined. ArviZ would log a
+    line per parameter and statistic for each undefined value (60,000 for one chain of mnist_fc2)."""
+    from arviz_base import from_dict
+    from arviz_stats import ess
+
+    from bayesrobust.inference.hmc import diagnostics
+    draws = {"a": np.random.default_rng(1).normal(size=(1, 40, 50))}
+    with caplog.at_level(logging.DEBUG):
+        one = diagnostics(draws, [3])
+        few = diagnostics({"a": draws["a"][:, :3]}, [0])
+    assert not [r for r in caplog.records if r.name.startswith("arviz")]
+    assert np.isnan(one["rhat_max"]) and one["divergences"] == 3 and (one["chains"], one["draws_per_chain"]) == (1, 40)
+    expected = ess(from_dict({"posterior": draws}), method="bulk")["a"].values.min()
+    assert one["ess_bulk_min"] == pytest.approx(expected) and 0 < one["ess_tail_min"] <= 40 * 1.5
+    assert all(np.isnan(few[k]) for k in ("rhat_max", "ess_bulk_min", "ess_tail_min"))

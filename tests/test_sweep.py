@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from bayesrobust import cluster, grid, stages, store
 from bayesrobust.explain.bayesian import DrawReducer
 from bayesrobust.models.posterior import Posterior
+from bayesrobust.presets import get_preset, override_training
 
 TINY = """
 [grid]
@@ -270,6 +271,25 @@ def test_the_ladder_sweep_runs_every_step_and_trains_each_model_once(tmp_path):
     trained = [u for u in grid.units(nuts, nuts.experiments(tmp_path / "nuts")) if u.stage == "train"]
     assert [u.key.split()[1].split("/")[-1] for u in trained if "fullBNN" in u.key and not u.needs] == \
         ["0_reference", "1_hmc_full_data"]  # 4_correct has step 1's NUTS settings
+    # a NUTS size this CPU can sample: warmup / samples / n_train for every step or one, dropped for SVI
+    small = grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["0_reference", "1_hmc*"],
+                      overrides={"preset": "quick_fc2", "warmup": 3, "samples": 5, "n_train": 300,
+                                 "0_reference.samples": 7})
+    found = {point["step"]: e for point, e in small.experiments(tmp_path / "small")}
+    assert [(e.warmup, e.samples, e.n_train) for e in found.values()] == [(3, 7, 300), (3, 5, 300)]
+    trained = {u.key.split()[1].split("/")[-1]: u for u in grid.units(small, small.experiments(tmp_path / "small"))
+               if u.stage == "train" and "fullBNN" in u.key}
+    overrides = trained["1_hmc_full_data"].kwargs["overrides"]
+    hmc = override_training(get_preset("quick_fc2"), "fullBNN", "hmc", **overrides).hmc
+    assert (hmc.warmup, hmc.samples, hmc.n_train, hmc.scheme) == (3, 5, 300, "full")
+    svi = grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["4_correct"],
+                    overrides={"samples": 5, "warmup": 3})
+    assert [(e.warmup, e.samples) for _, e in svi.experiments(tmp_path / "svi")] == [(None, None)]
+    with pytest.raises(grid.SweepError, match="warmup has the value -1; expected an integer >= 0"):
+        grid.load("experiments/sweeps/fidelity_ladder.toml", overrides={"warmup": -1})
+    with pytest.raises(grid.SweepError, match="draws=10 but the HMC posterior of preset 'quick_fc2' has only 4"):
+        grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["1_hmc*"],
+                  overrides={"preset": "quick_fc2", "samples": 2}).experiments(tmp_path / "few")
     with pytest.raises(grid.SweepError, match="none of the steps 1_hmc_full_data applies to the presets' fullBNN "
                                               "inference \\(quick: svi\\)"):
         grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["1_hmc*"]).experiments(tmp_path)

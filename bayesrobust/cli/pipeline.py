@@ -48,6 +48,9 @@ from . import options
                    "of --subset-size images (subsets: the reference code's); use another --out to keep both.")
 @click.option("--subset-size", type=int, default=None, help="NUTS subsets scheme: images per chain (paper: 4000).")
 @click.option("--chains", type=int, default=None, help="NUTS chains (default: the preset's; paper's subsets: 15).")
+@click.option("--warmup", type=int, default=None, help="NUTS warmup iterations per chain (paper: 100).")
+@click.option("--samples", type=int, default=None, help="NUTS (SGHMC, SGLD) samples kept per chain (paper: 100).")
+@click.option("--n-train", type=int, default=None, help="NUTS: a class-balanced subset of N training images.")
 @click.option("--prior-scale", type=float, default=None, help="fullBNN: std of the N(0, s) prior (paper: 1).")
 @click.option("--members", type=int, default=None, help="fullBNN --inference ensemble: number of networks.")
 @click.option("--controls", "controls", default="", show_default=False,
@@ -62,15 +65,16 @@ from . import options
 @options.verbose_option
 @options.friendly_errors
 def main(preset, inference, attack_name, norm, epsilon, steps, posterior_mode, draws, n_inputs, rules, topk,
-         likelihood_scaling, hmc_scheme, subset_size, chains, prior_scale, members, controls, seed, data_root,
-         device, out, force, verbose):
+         likelihood_scaling, hmc_scheme, subset_size, chains, warmup, samples, n_train, prior_scale, members, controls,
+         seed, data_root, device, out, force, verbose):
     """Train, attack, explain, analyse and plot one preset under OUT."""
     options.setup_logging(verbose)
     start = time.perf_counter()
     experiment = Experiment(preset, out, inference=inference, attack=attack_name, norm=norm, epsilon=epsilon,
                             steps=steps, mode=posterior_mode, draws=draws, n_inputs=n_inputs, rules=rules,
                             topk=topk, likelihood_scaling=likelihood_scaling, hmc_scheme=hmc_scheme,
-                            subset_size=subset_size, chains=chains, prior_scale=prior_scale, members=members,
+                            subset_size=subset_size, chains=chains, warmup=warmup, samples=samples,
+                            n_train=n_train, prior_scale=prior_scale, members=members,
                             controls=[c.strip() for c in controls.split(",") if c.strip()],
                             seed=seed, data_root=data_root,
                             device=device, force=force, report=click.echo)
