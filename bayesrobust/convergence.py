@@ -50,12 +50,29 @@ def _rank_normal(flat: np.ndarray) -> np.ndarray:
     return ndtri((ranks - 0.375) / (chains * samples + 0.25)).reshape(flat.shape)
 
 
+def _split(t: torch.Tensor) -> torch.Tensor:
+    """Each chain's first and last halves as chains of their own (an odd count drops the middle sample):
+    (chain, sample, entry) → (2·chain, sample // 2, entry)."""
+    half = t.shape[1] // 2
+    return torch.cat([t[:, :half], t[:, t.shape[1] - half:]], 0)
+
+
+def _ess(split: torch.Tensor) -> np.ndarray:
+    """Effective sample size of every entry of ``split`` (chain, sample, entry): Pyro's estimator, the
+    autocorrelation time held at least 1 / log10(draws) as ArviZ holds it."""
+    from pyro.ops.stats import effective_sample_size
+    ess = effective_sample_size(split, chain_dim=0, sample_dim=1).numpy()
+    total = split.shape[0] * split.shape[1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return total / np.maximum(total / ess, 1 / np.log10(total))
+
+
 def _rhat_ess(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rank-normalised split R-hat (the larger of the bulk and folded values, as ArviZ's ``method='rank'``)
     and bulk ESS of ``grid`` (chain, sample, *rest) for every entry of ``rest``, vectorised over entries
     (Pyro's ``split_gelman_rubin`` and ``effective_sample_size`` on the rank-normalised draws; ArviZ computes
     the same per entry, ≈ 2 ms each). NaN when there are fewer than 2 chains or 4 samples."""
-    from pyro.ops.stats import effective_sample_size, split_gelman_rubin
+    from pyro.ops.stats import split_gelman_rubin
     flat = grid.reshape(grid.shape[0], grid.shape[1], -1).astype(np.float64)
     if grid.shape[0] < 2 or grid.shape[1] < 4:
         nan = np.full(flat.shape[-1], np.nan)
@@ -65,14 +82,47 @@ def _rhat_ess(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     folded = torch.from_numpy(_rank_normal(np.abs(flat - np.median(flat, axis=(0, 1), keepdims=True))))
     rhat = torch.maximum(split_gelman_rubin(bulk, chain_dim=0, sample_dim=1),
                          split_gelman_rubin(folded, chain_dim=0, sample_dim=1)).numpy()
-    half = bulk.shape[1] // 2  # bulk ESS on split chains, as R-hat (an odd sample count drops the middle one)
-    split = torch.cat([bulk[:, :half], bulk[:, bulk.shape[1] - half:]], 0)
-    ess = effective_sample_size(split, chain_dim=0, sample_dim=1).numpy()
-    total = split.shape[0] * split.shape[1]  # as ArviZ: autocorrelation time at least 1 / log10(draws)
-    with np.errstate(divide="ignore"):
-        ess = total / np.maximum(total / ess, 1 / np.log10(total))
+    ess = _ess(_split(bulk))  # bulk ESS on split chains, as R-hat
     rhat[constant], ess[constant] = np.nan, np.nan
     return rhat, ess
+
+
+def tail_ess(grid: np.ndarray, prob: float = 0.05) -> np.ndarray:
+    """Tail ESS of every entry of ``grid`` (chain, sample, *rest), vectorised: the smaller ESS of the
+    indicators x ≤ q_prob and x ≤ q_(1−prob) on split chains (Vehtari et al. 2021; ArviZ's ``method='tail'``,
+    its linear quantiles). An indicator that never changes counts every draw, as in ArviZ; NaN below 4
+    samples or for a constant entry."""
+    flat = grid.reshape(grid.shape[0], grid.shape[1], -1).astype(np.float64)
+    if grid.shape[1] < 4:
+        return np.full(flat.shape[-1], np.nan)
+    pooled = flat.reshape(-1, flat.shape[-1])
+    found = []
+    for q in np.quantile(pooled, [prob, 1 - prob], axis=0):
+        below = torch.from_numpy((flat <= q).astype(np.float64))
+        split = _split(below)
+        ess = _ess(split)
+        ess[np.ptp(split.reshape(-1, split.shape[-1]).numpy(), axis=0) == 0] = split.shape[0] * split.shape[1]
+        found.append(ess)
+    out = np.minimum(*found)
+    out[np.ptp(pooled, axis=0) == 0] = np.nan
+    return out
+
+
+def sample_diagnostics(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rank-normalised split R-hat, bulk ESS and tail ESS of every entry of ``grid`` (chain, sample, *rest),
+    vectorised (the per-parameter diagnostics of MCMC samples). R-hat is NaN below 2 chains, all three below 4
+    samples and for constant entries."""
+    flat = grid.reshape(grid.shape[0], grid.shape[1], -1).astype(np.float64)
+    if flat.shape[1] < 4:
+        nan = np.full(flat.shape[-1], np.nan)
+        return nan, nan, nan.copy()
+    if flat.shape[0] >= 2:
+        rhat, bulk = _rhat_ess(flat)
+    else:
+        rhat = np.full(flat.shape[-1], np.nan)
+        bulk = _ess(_split(torch.from_numpy(_rank_normal(flat))))
+        bulk[np.ptp(flat[0], axis=0) == 0] = np.nan
+    return rhat, bulk, tail_ess(flat)
 
 
 def _stat(values: np.ndarray, fn) -> float:

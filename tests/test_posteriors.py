@@ -246,3 +246,15 @@ def test_vectorised_rhat_ess_agree_with_arviz():
     np.testing.assert_allclose(rhat, array_stats.rhat(moved, chain_axis=1, draw_axis=2), rtol=1e-10)
     theirs = array_stats.ess(moved, chain_axis=1, draw_axis=2, method="bulk")
     assert np.median(np.abs(ess / theirs - 1)) < 0.1
+    # the per-parameter MCMC diagnostics: the same R-hat and bulk ESS, and a tail ESS near ArviZ's
+    rhat2, bulk, tail = convergence.sample_diagnostics(a)
+    np.testing.assert_array_equal(rhat2, rhat)
+    np.testing.assert_array_equal(bulk, ess)
+    theirs = array_stats.ess(moved, chain_axis=1, draw_axis=2, method="tail", prob=0.05)
+    assert np.median(np.abs(tail / theirs - 1)) < 0.1 and np.all(np.abs(tail / theirs - 1) < 0.35)
+    # one chain: no R-hat; ESS as before on the split halves
+    r1, b1, t1 = convergence.sample_diagnostics(a[:1])
+    assert np.isnan(r1).all()
+    assert np.median(np.abs(b1 / array_stats.ess(moved[:, :1], chain_axis=1, draw_axis=2, method="bulk") - 1)) < 0.1
+    assert np.median(np.abs(t1 / array_stats.ess(moved[:, :1], chain_axis=1, draw_axis=2, method="tail",
+                                                 prob=0.05) - 1)) < 0.1
