@@ -125,7 +125,8 @@ def sample_diagnostics(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     return rhat, bulk, tail_ess(flat)
 
 
-def _stat(values: np.ndarray, fn) -> float:
+def finite_stat(values: np.ndarray, fn) -> float:
+    """``fn`` (e.g. ``np.max``) of the finite entries of ``values``; NaN when there are none."""
     finite = values[np.isfinite(values)]
     return float(fn(finite)) if finite.size else float("nan")
 
@@ -182,11 +183,12 @@ def function_space(posterior: Posterior, x: torch.Tensor, y: torch.Tensor, n_dra
     pairs = disagree[np.triu_indices(n_chains, 1)]
     result = {
         "chains": n_chains, "samples": n_samples, "n_images": int(len(x)), "probe_images": n_probe,
-        "logprob_rhat_max": _stat(lp_rhat, np.max), "logprob_rhat_median": _stat(lp_rhat, np.median),
-        "logprob_ess_min": _stat(lp_ess, np.min), "logprob_ess_median": _stat(lp_ess, np.median),
-        "mean_logprob_rhat": _stat(mean_rhat, np.max), "mean_logprob_ess": _stat(mean_ess, np.min),
-        "probe_logit_rhat_max": _stat(logit_rhat, np.max), "probe_logit_rhat_median": _stat(logit_rhat, np.median),
-        "probe_logit_ess_min": _stat(logit_ess, np.min),
+        "logprob_rhat_max": finite_stat(lp_rhat, np.max), "logprob_rhat_median": finite_stat(lp_rhat, np.median),
+        "logprob_ess_min": finite_stat(lp_ess, np.min), "logprob_ess_median": finite_stat(lp_ess, np.median),
+        "mean_logprob_rhat": finite_stat(mean_rhat, np.max), "mean_logprob_ess": finite_stat(mean_ess, np.min),
+        "probe_logit_rhat_max": finite_stat(logit_rhat, np.max),
+        "probe_logit_rhat_median": finite_stat(logit_rhat, np.median),
+        "probe_logit_ess_min": finite_stat(logit_ess, np.min),
         "disagreement": disagree.tolist(), "disagreement_mean": float(pairs.mean()) if pairs.size else float("nan"),
         **weight_space(posterior, n_chains, n_samples, draws),
     }
@@ -209,8 +211,8 @@ def weight_space(posterior: Posterior, n_chains: int, n_samples: int, draws: Dra
     owner = torch.searchsorted(starts + sizes, pick, right=True)  # which parameter each picked weight is in
     chosen = torch.cat([v[..., pick[owner == i] - starts[i]] for i, v in enumerate(grids.values())], -1)
     rhat, ess = _rhat_ess(chosen.double().numpy())
-    return {"weight_rhat_max": _stat(rhat, np.max), "weight_rhat_median": _stat(rhat, np.median),
-            "weight_ess_bulk_min": _stat(ess, np.min), "weights_checked": int(len(pick))}
+    return {"weight_rhat_max": finite_stat(rhat, np.max), "weight_rhat_median": finite_stat(rhat, np.median),
+            "weight_ess_bulk_min": finite_stat(ess, np.min), "weights_checked": int(len(pick))}
 
 
 def describe(diag: dict[str, Any]) -> str:

@@ -103,31 +103,25 @@ def diagnostics(samples: dict[str, np.ndarray], divergences: list[int]) -> dict[
     parameters (R-hat NaN below 2 chains, all three below 4 draws per chain), per-site maxima/minima,
     ``divergences`` per chain and their total.
     """
-    from ..convergence import sample_diagnostics
+    from ..convergence import finite_stat, sample_diagnostics
     per_site = {}
     for name, v in samples.items():
         flat = v.reshape(*v.shape[:2], -1)
         found = [sample_diagnostics(flat[:, :, i:i + DIAGNOSTICS_CHUNK])
                  for i in range(0, flat.shape[2], DIAGNOSTICS_CHUNK)]
         rhat, bulk, tail = (np.concatenate(parts) for parts in zip(*found))
-        per_site[name] = {"rhat_max": _extreme(rhat, np.max), "ess_bulk_min": _extreme(bulk, np.min),
-                          "ess_tail_min": _extreme(tail, np.min)}
+        per_site[name] = {"rhat_max": finite_stat(rhat, np.max), "ess_bulk_min": finite_stat(bulk, np.min),
+                          "ess_tail_min": finite_stat(tail, np.min)}
 
     def pooled(key: str, fn) -> float:
-        values = [v[key] for v in per_site.values() if np.isfinite(v[key])]
-        return float(fn(values)) if values else float("nan")
+        return finite_stat(np.array([v[key] for v in per_site.values()]), fn)
 
     chains, draws = next(iter(samples.values())).shape[:2]
-    return {"rhat_max": pooled("rhat_max", max), "ess_bulk_min": pooled("ess_bulk_min", min),
-            "ess_tail_min": pooled("ess_tail_min", min), "divergences_per_chain": [int(d) for d in divergences],
+    return {"rhat_max": pooled("rhat_max", np.max), "ess_bulk_min": pooled("ess_bulk_min", np.min),
+            "ess_tail_min": pooled("ess_tail_min", np.min), "divergences_per_chain": [int(d) for d in divergences],
             "divergences": int(sum(divergences)), "per_site": per_site,
             "parameters": int(sum(np.prod(v.shape[2:]) for v in samples.values())),
             "chains": int(chains), "draws_per_chain": int(draws)}
-
-
-def _extreme(values: np.ndarray, fn) -> float:
-    finite = values[np.isfinite(values)]
-    return float(fn(finite)) if finite.size else float("nan")
 
 
 def _chain_start(model: BayesianNetwork, data: Data, cfg: HMCConfig, seed: int,
