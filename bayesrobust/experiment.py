@@ -64,6 +64,9 @@ class Experiment:
         code's: chain c on its own block of ``subset_size`` images); the number of chains, warmup and kept
         iterations per chain, and the cap on the ``full`` scheme's training images (default: the preset's).
         ``chains`` and ``samples`` also set an SGHMC/SGLD fullBNN's.
+    epochs, burnin
+        fullBNN training length (default: the preset's): the epochs of SVI or SGHMC/SGLD (of the baseNNs for
+        an ensemble or Laplace fullBNN; not used by NUTS), and the SGHMC/SGLD burn-in epochs per chain.
     report
         Called with each stage's one-line summaries, its wall time appended (default: the ``logging`` INFO
         level).
@@ -100,6 +103,8 @@ class Experiment:
     warmup: int | None = None
     samples: int | None = None
     n_train: int | None = None
+    epochs: int | None = None
+    burnin: int | None = None
     seed: int = 0
     data_root: str | Path | None = None
     device: str = "cpu"
@@ -130,6 +135,8 @@ class Experiment:
         self.warmup = checks.count("warmup", self.warmup, minimum=0)
         self.samples = checks.count("samples", self.samples)
         self.n_train = checks.count("n_train", self.n_train)
+        self.epochs = checks.count("epochs", self.epochs, minimum=0)
+        self.burnin = checks.count("burnin", self.burnin, minimum=0)
         self.models = tuple(Model.parse(m, "model").value for m in self.models)
         self.controls = tuple(dict.fromkeys(Control.parse(c, "control").value for c in self.controls))
         if Model.BASE not in self.models:
@@ -195,7 +202,7 @@ class Experiment:
         return {"likelihood_scaling": self.likelihood_scaling, "hmc_scheme": self.hmc_scheme,
                 "subset_size": self.subset_size, "chains": self.chains, "warmup": self.warmup,
                 "samples": self.samples, "n_train": self.n_train, "prior_scale": self.prior_scale,
-                "members": self.members}
+                "members": self.members, "epochs": self.epochs, "burnin": self.burnin}
 
     def _inference(self, model: str) -> str | None:
         return self.inference if model == Model.BAYES else None

@@ -25,11 +25,12 @@ point is run once per step, the step's axes and settings replacing the sweep's, 
 (``folder``: default the step's name; steps may share one, e.g. a PGD run beside an FGSM one); ``for_inference``
 limits a step to presets whose fullBNN uses one of the given inferences; a setting that does not apply to the
 fullBNN's inference (``likelihood_scaling`` to SVI; ``hmc_scheme``, ``subset_size``, ``chains``, ``warmup``,
-``samples``, ``n_train`` to NUTS) is left out. :func:`units` turns the experiments into :class:`Unit` s — one stage
-call each (train, attack, explain, control, analyze, plot), described by its settings and the keys of the units it
-needs, never by a model — shared between experiments when equal (a model is trained once for all its attacks); a
-model that another step trains with the very same settings is copied from that step's folder, not trained again. The
-runner is :mod:`bayesrobust.cluster`.
+``samples``, ``n_train`` to NUTS; ``burnin`` to SGHMC/SGLD; the fullBNN's ``epochs`` to all but NUTS) is left
+out. :func:`units` turns the experiments into :class:`Unit` s — one stage call each (train, attack, explain,
+control, analyze, plot), described by its settings and the keys of the units it needs, never by a model — shared
+between experiments when equal (a model is trained once for all its attacks); a model that another step trains
+with the very same settings is copied from that step's folder, not trained again. The runner is
+:mod:`bayesrobust.cluster`.
 
 Several seeds write to ``OUT/seed{N}`` (the stores' layout has no seed in its names); several ε share ``OUT``
 (attack runs are named by ε) and get one analysis each, named ``..._eps{ε}``.
@@ -63,14 +64,17 @@ AXES: dict[str, type | tuple[type, ...]] = {
 SETTINGS: dict[str, type | tuple[type, ...]] = {
     "inference": str, "norm": str, "steps": int, "mode": str, "n_inputs": int, "topk": (int, float),
     "likelihood_scaling": str, "hmc_scheme": str, "subset_size": int, "chains": int, "warmup": int, "samples": int,
-    "n_train": int, "prior_scale": (int, float), "members": int, "controls": str, "draws_per_task": int,
-    "keep_draws": bool, "data_root": str, "device": str}
+    "n_train": int, "epochs": int, "burnin": int, "prior_scale": (int, float), "members": int, "controls": str,
+    "draws_per_task": int, "keep_draws": bool, "data_root": str, "device": str}
 LIST_SETTINGS = ("controls",)
 #: Settings of the whole sweep, which a step cannot change.
 SWEEP_ONLY = ("data_root", "device", "draws_per_task", "keep_draws")
-#: Settings a step leaves out when the fullBNN's inference is not the one they belong to.
-ONLY_FOR = {"likelihood_scaling": "svi", "hmc_scheme": "hmc", "subset_size": "hmc", "chains": "hmc", "warmup": "hmc",
-            "samples": "hmc", "n_train": "hmc"}
+#: Settings a step leaves out when the fullBNN's inference is not one of those they belong to (the fullBNN's
+#: training length: ``epochs`` of SVI, SGHMC/SGLD or the baseNNs of an ensemble / Laplace fullBNN).
+ONLY_FOR: dict[str, tuple[str, ...]] = {
+    "likelihood_scaling": ("svi",), "hmc_scheme": ("hmc",), "subset_size": ("hmc",), "chains": ("hmc",),
+    "warmup": ("hmc",), "samples": ("hmc",), "n_train": ("hmc",), "burnin": ("sghmc", "sgld"),
+    "epochs": ("svi", "sghmc", "sgld", "laplace", "ensemble")}
 #: The keys of a ``[steps.NAME]`` table besides its axes and settings.
 STEP_ONLY = ("folder", "for_inference", "quick")
 STEP_KEYS = tuple([a for a in AXES if a not in ("preset", "seeds")] +
@@ -154,7 +158,7 @@ class Sweep:
             grid, settings = self.resolved(self._step(point["step"]))
             kwargs = {k: v for k, v in settings.items() if k not in ("draws_per_task", "keep_draws")}
             inference = _bayes_inference(point["preset"], settings)
-            kwargs = {k: v for k, v in kwargs.items() if ONLY_FOR.get(k, inference) == inference}
+            kwargs = {k: v for k, v in kwargs.items() if inference in ONLY_FOR.get(k, (inference,))}
             try:
                 exp = Experiment(point["preset"], self.root(out, point), attack=point["attack"],
                                  epsilon=point["epsilon"], seed=point["seed"], models=grid["models"],
@@ -350,8 +354,9 @@ def _check_values(grid: dict[str, tuple], settings: dict[str, Any], name: str) -
     for key in ("draws_per_task", "n_inputs", "steps", "subset_size", "chains", "samples", "n_train", "members"):
         if key in settings and (settings[key] < 1):
             raise bad(key, settings[key], "a positive integer")
-    if "warmup" in settings and settings["warmup"] < 0:
-        raise bad("warmup", settings["warmup"], "an integer >= 0")
+    for key in ("warmup", "epochs", "burnin"):
+        if key in settings and settings[key] < 0:
+            raise bad(key, settings[key], "an integer >= 0")
     if "prior_scale" in settings and not settings["prior_scale"] > 0:
         raise bad("prior_scale", settings["prior_scale"], "a positive number")
 

@@ -287,6 +287,24 @@ def test_the_ladder_sweep_runs_every_step_and_trains_each_model_once(tmp_path):
     assert [(e.warmup, e.samples) for _, e in svi.experiments(tmp_path / "svi")] == [(None, None)]
     with pytest.raises(grid.SweepError, match="warmup has the value -1; expected an integer >= 0"):
         grid.load("experiments/sweeps/fidelity_ladder.toml", overrides={"warmup": -1})
+    # the fullBNN's training length: epochs (not NUTS) and the SGHMC/SGLD burn-in, dropped where they do not apply
+    for inference, wanted in (("sghmc", (4, 2)), ("svi", (4, None))):
+        sized = grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["4_correct"],
+                          overrides={"inference": inference, "epochs": 4, "burnin": 2})
+        experiments = sized.experiments(tmp_path / inference)
+        assert [(e.epochs, e.burnin) for _, e in experiments] == [wanted]
+        unit = next(u for u in grid.units(sized, experiments) if u.stage == "train" and "fullBNN" in u.key)
+        p = override_training(get_preset("quick"), "fullBNN", inference, **unit.kwargs["overrides"])
+        assert (p.sgmcmc.epochs, p.sgmcmc.burnin) == ((4, 2) if inference == "sghmc" else (6, 3))
+        assert p.svi.epochs == (4 if inference == "svi" else 30)
+    nuts_sized = grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["1_hmc*"],
+                           overrides={"preset": "quick_fc2", "epochs": 4, "burnin": 2})
+    assert {(e.epochs, e.burnin) for _, e in nuts_sized.experiments(tmp_path / "nuts_sized")} == {(None, None)}
+    with pytest.raises(grid.SweepError, match="burnin \\(6 epochs\\) must be less than epochs \\(4\\)"):
+        grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["4_correct"],
+                  overrides={"inference": "sghmc", "epochs": 4, "burnin": 6}).experiments(tmp_path / "bad")
+    with pytest.raises(grid.SweepError, match="epochs has the value -1; expected an integer >= 0"):
+        grid.load("experiments/sweeps/fidelity_ladder.toml", overrides={"epochs": -1})
     with pytest.raises(grid.SweepError, match="draws=10 but the HMC posterior of preset 'quick_fc2' has only 4"):
         grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["1_hmc*"],
                   overrides={"preset": "quick_fc2", "samples": 2}).experiments(tmp_path / "few")

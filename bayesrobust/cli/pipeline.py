@@ -51,6 +51,9 @@ from . import options
 @click.option("--warmup", type=int, default=None, help="NUTS warmup iterations per chain (paper: 100).")
 @click.option("--samples", type=int, default=None, help="NUTS (SGHMC, SGLD) samples kept per chain (paper: 100).")
 @click.option("--n-train", type=int, default=None, help="NUTS: a class-balanced subset of N training images.")
+@click.option("--epochs", type=int, default=None,
+              help="fullBNN training epochs: SVI, SGHMC/SGLD, an ensemble's or Laplace's baseNNs.")
+@click.option("--burnin", type=int, default=None, help="fullBNN SGHMC/SGLD: burn-in epochs per chain.")
 @click.option("--prior-scale", type=float, default=None, help="fullBNN: std of the N(0, s) prior (paper: 1).")
 @click.option("--members", type=int, default=None, help="fullBNN --inference ensemble: number of networks.")
 @click.option("--controls", "controls", default="", show_default=False,
@@ -65,8 +68,8 @@ from . import options
 @options.verbose_option
 @options.friendly_errors
 def main(preset, inference, attack_name, norm, epsilon, steps, posterior_mode, draws, n_inputs, rules, topk,
-         likelihood_scaling, hmc_scheme, subset_size, chains, warmup, samples, n_train, prior_scale, members, controls,
-         seed, data_root, device, out, force, verbose):
+         likelihood_scaling, hmc_scheme, subset_size, chains, warmup, samples, n_train, epochs, burnin, prior_scale,
+         members, controls, seed, data_root, device, out, force, verbose):
     """Train, attack, explain, analyse and plot one preset under OUT."""
     options.setup_logging(verbose)
     start = time.perf_counter()
@@ -74,7 +77,7 @@ def main(preset, inference, attack_name, norm, epsilon, steps, posterior_mode, d
                             steps=steps, mode=posterior_mode, draws=draws, n_inputs=n_inputs, rules=rules,
                             topk=topk, likelihood_scaling=likelihood_scaling, hmc_scheme=hmc_scheme,
                             subset_size=subset_size, chains=chains, warmup=warmup, samples=samples,
-                            n_train=n_train, prior_scale=prior_scale, members=members,
+                            n_train=n_train, epochs=epochs, burnin=burnin, prior_scale=prior_scale, members=members,
                             controls=[c.strip() for c in controls.split(",") if c.strip()],
                             seed=seed, data_root=data_root,
                             device=device, force=force, report=click.echo)
