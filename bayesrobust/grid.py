@@ -25,12 +25,12 @@ point is run once per step, the step's axes and settings replacing the sweep's, 
 (``folder``: default the step's name; steps may share one, e.g. a PGD run beside an FGSM one); ``for_inference``
 limits a step to presets whose fullBNN uses one of the given inferences; a setting that does not apply to the
 fullBNN's inference (``likelihood_scaling`` to SVI; ``hmc_scheme``, ``subset_size``, ``chains``, ``warmup``,
-``samples``, ``n_train`` to NUTS; ``burnin`` to SGHMC/SGLD; the fullBNN's ``epochs`` to all but NUTS) is left
-out. :func:`units` turns the experiments into :class:`Unit` s — one stage call each (train, attack, explain,
-control, analyze, plot), described by its settings and the keys of the units it needs, never by a model — shared
-between experiments when equal (a model is trained once for all its attacks); a model that another step trains
-with the very same settings is copied from that step's folder, not trained again. The runner is
-:mod:`bayesrobust.cluster`.
+``samples``, ``n_train`` to NUTS; ``burnin`` to SGHMC/SGLD; the fullBNN's ``epochs`` to all but NUTS,
+``prior_scale`` to all but the ensemble, ``members`` to the ensemble) is left out (:data:`ONLY_FOR`).
+:func:`units` turns the experiments into :class:`Unit` s — one stage call each (train, attack, explain, control,
+analyze, plot), described by its settings and the keys of the units it needs, never by a model — shared between
+experiments when equal (a model is trained once for all its attacks); a model that another step trains with the
+very same settings is copied from that step's folder, not trained again. The runner is :mod:`bayesrobust.cluster`.
 
 Several seeds write to ``OUT/seed{N}`` (the stores' layout has no seed in its names); several ε share ``OUT``
 (attack runs are named by ε) and get one analysis each, named ``..._eps{ε}``.
@@ -74,7 +74,8 @@ SWEEP_ONLY = ("data_root", "device", "draws_per_task", "keep_draws")
 ONLY_FOR: dict[str, tuple[str, ...]] = {
     "likelihood_scaling": ("svi",), "hmc_scheme": ("hmc",), "subset_size": ("hmc",), "chains": ("hmc",),
     "warmup": ("hmc",), "samples": ("hmc",), "n_train": ("hmc",), "burnin": ("sghmc", "sgld"),
-    "epochs": ("svi", "sghmc", "sgld", "laplace", "ensemble")}
+    "epochs": ("svi", "sghmc", "sgld", "laplace", "ensemble"),
+    "prior_scale": ("svi", "hmc", "sghmc", "sgld", "laplace"), "members": ("ensemble",)}
 #: The keys of a ``[steps.NAME]`` table besides its axes and settings.
 STEP_ONLY = ("folder", "for_inference", "quick")
 STEP_KEYS = tuple([a for a in AXES if a not in ("preset", "seeds")] +

@@ -287,6 +287,33 @@ def check_model(model: str) -> str:
     return Model.parse(model, "model").value
 
 
+#: What each training override sets, as the training routes it applies to: ``base`` (baseNN, artNN), ``adv``
+#: (advNN), or a fullBNN inference (artBNN trains by ``svi``). Settings not listed apply to every model.
+APPLIES_TO: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("epochs", "lr", "batch_size"), ("base", "adv", "svi", "sghmc", "sgld", "laplace", "ensemble")),
+    **dict.fromkeys(("warmup", "n_train", "hmc_scheme", "subset_size"), ("hmc",)),
+    **dict.fromkeys(("samples", "chains"), ("hmc", *SG_MCMC)),
+    **dict.fromkeys(("burnin", "friction", "temperature", "schedule"), SG_MCMC),
+    **dict.fromkeys(("adv_attack", "adv_norm", "adv_epsilon", "adv_ratio"), ("adv",)),
+    "likelihood_scaling": ("svi",), "prior_scale": ("svi", "hmc", *SG_MCMC, "laplace"), "members": ("ensemble",),
+    **dict.fromkeys(("laplace_subset", "laplace_structure"), ("laplace",)),
+}
+_ROUTE_NAMES = {"base": "baseNN/artNN", "adv": "advNN", "svi": "fullBNN --inference svi (and artBNN)"}
+
+
+def _check_applies(model: str, inference: str | None, given: dict[str, Any]) -> None:
+    """``ValueError`` for a given override that ``model`` (with ``inference``) does not train with, so a
+    setting is never silently ignored."""
+    route = {"baseNN": "base", "artNN": "base", "advNN": "adv", "artBNN": "svi"}.get(model, inference)
+    if route not in ("base", "adv", *Inference.values()):  # an unknown inference: reported where it is resolved
+        return
+    for name, value in given.items():
+        if value is not None and name in APPLIES_TO and route not in APPLIES_TO[name]:
+            where = ", ".join(_ROUTE_NAMES.get(r, f"fullBNN --inference {r}") for r in APPLIES_TO[name])
+            this = model if route in ("base", "adv") or model == "artBNN" else f"a fullBNN trained by {route}"
+            raise ValueError(f"{name}={value!r} does not apply to {this}; it is a setting of {where}")
+
+
 def override_training(preset: Preset, model: str, inference: str | None = None, *, dataset: str | None = None,
                       epochs: int | None = None, lr: float | None = None, hidden: int | None = None,
                       batch_size: int | None = None, warmup: int | None = None, samples: int | None = None,
@@ -309,7 +336,8 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
     Raises
     ------
     ValueError
-        A negative epoch count; a learning rate, prior scale or advNN ε that is not a finite positive number;
+        A setting ``model`` does not train with (:data:`APPLIES_TO`, e.g. ``warmup`` for an SVI fullBNN); a
+        negative epoch count; a learning rate, prior scale or advNN ε that is not a finite positive number;
         a size that is not a positive integer (0 is not "the default": that is ``None``); a hidden size above
         :data:`~bayesrobust.models.architectures.MAX_HIDDEN`; an adversarial share outside [0, 1]; FGSM
         adversarial training with the L2 norm; an unknown dataset.
@@ -331,6 +359,13 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
     if hidden is not None and hidden > MAX_HIDDEN:
         raise ValueError(f"hidden must be at most {MAX_HIDDEN:,}, got {hidden:,}")
     p = preset
+    _check_applies(model, None if model != "fullBNN" else inference or p.inference, {
+        "epochs": epochs, "lr": lr, "batch_size": batch_size, "warmup": warmup, "samples": samples, "chains": chains,
+        "n_train": n_train, "prior_scale": prior_scale, "adv_attack": adv_attack, "adv_norm": adv_norm,
+        "adv_epsilon": adv_epsilon, "adv_ratio": adv_ratio, "likelihood_scaling": likelihood_scaling,
+        "hmc_scheme": hmc_scheme, "subset_size": subset_size, "burnin": burnin, "friction": friction,
+        "temperature": temperature, "schedule": schedule, "members": members, "laplace_subset": laplace_subset,
+        "laplace_structure": laplace_structure})
     if dataset is not None:
         info = dataset_info(dataset)
         p = replace(p, dataset=dataset, arch=replace(p.arch, in_shape=info.shape, n_classes=len(info.classes)))

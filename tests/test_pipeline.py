@@ -93,6 +93,8 @@ def test_experiment_from_python_returns_the_analysis(tiny_results):
     ({"mode": "mean"}, "unknown posterior mode 'mean'"),
     ({"device": "tpu"}, "unknown device 'tpu'"),
     ({"inference": "hmc", "draws": [21]}, r"draws=21 but the HMC posterior of preset 'tiny' has only 20 draws"),
+    ({"warmup": 5}, "warmup=5 does not apply to a fullBNN trained by svi"),  # tiny's fullBNN is SVI: not ignored
+    ({"inference": "sghmc", "epochs": 2, "burnin": 2}, r"burnin \(2 epochs\) must be less than epochs \(2\)"),
 ])
 def test_experiment_checks_every_stage_before_any_work(tmp_path, settings, message):
     from bayesrobust import Experiment

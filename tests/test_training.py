@@ -80,6 +80,11 @@ def test_train_cli_writes_a_loadable_model(tmp_path):
     (["--model", "baseNN", "--preset", "mnist_conv"], "Error: dataset 'mnist' is read from disk: pass data_root"),
     (["--model", "baseNN", "--preset", "mnist_conv", "--data-root", "{tmp}"],
      "Error: dataset 'mnist' (test) not found"),
+    (["--model", "baseNN", "--preset", "quick", "--warmup", "5"],
+     "Error: warmup=5 does not apply to baseNN; it is a setting of fullBNN --inference hmc"),
+    (["--model", "fullBNN", "--preset", "quick", "--burnin", "2"],  # quick's fullBNN is SVI
+     "Error: burnin=2 does not apply to a fullBNN trained by svi; it is a setting of fullBNN --inference sghmc, "
+     "fullBNN --inference sgld"),
     (["--model", "fullBNN", "--preset", "quick", "--device", "cuda:7"],
      "Error: device 'cuda:7' requested but CUDA is not available on this machine; use cpu"),
 ])
@@ -125,6 +130,25 @@ def test_bad_training_settings_are_named():
         override_training(QUICK, "baseNN", lr=0)
     with pytest.raises(ValueError, match="unknown model 'BNN'"):
         override_training(QUICK, "BNN")
+    # a setting the model does not train with is an error, never silently ignored
+    for model, inference, given, message in [
+            ("fullBNN", "svi", {"warmup": 20}, "warmup=20 does not apply to a fullBNN trained by svi; it is a setting "
+                                               "of fullBNN --inference hmc"),
+            ("fullBNN", "hmc", {"epochs": 3}, "epochs=3 does not apply to a fullBNN trained by hmc"),
+            ("fullBNN", "ensemble", {"prior_scale": 0.1}, "prior_scale=0.1 does not apply to a fullBNN trained by "
+                                                          "ensemble"),
+            ("fullBNN", "svi", {"members": 3}, "it is a setting of fullBNN --inference ensemble"),
+            ("baseNN", None, {"adv_epsilon": 0.1}, "adv_epsilon=0.1 does not apply to baseNN; it is a setting of "
+                                                   "advNN"),
+            ("advNN", None, {"likelihood_scaling": "reference"}, "it is a setting of fullBNN --inference svi "
+                                                                 "\\(and artBNN\\)"),
+            ("artBNN", None, {"chains": 2}, "chains=2 does not apply to artBNN")]:
+        with pytest.raises(ValueError, match=message):
+            override_training(QUICK, model, inference, **given)
+    # ... and the settings that apply pass (artBNN trains by SVI; samples/chains are NUTS' and SG-MCMC's)
+    assert override_training(QUICK, "artBNN", likelihood_scaling="reference").svi.likelihood_scaling == "reference"
+    assert override_training(QUICK, "fullBNN", "sghmc", samples=4, chains=3).sgmcmc.chains == 3
+    assert override_training(QUICK, "fullBNN", "laplace", prior_scale=0.5, epochs=1).base.epochs == 1
     with pytest.raises(ValueError, match="unknown inference 'vi'; expected one of svi, hmc"):
         train_model(QUICK, "fullBNN", "vi")
     with pytest.raises(ValueError, match="need warmup >= 0, samples > 0 and chains > 0"):
