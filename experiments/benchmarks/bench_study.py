@@ -12,8 +12,9 @@ machine with one thread (the issue's figures):
   epochs; other trainings have no reference figure and are shown without a ratio).
 
 From the per-unit costs measured here it then projects the issue's full experiment: train ×3, FGSM and
-PGD-40 with S = 100, explanations of 3 rules × 3 layers × S ∈ {10, 50, 100} × 500 images × {clean,
-adversarial}. Stages found up to date are skipped by the library and reported as such (use a fresh ``--out``
+PGD-40, explanations of 3 rules × 3 layers × S ∈ {10, 50, 100} × 500 images × {clean, adversarial} (the
+attacks also for every S, since the adversarial images explained with S draws come from the S-draw attack; a
+PGD step costs what the FGSM step measured here costs). Stages found up to date are skipped by the library and reported as such (use a fresh ``--out``
 to time everything). The machine's float32 matmul throughput is printed beside, measured in the same run.
 
 Run alone on the machine, from the repository root::
@@ -134,9 +135,10 @@ def main() -> None:
         attack_s = per_unit["attack"][0] / per_unit["attack"][1]
         explain_s = per_unit["explain"][0] / per_unit["explain"][1]
         p = get_preset(args.preset)
-        n, rules = 500, 3
-        attack_units = n * 100 * (1 + 40)                                    # FGSM + PGD-40, S = 100
-        explain_units = 2 * (n * 2 * (10 + 50 + 100) * n_layers * rules)     # both attacks, S in {10, 50, 100}
+        n, rules, draws_study = 500, 3, (10, 50, 100)
+        # FGSM + PGD-40 for every S: the adversarial images explained with S draws are those of the S-draw attack
+        attack_units = n * sum(draws_study) * (1 + 40)
+        explain_units = 2 * (n * 2 * sum(draws_study) * n_layers * rules)    # both attacks, clean + adversarial
         train_s = sum(seconds for path, seconds, skipped in exp.stage_seconds
                       if "models" in path.parts and not skipped)
         ours = train_s + attack_units * attack_s + explain_units * explain_s
@@ -144,7 +146,7 @@ def main() -> None:
         ref = ref_train + attack_units * ATTACK_MS / 1e3 + explain_units * LRP_MS / 1e3
         print(f"\nper unit, fullBNN: attack {1e3 * attack_s:.3f} ms per image·draw·step (reference {ATTACK_MS}), "
               f"LRP {1e3 * explain_s:.3f} ms per image·draw·layer·rule (reference {LRP_MS})")
-        print(f"projected full experiment (train x3 as measured, FGSM + PGD-40 at S = 100, explanations "
+        print(f"projected full experiment (train x3 as measured, FGSM + PGD-40 at S in 10/50/100, explanations "
               f"S in 10/50/100 x 500 x 2 x {n_layers} layers x 3 rules for both attacks): ours {ours / 60:.0f} min, "
               f"reference {ref / 3600:.1f} h (only SVI training counted for its training): "
               f"{ref / ours:.1f}x (goal >= 20x, under 90 min)")
