@@ -14,8 +14,9 @@ machine with one thread (the issue's figures):
 From the per-unit costs measured here it then projects the issue's full experiment: train ×3, FGSM and
 PGD-40, explanations of 3 rules × 3 layers × S ∈ {10, 50, 100} × 500 images × {clean, adversarial} (the
 attacks also for every S, since the adversarial images explained with S draws come from the S-draw attack; a
-PGD step costs what the FGSM step measured here costs). Stages found up to date are skipped by the library and reported as such (use a fresh ``--out``
-to time everything). The machine's float32 matmul throughput is printed beside, measured in the same run.
+PGD step costs what the FGSM step measured here costs). Stages found up to date are skipped by the library and
+reported as such (use a fresh ``--out`` to time everything). The machine's float32 matmul throughput is printed
+beside, measured in the same run.
 
 Run alone on the machine, from the repository root::
 
