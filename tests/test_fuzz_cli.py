@@ -31,7 +31,7 @@ from bayesrobust import experiment, faithfulness_report, inference, results, res
 from bayesrobust.cli import COMMANDS, main
 from bayesrobust.cli import sweep as cli_sweep
 from bayesrobust.errors import BUG_NOTE, UserError
-from bayesrobust.presets import PRESETS
+from bayesrobust.presets import APPLIES_TO, PRESETS
 
 SEED = int(os.environ.get("BAYESROBUST_FUZZ_SEED", 13))  # another seed explores other combinations
 RUNS_PER_COMMAND = 120
@@ -260,6 +260,15 @@ def _combinations(case: Case) -> None:
                      "ensemble": (number("members", preset.ensemble.members), 1)}
             if inf in grids and max(draws) > grids[inf][0] * grids[inf][1]:
                 t["draws_available"] = BAD
+    if c in ("train", "pipeline"):  # a training setting the model does not train with is refused, not ignored
+        preset = PRESETS.get(str(case.values.get("preset", "quick")))
+        model = str(case.values.get("model", "fullBNN")) if c == "train" else "fullBNN"
+        route = {"baseNN": "base", "artNN": "base", "advNN": "adv", "artBNN": "svi"}.get(model)
+        if model == "fullBNN" and preset is not None:
+            route = case.values.get("inference", preset.inference)
+        for name in case.values:
+            if route is not None and name in APPLIES_TO and route not in APPLIES_TO[name]:
+                t[f"{name}_does_not_apply"] = BAD
     if case.values.get("model") == "artBNN" and case.values.get("inference", "svi") != "svi":
         t["art_bnn_svi_only"] = BAD  # the ART term is added to the SVI objective only
     if c == "table" and case.values.get("kind", "robustness") == "attribution":
