@@ -47,8 +47,9 @@ from pathlib import Path
 from typing import Any
 
 from . import checks, paths
-from .choices import Control, Model
+from .choices import Control, Inference, Model
 from .errors import UserError
+from .presets import APPLIES_TO
 from .stability import model_name
 
 try:
@@ -69,13 +70,14 @@ SETTINGS: dict[str, type | tuple[type, ...]] = {
 LIST_SETTINGS = ("controls",)
 #: Settings of the whole sweep, which a step cannot change.
 SWEEP_ONLY = ("data_root", "device", "draws_per_task", "keep_draws")
-#: Settings a step leaves out when the fullBNN's inference is not one of those they belong to (the fullBNN's
-#: training length: ``epochs`` of SVI, SGHMC/SGLD or the baseNNs of an ensemble / Laplace fullBNN).
+#: Settings a step leaves out when the fullBNN's inference is not one of those they belong to: the fullBNN
+#: inferences of :data:`~bayesrobust.presets.APPLIES_TO`, except that ``chains`` and ``samples`` reach NUTS only
+#: (the ladder's ``CHAINS`` sizes the reference's subset chains, not SGHMC's).
 ONLY_FOR: dict[str, tuple[str, ...]] = {
-    "likelihood_scaling": ("svi",), "hmc_scheme": ("hmc",), "subset_size": ("hmc",), "chains": ("hmc",),
-    "warmup": ("hmc",), "samples": ("hmc",), "n_train": ("hmc",), "burnin": ("sghmc", "sgld"),
-    "epochs": ("svi", "sghmc", "sgld", "laplace", "ensemble"),
-    "prior_scale": ("svi", "hmc", "sghmc", "sgld", "laplace"), "members": ("ensemble",)}
+    **{k: tuple(r for r in APPLIES_TO[k] if r in Inference.values())
+       for k in ("likelihood_scaling", "hmc_scheme", "subset_size", "warmup", "n_train", "burnin", "epochs",
+                 "prior_scale", "members")},
+    "chains": ("hmc",), "samples": ("hmc",)}
 #: The keys of a ``[steps.NAME]`` table besides its axes and settings.
 STEP_ONLY = ("folder", "for_inference", "quick")
 STEP_KEYS = tuple([a for a in AXES if a not in ("preset", "seeds")] +

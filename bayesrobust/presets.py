@@ -310,7 +310,7 @@ def _check_applies(model: str, inference: str | None, given: dict[str, Any]) -> 
     for name, value in given.items():
         if value is not None and name in APPLIES_TO and route not in APPLIES_TO[name]:
             where = ", ".join(_ROUTE_NAMES.get(r, f"fullBNN --inference {r}") for r in APPLIES_TO[name])
-            this = model if route in ("base", "adv") or model == "artBNN" else f"a fullBNN trained by {route}"
+            this = model if model != "fullBNN" else f"a fullBNN trained by {route}"
             raise ValueError(f"{name}={value!r} does not apply to {this}; it is a setting of {where}")
 
 
