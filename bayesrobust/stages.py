@@ -136,7 +136,7 @@ def train(preset: str | Preset, model: str, *, inference: str | None = None, out
                                  any((target / name).exists() for name in ("config.json", "weights.pt")))
     if not force and found:  # a damaged one raises: never taken for absent
         stored = Posterior.load(target).config
-        if up_to_date(stored, wanted):
+        if same_training(stored, wanted):
             acc = float(stored.get("test_accuracy", float("nan")))
             return Done(target, True, f"{tag} for preset {p.name!r} is up to date in {target} "
                                       f"(test accuracy {acc:.4f}); --force retrains",
@@ -149,7 +149,7 @@ def train(preset: str | Preset, model: str, *, inference: str | None = None, out
             stored = Posterior.load(source).config
         except (ValueError, OSError):  # damaged: not a model to copy
             continue
-        if up_to_date(stored, wanted):
+        if same_training(stored, wanted):
             from .models.posterior import copy_checkpoint
             paths.prepare_out(out, "models", p.name)
             copy_checkpoint(source, target)
@@ -186,14 +186,25 @@ def train(preset: str | Preset, model: str, *, inference: str | None = None, out
 
 def training_config(preset: Preset, model: str, inference: str | None, seed: int) -> dict[str, Any]:
     """What a stored model's config must equal for :func:`train` to take it as up to date (or to copy it): the
-    preset with its overrides applied, the model, its resolved inference, the seed (and the ART settings)."""
-    wanted = {"preset": preset.to_dict(), "model": model, "inference": inference, "seed": seed}
+    preset fields that train this model (:func:`~bayesrobust.inference.training_fields`, with the overrides
+    applied), the model, its resolved inference, the seed (and the ART settings)."""
+    from .inference import training_fields
+    settings = preset.to_dict()
+    wanted = {"preset": {k: settings[k] for k in training_fields(model, inference)}, "model": model,
+              "inference": inference, "seed": seed}
     if model in (Model.ART, Model.ART_BAYES):  # changed ART settings retrain
         from dataclasses import asdict
 
         from .presets import art_config
         wanted["art"] = asdict(art_config(preset))
     return wanted
+
+
+def same_training(stored: dict, wanted: dict) -> bool:
+    """Whether a stored model's ``config`` was trained as :func:`training_config` ``wanted`` (its preset
+    compared on the wanted fields only)."""
+    stored = {**stored, "preset": {k: (stored.get("preset") or {}).get(k) for k in wanted["preset"]}}
+    return up_to_date(stored, wanted)
 
 
 def _stored_base_network(out: Path, preset: Preset, seed: int) -> Any:
@@ -207,9 +218,7 @@ def _stored_base_network(out: Path, preset: Preset, seed: int) -> Any:
         stored = Posterior.load(target)
     except Exception:  # a damaged baseNN is the baseNN stage's business; train a fresh MAP here
         return None
-    cfg = stored.config.get("preset", {})
-    same = up_to_date(cfg, {k: v for k, v in preset.to_dict().items() if k in ("dataset", "arch", "base")})
-    return stored.network(0) if same and stored.config.get("seed") == seed else None
+    return stored.network(0) if same_training(stored.config, training_config(preset, "baseNN", None, seed)) else None
 
 
 # -- attack ------------------------------------------------------------------------------------------------

@@ -216,3 +216,61 @@ def test_hmc_eval_draws_are_checked_before_sampling(tmp_path, monkeypatch):
     with pytest.raises(ZeroDivisionError):  # reached the sampler: the default 50 eval draws were capped to 10
         stages.train("quick_fc2", "fullBNN", out=tmp_path, overrides={"samples": 5})
     assert len(calls) == 1
+
+
+class _ReadsRecorded:
+    """A preset that records which of its fields are read (``to_dict`` and ``name``/``inference`` aside: the
+    whole-config record and the ART/inference look-ups, compared apart)."""
+
+    def __init__(self, preset):
+        object.__setattr__(self, "_preset", preset)
+        object.__setattr__(self, "read", set())
+
+    def __getattr__(self, name):
+        preset = object.__getattribute__(self, "_preset")
+        if name not in ("to_dict", "name", "inference"):
+            self.read.add(name)
+        return getattr(preset, name)
+
+
+@pytest.mark.parametrize("model,inference", [("baseNN", None), ("advNN", None), ("artNN", None), ("artBNN", "svi")]
+                         + [("fullBNN", i) for i in ("svi", "hmc", "sghmc", "sgld", "ensemble", "laplace")])
+def test_training_fields_are_the_fields_training_reads(monkeypatch, model, inference):
+    """The table that decides whether a stored model is stale names exactly the preset fields train_model
+    reads for that model (the trainers are replaced by stand-ins: only the reading is checked)."""
+    import bayesrobust.inference as inf
+    from bayesrobust.models.architectures import build
+    from bayesrobust.models.posterior import deterministic
+
+    class History:
+        def as_tensors(self):
+            return {}
+
+    def net(arch, *args, **kwargs):
+        return build(arch)
+    monkeypatch.setattr(inf, "train_network", lambda arch, *a, **k: (net(arch), History()))
+    for name in ("train_svi", "train_sgmcmc", "train_ensemble", "train_hmc"):
+        monkeypatch.setattr(inf, name, lambda arch, *a, **k: deterministic(net(arch)))
+    monkeypatch.setattr(inf, "fit_laplace", lambda network, *a, **k: deterministic(network))
+    preset = _ReadsRecorded(get_preset("tiny"))
+    inf.train_model(preset, model, inference)
+    assert preset.read == set(inf.training_fields(model, inference))
+
+
+def test_a_stored_model_is_stale_only_when_its_own_training_settings_change(tmp_path):
+    """A baseNN stays up to date when n_inputs, the attack or the SVI settings change, and retrains when its
+    epochs do; the SVI fullBNN stays up to date when the SGHMC settings or the baseNN's change."""
+    from bayesrobust import stages
+    from bayesrobust.presets import SVIConfig
+    tiny = get_preset("tiny")
+    first = stages.train(tiny, "baseNN", out=tmp_path)
+    weights = (first.path / "weights.pt").read_bytes()
+    unrelated = tiny.with_overrides(n_inputs=7, attack_epsilon=0.1, svi=SVIConfig(epochs=1))
+    assert stages.train(unrelated, "baseNN", out=tmp_path).skipped
+    assert (first.path / "weights.pt").read_bytes() == weights
+    assert not stages.train(override_training(tiny, "baseNN", epochs=1), "baseNN", out=tmp_path).skipped
+    stages.train(tiny, "fullBNN", inference="svi", out=tmp_path)
+    again = override_training(override_training(tiny, "fullBNN", "sghmc", burnin=0), "baseNN", epochs=1)
+    assert stages.train(again, "fullBNN", inference="svi", out=tmp_path).skipped
+    assert not stages.train(override_training(tiny, "fullBNN", "svi", epochs=1), "fullBNN", inference="svi",
+                            out=tmp_path).skipped

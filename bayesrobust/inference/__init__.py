@@ -25,8 +25,8 @@ from .laplace import check_arch_for_laplace, fit_laplace
 from .sgmcmc import train_sgmcmc
 from .svi import MeanFieldGuide, train_svi
 
-__all__ = ["train_model", "load_model", "train_network", "train_svi", "train_hmc", "MeanFieldGuide", "NUTSKernel",
-           "train_sgmcmc", "train_ensemble", "fit_laplace"]
+__all__ = ["train_model", "training_fields", "load_model", "train_network", "train_svi", "train_hmc",
+           "MeanFieldGuide", "NUTSKernel", "train_sgmcmc", "train_ensemble", "fit_laplace"]
 
 
 def resolve_inference(preset: Preset, model: str, inference: str | None) -> str | None:
@@ -42,6 +42,25 @@ def resolve_inference(preset: Preset, model: str, inference: str | None) -> str 
     if inference not in INFERENCES:
         raise ValueError(f"unknown inference {inference!r}; expected one of {', '.join(INFERENCES)}")
     return inference
+
+
+#: The preset fields :func:`train_model` reads for each model (by its resolved inference for a fullBNN), beside
+#: ``dataset`` and ``arch``: a stored model is the same model when these, the model, inference and seed are
+#: equal; other preset fields (``n_inputs``, the attack settings, another inference's settings) do not make
+#: it stale. ART settings are compared apart (:func:`~bayesrobust.presets.art_config`).
+TRAINING_FIELDS: dict[str, tuple[str, ...]] = {
+    "baseNN": ("base",), "advNN": ("adv", "adv_optim"), "artNN": ("base",), "artBNN": ("svi", "prior_scale"),
+    "svi": ("svi", "prior_scale"), "hmc": ("hmc", "prior_scale"), "sghmc": ("sgmcmc", "prior_scale"),
+    "sgld": ("sgmcmc", "prior_scale"), "ensemble": ("base", "ensemble"),
+    "laplace": ("base", "laplace", "prior_scale")}
+
+
+def training_fields(model: str, inference: str | None) -> tuple[str, ...]:
+    """The preset fields that train ``model`` (with the resolved ``inference`` of a fullBNN)."""
+    key = inference if model == "fullBNN" else model
+    if key not in TRAINING_FIELDS:
+        raise ValueError(f"no training settings known for model {model!r} with inference {inference!r}")
+    return ("dataset", "arch", *TRAINING_FIELDS[key])
 
 
 def train_model(preset: Preset, model: str, inference: str | None = None, seed: int = 0,
