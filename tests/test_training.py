@@ -246,11 +246,9 @@ def test_training_fields_are_the_fields_training_reads(monkeypatch, model, infer
         def as_tensors(self):
             return {}
 
-    def net(arch, *args, **kwargs):
-        return build(arch)
-    monkeypatch.setattr(inf, "train_network", lambda arch, *a, **k: (net(arch), History()))
+    monkeypatch.setattr(inf, "train_network", lambda arch, *a, **k: (build(arch), History()))
     for name in ("train_svi", "train_sgmcmc", "train_ensemble", "train_hmc"):
-        monkeypatch.setattr(inf, name, lambda arch, *a, **k: deterministic(net(arch)))
+        monkeypatch.setattr(inf, name, lambda arch, *a, **k: deterministic(build(arch)))
     monkeypatch.setattr(inf, "fit_laplace", lambda network, *a, **k: deterministic(network))
     preset = _ReadsRecorded(get_preset("tiny"))
     inf.train_model(preset, model, inference)
