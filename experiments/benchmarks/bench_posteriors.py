@@ -94,15 +94,19 @@ def part_laplace(args: argparse.Namespace) -> None:
           f"   accuracy {float(ds.accuracy.sel(model='fullBNN_laplace')):.4f} vs "
           f"{float(ds.accuracy.sel(model='baseNN')):.4f}", flush=True)
     if info["structure"] == "diag":
-        prior_precision_sensitivity(post, preset, args, n_images=200 if args.small else 2000)
+        prior_precision_sensitivity(post, preset, args, n_images=200 if args.small else 2000,
+                                    base_nll=float(ds.nll.sel(model='baseNN')),
+                                    fitted_nll=float(ds.nll.sel(model='fullBNN_laplace')))
 
 
-def prior_precision_sensitivity(post, preset: str, args: argparse.Namespace, n_images: int,
-                                factors: tuple[float, ...] = (1, 10, 100, 1000), n_draws: int = 32) -> None:
+def prior_precision_sensitivity(post, preset: str, args: argparse.Namespace, n_images: int, base_nll: float,
+                                fitted_nll: float, factors: tuple[float, ...] = (10, 100, 1000),
+                                n_draws: int = 32) -> None:
     """Test NLL of the diagonal Laplace posterior with its prior precision λ (fitted by marginal likelihood)
     multiplied by ``factors``, the GGN diagonal H and the MAP unchanged: draw scale (H + λ')^(-1/2), H
     recovered from the stored scale (H = scale⁻² − λ). A diagnostic of the marginal-likelihood fit, not a
-    way to choose λ (these are test images)."""
+    way to choose λ (these are test images). The images and draws are those of the ``evaluate`` stage that
+    gave ``base_nll`` and ``fitted_nll`` (``balanced_subset(test, n_images, seed=0)``, draws 0…n_draws−1)."""
     from dataclasses import replace
 
     from bayesrobust.data import balanced_subset, load
@@ -111,10 +115,9 @@ def prior_precision_sensitivity(post, preset: str, args: argparse.Namespace, n_i
 
     preset_ = get_preset(preset)
     test = balanced_subset(load(preset_.dataset, "test", args.data_root), n_images, seed=0)
-    base = load_model(args.out, preset_, "baseNN")
-    print(f"  prior precision sensitivity ({n_images} class-balanced test images, {n_draws} draws): "
-          f"baseNN NLL {nll(draw_probabilities(base, test.x)[0], test.y):.4f}", flush=True)
     lam = post.config["laplace"]["prior_precision"][0]
+    print(f"  prior precision sensitivity ({n_images} class-balanced test images, {n_draws} draws): "
+          f"baseNN NLL {base_nll:.4f}\n    λ = 1 x {lam:.4g} (fitted): NLL {fitted_nll:.4f}", flush=True)
     scale = post.extra["laplace.scale"]
     ggn = (scale.double() ** -2 - lam).clamp_min(0)
     for factor in factors:
