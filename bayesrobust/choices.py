@@ -140,10 +140,12 @@ class LaplaceSubset(Choice):
 
 
 class LaplaceStructure(Choice):
-    """Structure of the Laplace posterior precision: diagonal, Kronecker-factored (KFAC) or full."""
+    """Structure of the Laplace posterior precision: diagonal, Kronecker-factored (KFAC), KFAC with a low-rank
+    input factor (last layer only; for last layers too wide for a dense factor) or full."""
 
     DIAG = "diag"
     KRON = "kron"
+    KRON_LOWRANK = "kron_lowrank"
     FULL = "full"
 
 

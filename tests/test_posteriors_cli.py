@@ -90,3 +90,24 @@ def test_evaluate_every_model_with_ood(out, shared_root):
     again = _run("evaluate", ["--preset", "tiny", "--n-images", "100", "--data-root", str(shared_root),
                               "--out", str(out)])
     assert "up to date" in again
+
+
+def test_low_rank_kfac_laplace_trains_attacks_and_explains(tmp_path):
+    """``--laplace-structure kron_lowrank`` end to end: its rank and fitted λ are stored, and its draws go
+    through attack and explain like any posterior's (the output layer's maps: only it differs by draw)."""
+    root = str(tmp_path)
+    _run("train", ["--model", "baseNN", "--preset", "tiny", "--no-progress", "--out", root])
+    _run("train", ["--model", "fullBNN", "--preset", "tiny", "--inference", "laplace", "--laplace-structure",
+                   "kron_lowrank", "--no-progress", "--out", root])
+    post = Posterior.load(tmp_path / "models" / "tiny" / "fullBNN_laplace")
+    info = post.config["laplace"]
+    assert info["structure"] == "kron_lowrank" and info["rank"] >= 1 and info["prior_precision"][0] > 0
+    _run("attack", ["--model", "fullBNN", "--preset", "tiny", "--inference", "laplace", "--attack", "fgsm",
+                    "--n-inputs", "6", "--n-draws", "2", "--out", root])
+    run = "fullBNN_laplace_fgsm_linf_eps0.05_S2_mean_grad"
+    _run("explain", ["--model", "fullBNN", "--preset", "tiny", "--inference", "laplace", "--attack-run", run,
+                     "--rule", "epsilon", "--layers", "2", "--no-progress", "--out", root])
+    with xr.open_dataset(tmp_path / "explanations" / "tiny" / f"{run}_lrp.nc") as ds:
+        store.validate(ds, "explanation")
+        assert np.isfinite(ds["relevance"].values).all()
+        assert ds["relevance_std"].values.max() > 0  # the two draws' maps differ

@@ -53,7 +53,8 @@ from . import options
 @click.option("--laplace-subset", type=click.Choice(LaplaceSubset.values()), default=None,
               help="Laplace: weights covered (the rest stay at the baseNN's).")
 @click.option("--laplace-structure", type=click.Choice(LaplaceStructure.values()), default=None,
-              help="Laplace: posterior precision diagonal, Kronecker-factored (KFAC) or full.")
+              help="Laplace: posterior precision diagonal, Kronecker-factored (KFAC), KFAC with a low-rank "
+                   "input factor (kron_lowrank: last layer; the conv presets' default) or full.")
 @click.option("--eval-draws", type=int, default=None, help="Draws for the test accuracy of a fullBNN.")
 @options.seed_option
 @options.device_option

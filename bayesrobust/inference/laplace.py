@@ -4,11 +4,13 @@ The posterior of the covered weights (the last layer, or all) is the Gaussian N(
 P = GGN of the training loss + prior precision (Daxberger et al. 2021, "Laplace Redux"); the GGN is diagonal,
 Kronecker-factored (KFAC) or full, and the prior precision is fitted by maximising the Laplace marginal
 likelihood (``optimize_prior_precision(method='marglik')``). Weights outside the covered subset stay at the MAP.
+A last layer too wide for a dense KFAC factor takes ``kron_lowrank`` (:mod:`.laplace_lowrank`, our code).
 
 What is stored (checkpoint ``extra``): the MAP vector of the covered weights and the factor that turns a
 standard normal vector ε into a posterior deviation — the diagonal scale P^(-1/2) (``diag``), the dense
 P^(-1/2) (``full``), or the eigendecomposition of each Kronecker factor with the prior deltas (``kron``;
-deviation = laplace-torch's ``KronDecomposed.bmm(ε, exponent=-1/2)``, exactly what its ``sample`` does).
+deviation = laplace-torch's ``KronDecomposed.bmm(ε, exponent=-1/2)``, exactly what its ``sample`` does), or
+the kept eigenpairs of both factors (``kron_lowrank``).
 Draw j uses ε from the generator of ``(seed, j)``, so it is the same network on every load.
 """
 
@@ -26,8 +28,10 @@ from ..models.architectures import ArchConfig, Network
 from ..models.posterior import Posterior
 from ..models.posterior import deterministic as one_draw_posterior
 from ..presets import LaplaceConfig
+from .laplace_lowrank import LowRankKFAC, fit_lowrank_kfac
 
 PREFIX = "laplace."
+LOWRANK_FIELDS = ("vectors", "values", "output_vectors", "output_values")
 
 
 def last_layer_name(net: nn.Module) -> str:
@@ -89,6 +93,13 @@ def fit_laplace(net: Network, data: Data, cfg: LaplaceConfig, *, likelihood: str
     ``config['laplace']`` records the subset, structure, fitted prior precision, log marginal likelihood
     and fit time."""
     start = time.perf_counter()
+    if cfg.structure == "kron_lowrank":
+        if prior_precision is None and cfg.marglik_steps == 0:  # as for laplace-torch: the prior's own precision
+            prior_precision = 1.0 / prior_scale**2
+        # λ from the closed-form marginal likelihood (no steps); wider batches keep the feature matmuls efficient
+        fit = fit_lowrank_kfac(net, data, rank=cfg.rank, batch_size=max(cfg.batch_size, 1024), likelihood=likelihood,
+                               sigma_noise=sigma_noise, prior_precision=prior_precision, seed=seed)
+        return lowrank_posterior(fit, net, cfg, seed, fit_seconds=time.perf_counter() - start)
     la = laplace_approximation(net, data, cfg, likelihood=likelihood, sigma_noise=sigma_noise,
                                prior_scale=prior_scale, prior_precision=prior_precision)
     return to_posterior(la, net, cfg, seed, fit_seconds=time.perf_counter() - start)
@@ -123,6 +134,24 @@ def to_posterior(la: Any, net: Network, cfg: LaplaceConfig, seed: int = 0, fit_s
     return posterior
 
 
+def lowrank_posterior(fit: LowRankKFAC, net: Network, cfg: LaplaceConfig, seed: int = 0,
+                      fit_seconds: float = 0.0) -> Posterior:
+    """A fitted low-rank KFAC (:func:`.laplace_lowrank.fit_lowrank_kfac`) as a ``Posterior`` of kind
+    ``'laplace'`` around ``net``; ``config['laplace']`` adds the rank and the share of trace(A) it keeps."""
+    posterior = one_draw_posterior(net)
+    posterior.kind = "laplace"
+    posterior.seed = seed
+    posterior.extra[PREFIX + "mean"] = fit.mean
+    for field in LOWRANK_FIELDS:
+        posterior.extra[f"{PREFIX}lowrank.{field}"] = getattr(fit, field)
+    posterior.config["laplace"] = {
+        "subset": cfg.subset, "structure": cfg.structure, "names": covered_names(net, cfg), "blocks": [],
+        "damping": False, "prior_precision": [fit.prior_precision], "log_marginal_likelihood": fit.log_marglik,
+        "fit_seconds": fit_seconds, "n_params": int(fit.mean.numel()), "rank": int(fit.values.numel()),
+        "captured": fit.captured, "residual": fit.residual, "bias": fit.bias}
+    return posterior
+
+
 def _deviation(posterior: Posterior, eps: torch.Tensor) -> torch.Tensor:
     """P^(-1/2) ε for the stored factor of ``posterior`` (ε: (n,))."""
     info, extra = posterior.config["laplace"], posterior.extra
@@ -130,6 +159,11 @@ def _deviation(posterior: Posterior, eps: torch.Tensor) -> torch.Tensor:
         return extra[PREFIX + "scale"] * eps
     if info["structure"] == "full":
         return extra[PREFIX + "scale"] @ eps
+    if info["structure"] == "kron_lowrank":
+        fit = LowRankKFAC(mean=extra[PREFIX + "mean"], prior_precision=info["prior_precision"][0],
+                          captured=info["captured"], bias=info["bias"], residual=info["residual"],
+                          **{f: extra[f"{PREFIX}lowrank.{f}"] for f in LOWRANK_FIELDS})
+        return fit.deviation(eps)
     from laplace.utils.matrix import KronDecomposed
     cache = posterior.__dict__.setdefault("_kron_precision", None)
     if cache is None:
@@ -159,7 +193,7 @@ def laplace_draw(posterior: Posterior, generator: torch.Generator) -> dict[str, 
 
 #: Largest Kronecker factor (rows) a KFAC Laplace may need: each factor is stored dense and eigendecomposed,
 #: O(d²) memory and O(d³) time. mnist_conv's last layer reads 25,088 features: a 2.5 GB factor whose
-#: eigendecomposition had not finished after 13 minutes on 2 cores (``--laplace-structure diag`` fits it).
+#: eigendecomposition had not finished after 13 minutes on 2 cores (``kron_lowrank`` or ``diag`` fit it).
 MAX_KRON_FACTOR = 8192
 
 
@@ -179,4 +213,7 @@ def check_arch_for_laplace(arch: ArchConfig, cfg: LaplaceConfig) -> None:
         if widest > MAX_KRON_FACTOR:
             raise ValueError(f"a KFAC Laplace precision over {cfg.subset} needs a {widest:,} x {widest:,} Kronecker "
                              f"factor (at most {MAX_KRON_FACTOR:,}: it is stored dense and eigendecomposed); "
-                             f"use --laplace-structure diag")
+                             f"use --laplace-structure kron_lowrank (last layer) or diag")
+    if cfg.structure == "kron_lowrank" and cfg.subset != "last_layer":
+        raise ValueError(f"--laplace-structure kron_lowrank covers the last layer only, got --laplace-subset "
+                         f"{cfg.subset}; use kron or diag for all weights")

@@ -205,6 +205,15 @@ class DrawSet:
                     for p, j in enumerate(self.indices)]
         return {k: torch.stack([d[k].contiguous() for d in per_draw]) for k in self._targets}
 
+    def varying_output_layer(self) -> nn.Linear | None:
+        """The network's last Linear layer when it is the only part that differs between draws (a last-layer
+        Laplace posterior), else ``None``."""
+        posterior = getattr(self, "_posterior", None)
+        if posterior is None or posterior.kind != "laplace" or \
+                posterior.config.get("laplace", {}).get("subset") != "last_layer":
+            return None
+        return [m for m in self.net.modules() if isinstance(m, nn.Linear)][-1]
+
     def device(self) -> torch.device:
         first = next(iter(self.net.parameters()), None)
         return first.device if first is not None else torch.device("cpu")
@@ -230,12 +239,43 @@ def draw_probabilities(model: Posterior | DrawSet | nn.Module, *inputs: torch.Te
     draws = DrawSet.of(model, n_draws, device=device)
     chunk_size = draws.chunk_size if chunk_size is None else chunk_size
     normalise = torch.log_softmax if log else torch.softmax
+    layer = draws.varying_output_layer()
+    if layer is not None and len(draws) > 1:
+        found = _output_layer_probabilities(draws, layer, inputs, chunk_size, normalise)
+        if found is not None:
+            return found
     out: list[list[torch.Tensor]] = [[] for _ in inputs]
     with torch.no_grad():
         for _ in draws:
             for found, x in zip(out, inputs):
                 found.append(torch.cat([normalise(draws.net(x[sl]), dim=-1)
                                         for sl in chunks(x.shape[0], chunk_size)]))
+    return [torch.stack(found) for found in out]
+
+
+def _output_layer_probabilities(draws: DrawSet, layer: nn.Linear, inputs: tuple[torch.Tensor, ...],
+                                chunk_size: int | None, normalise) -> list[torch.Tensor] | None:
+    """:func:`draw_probabilities` when only the output ``layer`` differs between draws: the features it reads
+    are computed once (one forward pass of the network instead of S) and each draw applies its own layer
+    (the same arithmetic). ``None`` if ``layer``'s output is not the network's output."""
+    seen: dict[str, torch.Tensor] = {}
+    handle = layer.register_forward_hook(lambda _m, args, out: seen.update(features=args[0], out=out))
+    features: list[list[torch.Tensor]] = [[] for _ in inputs]
+    try:
+        with torch.no_grad():
+            draws.load(0)
+            for found, x in zip(features, inputs):
+                for sl in chunks(x.shape[0], chunk_size):
+                    if draws.net(x[sl]) is not seen["out"]:
+                        return None
+                    found.append(seen["features"])
+    finally:
+        handle.remove()
+    out: list[list[torch.Tensor]] = [[] for _ in inputs]
+    with torch.no_grad():
+        for _ in draws:
+            for found, per_chunk in zip(out, features):
+                found.append(torch.cat([normalise(layer(phi), dim=-1) for phi in per_chunk]))
     return [torch.stack(found) for found in out]
 
 
