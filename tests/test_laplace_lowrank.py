@@ -101,6 +101,9 @@ def test_linear_gaussian_posterior_and_marginal_likelihood_are_exact(linear_regr
 
     assert fit.log_marglik == pytest.approx(theirs(fit.prior_precision), rel=1e-5)
     assert theirs(fit.prior_precision) > max(theirs(fit.prior_precision * 1.05), theirs(fit.prior_precision / 1.05))
+    post = fit_laplace(net, data, LaplaceConfig(structure="kron_lowrank", rank=4), likelihood="regression",
+                       sigma_noise=NOISE)  # the same through the library's route
+    assert post.config["laplace"]["prior_precision"] == [pytest.approx(fit.prior_precision, rel=1e-9)]
 
 
 def test_full_rank_matches_laplace_torch_kfac_on_a_bias_free_last_layer(mnist5k_train):
@@ -124,31 +127,35 @@ def test_full_rank_matches_laplace_torch_kfac_on_a_bias_free_last_layer(mnist5k_
 
 
 def test_truncated_input_factor_against_the_dense_computation(mnist5k_train):
-    """Rank 3 of 12 features (no bias): ρ is the mean of A's 9 other eigenvalues, the deviation operator
-    squares to the inverse of the dense G ⊗ (V S Vᵀ + ρ (I − V Vᵀ)) + λI, the log marginal likelihood uses its
-    log determinant, and the kept eigenvalues are A's top 3 (one subspace iteration, within 2%)."""
+    """Rank 3 of 81 augmented features (80 + bias), 4 classes, so the Nyström sketch (35 columns) is not
+    exact: ρ is the mean of A's 78 other eigenvalues, the kept ones are A's top 3 (within 1%), the deviation
+    operator squares to the inverse of the dense G ⊗ (V S Vᵀ + ρ (I − V Vᵀ)) + λI taken into our [W, b]
+    order, and the log marginal likelihood uses its log determinant."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 12), nn.Tanh(), nn.Linear(12, 4, bias=False))
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 80), nn.Tanh(), nn.Linear(80, 4))
     data = Data(mnist5k_train.x[:400], mnist5k_train.y[:400] % 4, mnist5k_train.index[:400], "mnist5k", "train")
     fit = fit_lowrank_kfac(net, data, rank=3)
     with torch.no_grad():
-        phi = net[:3](data.x).double()
+        phi = torch.cat([net[:3](data.x), torch.ones(400, 1)], 1).double()
         logits = net(data.x).double()
     a = phi.T @ phi
     exact = torch.linalg.eigvalsh(a).flip(0)
-    assert fit.residual == pytest.approx(float(exact[3:].mean()), rel=1e-4)
-    assert ((fit.values.double() - exact[:3]).abs() / exact[:3]).max() < 0.02
+    assert ((fit.values.double() - exact[:3]).abs() / exact[:3]).max() < 0.01
+    assert fit.residual == pytest.approx(float(a.trace() - fit.values.double().sum()) / 78, rel=1e-4)
+    assert fit.residual == pytest.approx(float(exact[3:].mean()), rel=0.01)
     p = logits.softmax(-1)
     g = (torch.diag(p.sum(0)) - p.T @ p) / len(p)
     v = fit.vectors.double()
-    approx = v @ torch.diag(fit.values.double()) @ v.T + fit.residual * (torch.eye(12, dtype=torch.float64) - v @ v.T)
+    approx = v @ torch.diag(fit.values.double()) @ v.T + fit.residual * (torch.eye(81, dtype=torch.float64) - v @ v.T)
     lam = fit.prior_precision
-    precision = torch.kron(g, approx) + lam * torch.eye(48, dtype=torch.float64)
+    row_major = torch.kron(g, approx) + lam * torch.eye(324, dtype=torch.float64)  # index c·81 + j, j = 80: bias
+    order = [c * 81 + j for c in range(4) for j in range(80)] + [c * 81 + 80 for c in range(4)]  # W then b
+    precision = row_major[order][:, order]
     root = _operator(fit)
     torch.testing.assert_close(root @ root, torch.linalg.inv(precision), rtol=1e-4, atol=1e-6)
-    theta = net[3].weight.detach().double().reshape(-1)
+    theta = torch.cat([net[3].weight.detach().reshape(-1), net[3].bias.detach()]).double()
     loglik = -float(nn.functional.cross_entropy(logits, data.y, reduction="sum"))
-    expected = loglik - 0.5 * (lam * float(theta @ theta) + float(torch.logdet(precision)) - 48 * math.log(lam))
+    expected = loglik - 0.5 * (lam * float(theta @ theta) + float(torch.logdet(precision)) - 324 * math.log(lam))
     assert fit.log_marglik == pytest.approx(expected, rel=1e-4)
 
 
@@ -193,6 +200,12 @@ def test_low_rank_structure_checks_and_the_conv_presets_default():
         check_arch_for_laplace(conv.arch, LaplaceConfig(structure="kron"))
     with pytest.raises(ValueError, match="the rank of the input factor must be at least 1, got 0"):
         fit_lowrank_kfac(nn.Linear(2, 2), None, rank=0)
+    with pytest.raises(ValueError, match="likelihood must be 'classification' or 'regression', got 'poisson'"):
+        fit_lowrank_kfac(nn.Linear(2, 2), None, rank=1, likelihood="poisson")
+    with pytest.raises(ValueError, match="the prior precision must be positive, got -1.0"):
+        fit_lowrank_kfac(nn.Linear(2, 2), None, rank=1, prior_precision=-1.0)
+    with pytest.raises(ValueError, match="peaks below λ = 1e-12"):
+        evidence_prior_precision(torch.tensor([1e-30]), theta_sq=1e6)
 
 
 @pytest.mark.parametrize("structure", ["kron_lowrank", "diag"])
@@ -213,5 +226,9 @@ def test_last_layer_draw_probabilities_compute_the_features_once(mnist5k_train, 
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fast2, slow2, rtol=1e-5, atol=1e-6)
     assert (fast[0] - fast[1]).abs().max() > 1e-4  # the draws differ
+    from bayesrobust.models.draws import _output_layer_probabilities
+    tail = nn.Sequential(nn.Linear(4, 3), nn.Tanh())  # the last Linear's output is not the network's
+    assert _output_layer_probabilities(DrawSet.from_module(tail), tail[0], (torch.rand(5, 4),), None,
+                                       torch.softmax) is None
     post.config["laplace"]["subset"] = "all"  # every layer differs between draws: the ordinary path
     assert DrawSet(post, 2).varying_output_layer() is None and DrawSet.from_module(net).varying_output_layer() is None

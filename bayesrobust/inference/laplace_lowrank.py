@@ -121,11 +121,18 @@ def nystrom_eigh(apply: Callable[[torch.Tensor], torch.Tensor], dim: int, rank: 
     for _ in range(power_iters):
         omega = torch.linalg.qr(y).Q
         y = apply(omega)
-    shift = rel_shift * torch.linalg.matrix_norm(y, ord=2)
-    y = y + shift * omega
-    core = omega.T @ y
-    chol = torch.linalg.cholesky((core + core.T) / 2)
-    b = torch.linalg.solve_triangular(chol, y.T, upper=False).T  # y chol⁻ᵀ
+    scale = torch.linalg.matrix_norm(y)  # Frobenius: an upper bound of the spectral norm, no SVD
+    for attempt in range(4):  # the shift grows tenfold while float rounding leaves the core indefinite
+        shift = rel_shift * 10**attempt * scale
+        shifted = y + shift * omega
+        core = omega.T @ shifted
+        chol, info = torch.linalg.cholesky_ex((core + core.T) / 2)
+        if int(info) == 0:
+            break
+    else:
+        raise RuntimeError(f"the Nyström core stayed indefinite up to a shift of {float(shift):.3g}; "
+                           "the products A Ω are not those of a positive semi-definite matrix")
+    b = torch.linalg.solve_triangular(chol, shifted.T, upper=False).T  # y chol⁻ᵀ
     u, sigma, _ = torch.linalg.svd(b, full_matrices=False)
     values = (sigma ** 2 - shift).clamp_min(0)
     keep = min(rank, width)
@@ -149,6 +156,9 @@ def evidence_prior_precision(gains: torch.Tensor, theta_sq: float, counts: torch
         return lam * theta_sq - float((n * g / (g + lam)).sum())
 
     lo, hi = math.log(1e-12), math.log(max(float(n.sum()), 1.0) / theta_sq) + 1.0
+    if excess(lo) >= 0:
+        raise ValueError(f"the marginal likelihood peaks below λ = 1e-12 (‖θ‖² = {theta_sq:.3g}, largest GGN "
+                         f"eigenvalue {float(g.max()):.3g}): no usable prior precision")
     for _ in range(200):  # excess is increasing in λ: negative at lo, non-negative at hi
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if excess(mid) < 0 else (lo, mid)
@@ -169,6 +179,8 @@ def fit_lowrank_kfac(net: nn.Module, data: Data, *, rank: int, batch_size: int =
         raise ValueError(f"the rank of the input factor must be at least 1, got {rank}")
     if likelihood not in ("classification", "regression"):
         raise ValueError(f"likelihood must be 'classification' or 'regression', got {likelihood!r}")
+    if prior_precision is not None and not prior_precision > 0:
+        raise ValueError(f"the prior precision must be positive, got {prior_precision}")
     net = net.eval()
     layer = _last_linear(net)
     device = layer.weight.device
@@ -179,7 +191,8 @@ def fit_lowrank_kfac(net: nn.Module, data: Data, *, rank: int, batch_size: int =
     # the first pass over the features also sums G (softmax: Σ diag(p) − ppᵀ) and trace(A)
     stats = {"g": torch.zeros(c, c, dtype=dtype, device=device), "trace": 0.0, "loglik": 0.0, "passes": 0}
     targets = data.y.to(device)
-    cache: list[torch.Tensor] | None = [] if len(data.x) * d_aug * 4 <= cache_bytes else None
+    item = layer.weight.element_size()
+    cache: list[torch.Tensor] | None = [] if len(data.x) * d_aug * item <= cache_bytes else None
 
     def features() -> Iterator[torch.Tensor]:
         if stats["passes"] > 0 and cache is not None:
@@ -195,9 +208,9 @@ def fit_lowrank_kfac(net: nn.Module, data: Data, *, rank: int, batch_size: int =
 
     def apply(omega: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(d_aug, omega.shape[1], dtype=dtype, device=device)
-        omega32 = omega.to(torch.float32)
+        omega_net = omega.to(layer.weight.dtype)  # the network's precision (float32: fast matmuls)
         for phi in features():
-            out += (phi.T @ (phi @ omega32)).to(dtype)
+            out += (phi.T @ (phi @ omega_net)).to(dtype)
         stats["passes"] += 1
         return out
 

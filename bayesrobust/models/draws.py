@@ -255,28 +255,32 @@ def draw_probabilities(model: Posterior | DrawSet | nn.Module, *inputs: torch.Te
 
 def _output_layer_probabilities(draws: DrawSet, layer: nn.Linear, inputs: tuple[torch.Tensor, ...],
                                 chunk_size: int | None, normalise) -> list[torch.Tensor] | None:
-    """:func:`draw_probabilities` when only the output ``layer`` differs between draws: the features it reads
-    are computed once (one forward pass of the network instead of S) and each draw applies its own layer
-    (the same arithmetic). ``None`` if ``layer``'s output is not the network's output."""
+    """:func:`draw_probabilities` when only the output ``layer`` differs between draws: each chunk of images
+    runs the network once, and every draw's own output layer (stacked, (S, C, d)) is applied to the features
+    it reads. ``None`` (use the ordinary path) if ``layer``'s output is not the network's output or its input
+    is not (N, d)."""
+    with torch.no_grad():
+        weights, biases = [], []
+        for _ in draws:
+            weights.append(layer.weight.detach().clone())
+            biases.append(layer.bias.detach().clone() if layer.bias is not None else None)
+        weight = torch.stack(weights)  # (S, C, d)
+        bias = torch.stack(biases)[:, None] if layer.bias is not None else 0  # (S, 1, C)
     seen: dict[str, torch.Tensor] = {}
     handle = layer.register_forward_hook(lambda _m, args, out: seen.update(features=args[0], out=out))
-    features: list[list[torch.Tensor]] = [[] for _ in inputs]
+    out: list[list[torch.Tensor]] = [[] for _ in inputs]
     try:
         with torch.no_grad():
-            draws.load(0)
-            for found, x in zip(features, inputs):
+            for found, x in zip(out, inputs):
                 for sl in chunks(x.shape[0], chunk_size):
-                    if draws.net(x[sl]) is not seen["out"]:
+                    seen.clear()
+                    if draws.net(x[sl]) is not seen.get("out") or seen["features"].dim() != 2:
                         return None
-                    found.append(seen["features"])
+                    logits = torch.einsum("nd,scd->snc", seen["features"], weight) + bias
+                    found.append(normalise(logits, dim=-1))
     finally:
         handle.remove()
-    out: list[list[torch.Tensor]] = [[] for _ in inputs]
-    with torch.no_grad():
-        for _ in draws:
-            for found, per_chunk in zip(out, features):
-                found.append(torch.cat([normalise(layer(phi), dim=-1) for phi in per_chunk]))
-    return [torch.stack(found) for found in out]
+    return [torch.cat(found, dim=1) for found in out]
 
 
 def predictive_accuracy(model: Posterior | DrawSet | nn.Module, x: torch.Tensor, y: torch.Tensor,
