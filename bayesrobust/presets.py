@@ -130,14 +130,17 @@ class SGMCMCConfig:
 @dataclass(frozen=True)
 class LaplaceConfig:
     """Laplace approximation around the trained baseNN (laplace-torch; docs/method.md §13.2): which weights
-    (``subset``), the precision structure, marginal-likelihood steps for the prior precision, and the number of
-    input-factor eigenpairs ``rank`` kept by ``structure='kron_lowrank'``."""
+    (``subset``), the precision structure, marginal-likelihood steps for the prior precision, and for
+    ``structure='kron_lowrank'`` the number of input-factor eigenpairs ``rank`` and the most evidence
+    iterations ``refit_steps`` that refit the last layer as the MAP under the fitted prior (0: keep the
+    baseNN's last layer, as laplace-torch does)."""
 
     subset: str = "last_layer"
     structure: str = "kron"
     marglik_steps: int = 100
     batch_size: int = 256
     rank: int = 1000
+    refit_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -300,7 +303,7 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("burnin", "friction", "temperature", "schedule"), SG_MCMC),
     **dict.fromkeys(("adv_attack", "adv_norm", "adv_epsilon", "adv_ratio"), ("adv",)),
     "likelihood_scaling": ("svi",), "prior_scale": ("svi", "hmc", *SG_MCMC, "laplace"), "members": ("ensemble",),
-    **dict.fromkeys(("laplace_subset", "laplace_structure"), ("laplace",)),
+    **dict.fromkeys(("laplace_subset", "laplace_structure", "laplace_rank", "laplace_refit_steps"), ("laplace",)),
 }
 _ROUTE_NAMES = {"base": "baseNN/artNN", "adv": "advNN", "svi": "fullBNN --inference svi (and artBNN)"}
 
@@ -328,14 +331,16 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
                       subset_size: int | None = None, burnin: int | None = None,
                       friction: float | None = None, temperature: float | None = None,
                       schedule: str | None = None, members: int | None = None,
-                      laplace_subset: str | None = None, laplace_structure: str | None = None) -> Preset:
+                      laplace_subset: str | None = None, laplace_structure: str | None = None,
+                      laplace_rank: int | None = None, laplace_refit_steps: int | None = None) -> Preset:
     """``preset`` with command-line overrides applied to the settings ``model`` trains with.
 
     ``epochs``/``lr``/``batch_size`` go to the optimiser of baseNN or advNN, or to SVI for a fullBNN;
     ``warmup``/``samples``/``chains``/``n_train``/``hmc_scheme``/``subset_size`` to NUTS. SGHMC/SGLD take
     ``epochs``/``lr``/``batch_size``/``samples``/``chains``/``burnin``/``friction``/``temperature``/``schedule``;
     the ensemble and Laplace routes train baseNNs, so ``epochs``/``lr``/``batch_size`` go to ``base`` (with
-    ``members``, resp. ``laplace_subset``/``laplace_structure``). ``None`` leaves a field as it is.
+    ``members``, resp. ``laplace_subset``/``laplace_structure``/``laplace_rank``/``laplace_refit_steps``).
+    ``None`` leaves a field as it is.
 
     Raises
     ------
@@ -358,6 +363,8 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
         checks.positive(name, value)
     checks.count("burnin", burnin, minimum=0)
     checks.count("members", members)
+    checks.count("laplace_rank", laplace_rank)
+    checks.count("laplace_refit_steps", laplace_refit_steps, minimum=0)
     checks.real("friction", friction, low=0, high=1, low_open=True)
     checks.real("adv_ratio", adv_ratio, low=0, high=1)
     if hidden is not None and hidden > MAX_HIDDEN:
@@ -369,7 +376,8 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
         "adv_epsilon": adv_epsilon, "adv_ratio": adv_ratio, "likelihood_scaling": likelihood_scaling,
         "hmc_scheme": hmc_scheme, "subset_size": subset_size, "burnin": burnin, "friction": friction,
         "temperature": temperature, "schedule": schedule, "members": members, "laplace_subset": laplace_subset,
-        "laplace_structure": laplace_structure})
+        "laplace_structure": laplace_structure, "laplace_rank": laplace_rank,
+        "laplace_refit_steps": laplace_refit_steps})
     if dataset is not None:
         info = dataset_info(dataset)
         p = replace(p, dataset=dataset, arch=replace(p.arch, in_shape=info.shape, n_classes=len(info.classes)))
@@ -391,8 +399,12 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
         p = replace(p, base=replace(p.base, **optim))
         if members is not None:
             p = replace(p, ensemble=replace(p.ensemble, members=members))
-        la = {"subset": laplace_subset, "structure": laplace_structure}
+        la = {"subset": laplace_subset, "structure": laplace_structure, "rank": laplace_rank,
+              "refit_steps": laplace_refit_steps}
         p = replace(p, laplace=replace(p.laplace, **{k: v for k, v in la.items() if v is not None}))
+        if laplace_rank is not None and p.laplace.structure != "kron_lowrank":
+            raise ValueError(f"laplace_rank={laplace_rank} applies to --laplace-structure kron_lowrank only, got "
+                             f"{p.laplace.structure!r}")
     else:
         if likelihood_scaling is not None:
             optim["likelihood_scaling"] = likelihood_scaling
@@ -480,6 +492,10 @@ def check_training(preset: Preset, model: str, inference: str | None = None) -> 
         checks.count("marglik_steps", preset.laplace.marglik_steps, minimum=0, allow_none=False)
         checks.count("laplace batch_size", preset.laplace.batch_size, allow_none=False)
         checks.count("laplace rank", preset.laplace.rank, allow_none=False)
+        checks.count("laplace refit_steps", preset.laplace.refit_steps, minimum=0, allow_none=False)
+        if preset.laplace.refit_steps > 0 and preset.laplace.structure != "kron_lowrank":
+            raise ValueError(f"an evidence refit of the last layer (refit_steps={preset.laplace.refit_steps}) needs "
+                             f"--laplace-structure kron_lowrank, got {preset.laplace.structure!r}")
     else:
         hmc = preset.hmc
         checks.count("warmup", hmc.warmup, minimum=0, allow_none=False)

@@ -1,7 +1,8 @@
 """The low-rank last-layer KFAC Laplace (``kron_lowrank``) against exact answers: the Nyström eigenpairs
 against a dense eigendecomposition; the linear-Gaussian posterior and marginal likelihood against the closed
 forms and laplace-torch's full Laplace; at full rank, the KFAC precision and marginal likelihood against
-laplace-torch's own KFAC; the stored draws against the deviation operator."""
+laplace-torch's own KFAC; the stored draws against the deviation operator; the evidence refit against
+MacKay's fixed point (linear-Gaussian) and the penalised MAP's optimality conditions and scipy (softmax)."""
 
 from __future__ import annotations
 
@@ -130,7 +131,7 @@ def test_truncated_input_factor_against_the_dense_computation(mnist5k_train):
     """Rank 3 of 81 augmented features (80 + bias), 4 classes, so the Nyström sketch (35 columns) is not
     exact: ρ is the mean of A's 78 other eigenvalues, the kept ones are A's top 3 (within 1%), the deviation
     operator squares to the inverse of the dense G ⊗ (V S Vᵀ + ρ (I − V Vᵀ)) + λI taken into our [W, b]
-    order, and the log marginal likelihood uses its log determinant."""
+    order, ``solve`` applies its inverse, and the log marginal likelihood uses its log determinant."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(784, 80), nn.Tanh(), nn.Linear(80, 4))
     data = Data(mnist5k_train.x[:400], mnist5k_train.y[:400] % 4, mnist5k_train.index[:400], "mnist5k", "train")
@@ -153,6 +154,9 @@ def test_truncated_input_factor_against_the_dense_computation(mnist5k_train):
     precision = row_major[order][:, order]
     root = _operator(fit)
     torch.testing.assert_close(root @ root, torch.linalg.inv(precision), rtol=1e-4, atol=1e-6)
+    m = torch.randn(4, 81, dtype=torch.float64)  # the refit's Newton solve, in (C, d̃) = [W, b] form
+    dense = torch.linalg.solve(row_major, m.reshape(-1)).reshape(4, 81)
+    torch.testing.assert_close(fit.solve(m.float()).double(), dense, rtol=1e-4, atol=1e-6)
     theta = torch.cat([net[3].weight.detach().reshape(-1), net[3].bias.detach()]).double()
     loglik = -float(nn.functional.cross_entropy(logits, data.y, reduction="sum"))
     expected = loglik - 0.5 * (lam * float(theta @ theta) + float(torch.logdet(precision)) - 324 * math.log(lam))
@@ -232,3 +236,105 @@ def test_last_layer_draw_probabilities_compute_the_features_once(mnist5k_train, 
                                        torch.softmax) is None
     post.config["laplace"]["subset"] = "all"  # every layer differs between draws: the ordinary path
     assert DrawSet(post, 2).varying_output_layer() is None and DrawSet.from_module(net).varying_output_layer() is None
+
+
+def test_evidence_refit_reaches_mackays_fixed_point_on_a_linear_gaussian_model(linear_regression):
+    """Regression with one output, full rank: the refit pair (θ, λ) is MacKay's fixed point, computed here
+    independently by iterating θ = (H + λI)⁻¹ Xᵀy/σ², λ = Σ h/(h + λ) / ‖θ‖² (H = XᵀX/σ², eigenvalues h) to
+    convergence; the posterior is N(θ, (H + λI)⁻¹); the network itself is left unchanged."""
+    net, data = linear_regression
+    before = [p.detach().clone() for p in net.parameters()]
+    fit = fit_lowrank_kfac(net, data, rank=D + 1, likelihood="regression", sigma_noise=NOISE, refit_steps=300,
+                           refit_tol=1e-15)
+    X = torch.cat([data.x.reshape(N, D), torch.ones(N, 1)], 1).double()
+    h = X.T @ X / NOISE**2
+    eig = torch.linalg.eigvalsh(h)
+    lam = 1.0
+    for _ in range(5000):
+        theta = torch.linalg.solve(h + lam * torch.eye(D + 1, dtype=torch.float64), X.T @ data.y.double() / NOISE**2)
+        lam = float((eig / (eig + lam)).sum() / (theta @ theta))
+    assert fit.prior_precision == pytest.approx(lam, rel=1e-4)
+    torch.testing.assert_close(fit.mean.double(), theta, rtol=1e-4, atol=1e-5)
+    root = _operator(fit)
+    torch.testing.assert_close(root @ root, torch.linalg.inv(h + lam * torch.eye(D + 1, dtype=torch.float64)),
+                               rtol=1e-4, atol=1e-8)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def test_evidence_refit_is_the_penalised_map_at_its_own_prior_precision(mnist5k_train):
+    """Softmax, 4 classes, a truncated input factor (rank 5 of 41): after the refit, the gradient of
+    CE + ½λ‖θ‖² at the mean is ~0 (float64, computed here), the mean equals scipy's L-BFGS minimiser at that λ,
+    and λ is the marginal-likelihood root for that mean and the G it implies; the refit moves the last layer
+    and raises λ (the start, trained without a penalty, has the larger norm)."""
+    from scipy.optimize import minimize
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 40), nn.Tanh(), nn.Linear(40, 4))
+    data = Data(mnist5k_train.x[:500], mnist5k_train.y[:500] % 4, mnist5k_train.index[:500], "mnist5k", "train")
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(300):  # an unpenalised fit: the evidence at the trained weights is not at a consistent λ
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(data.x), data.y).backward()
+        opt.step()
+    plain = fit_lowrank_kfac(net, data, rank=5)
+    fit = fit_lowrank_kfac(net, data, rank=5, refit_steps=200, refit_tol=1e-12)
+    lam = fit.prior_precision
+    with torch.no_grad():
+        phi = torch.cat([net[:3](data.x), torch.ones(500, 1)], 1).double()
+    theta = fit.mean.double()
+    w = torch.cat([theta[:160].reshape(4, 40), theta[160:, None]], 1)  # (C, d̃): [W, b]
+
+    def penalised(flat):
+        m = torch.as_tensor(flat).reshape(4, 41).requires_grad_()
+        loss = nn.functional.cross_entropy(phi @ m.T, data.y, reduction="sum") + 0.5 * lam * (m ** 2).sum()
+        loss.backward()
+        return float(loss.detach()), m.grad.reshape(-1).numpy()
+
+    _, grad = penalised(w.reshape(-1).numpy())
+    _, grad_start = penalised(torch.cat([net[3].weight, net[3].bias[:, None]], 1).detach().double().reshape(-1).numpy())
+    assert torch.linalg.norm(torch.as_tensor(grad)) < 1e-3 * torch.linalg.norm(torch.as_tensor(grad_start))
+    best = minimize(penalised, torch.zeros(164, dtype=torch.float64).numpy(), jac=True, method="L-BFGS-B",
+                    options={"ftol": 0, "gtol": 1e-10, "maxiter": 5000})
+    torch.testing.assert_close(w.reshape(-1), torch.as_tensor(best.x), rtol=1e-3, atol=1e-3)
+    gains = torch.cat([(fit.output_values[:, None] * fit.values[None, :]).reshape(-1),
+                       fit.output_values * fit.residual]).double()
+    counts = torch.cat([torch.ones(20, dtype=torch.float64), torch.full((4,), 36.0, dtype=torch.float64)])
+    assert evidence_prior_precision(gains, float(theta @ theta), counts) == pytest.approx(lam, rel=1e-3)
+    p = (phi @ w.T).softmax(-1)
+    g_at_mean = torch.linalg.eigvalsh((torch.diag(p.sum(0)) - p.T @ p) / 500)
+    torch.testing.assert_close(fit.output_values.double(), g_at_mean, rtol=1e-3, atol=1e-6)  # G at the refit mean
+    assert lam > plain.prior_precision and float(theta @ theta) < float(plain.mean.double() @ plain.mean.double())
+
+
+def test_evidence_refit_through_the_library_route_and_its_checks(mnist5k_train):
+    """``LaplaceConfig.refit_steps``: the posterior's MAP (``params``, the draws' centre) is the refit last
+    layer, ``refit_shift`` records how far it moved (0, and net's own weights, without a refit); refused for
+    a network whose output is not its last Linear layer's, for a negative count, for a laplace-torch
+    structure, and a rank for a structure without one."""
+    from bayesrobust.presets import override_training
+    torch.manual_seed(0)
+    net = build(ArchConfig("fc2", 8, (1, 28, 28)))
+    data = Data(mnist5k_train.x[:300], mnist5k_train.y[:300], mnist5k_train.index[:300], "mnist5k", "train")
+    plain = fit_laplace(net, data, LaplaceConfig(structure="kron_lowrank", rank=4))
+    post = fit_laplace(net, data, LaplaceConfig(structure="kron_lowrank", rank=4, refit_steps=20))
+    names = post.config["laplace"]["names"]
+    assert plain.config["laplace"]["refit_shift"] == 0 and post.config["laplace"]["refit_shift"] > 0
+    assert all(torch.equal(plain.params[k], dict(net.state_dict())[k]) for k in names)
+    flat = torch.cat([post.params[k].reshape(-1) for k in names])
+    torch.testing.assert_close(flat, post.extra["laplace.mean"])
+    assert not torch.equal(flat, plain.extra["laplace.mean"])
+    squashed = nn.Sequential(nn.Flatten(), nn.Linear(784, 4), nn.Tanh(), nn.Linear(4, 10), nn.Tanh())
+    with pytest.raises(ValueError, match="differs from its last Linear layer's.*ends in that layer"):
+        fit_lowrank_kfac(squashed, data, rank=2, refit_steps=1)
+    with pytest.raises(ValueError, match="evidence refit steps must be at least 0, got -1"):
+        fit_lowrank_kfac(net, data, rank=2, refit_steps=-1)
+    conv = get_preset("mnist_conv")
+    with pytest.raises(ValueError, match="laplace_refit_steps must be.*-1"):
+        override_training(conv, "fullBNN", "laplace", laplace_refit_steps=-1)
+    with pytest.raises(ValueError, match="refit_steps=2\\) needs --laplace-structure kron_lowrank, got 'diag'"):
+        override_training(conv, "fullBNN", "laplace", laplace_structure="diag", laplace_refit_steps=2)
+    with pytest.raises(ValueError, match="refit_steps=1\\) needs --laplace-structure kron_lowrank, got 'kron'"):
+        fit_laplace(net, data, LaplaceConfig(structure="kron", refit_steps=1))
+    with pytest.raises(ValueError, match="laplace_rank=8 applies to --laplace-structure kron_lowrank only, got 'diag'"):
+        override_training(conv, "fullBNN", "laplace", laplace_structure="diag", laplace_rank=8)
+    with pytest.raises(ValueError, match="laplace_rank=8 does not apply to a fullBNN trained by svi"):
+        override_training(conv, "fullBNN", "svi", laplace_rank=8)

@@ -93,15 +93,17 @@ def test_evaluate_every_model_with_ood(out, shared_root):
 
 
 def test_low_rank_kfac_laplace_trains_attacks_and_explains(tmp_path):
-    """``--laplace-structure kron_lowrank`` end to end: its rank and fitted λ are stored, and its draws go
+    """``--laplace-structure kron_lowrank`` end to end, with ``--laplace-rank`` and ``--laplace-refit-steps``:
+    its rank, refit and fitted λ are stored, and its draws go
     through attack and explain like any posterior's (the output layer's maps: only it differs by draw)."""
     root = str(tmp_path)
     _run("train", ["--model", "baseNN", "--preset", "tiny", "--no-progress", "--out", root])
     _run("train", ["--model", "fullBNN", "--preset", "tiny", "--inference", "laplace", "--laplace-structure",
-                   "kron_lowrank", "--no-progress", "--out", root])
+                   "kron_lowrank", "--laplace-rank", "8", "--laplace-refit-steps", "3", "--no-progress", "--out", root])
     post = Posterior.load(tmp_path / "models" / "tiny" / "fullBNN_laplace")
     info = post.config["laplace"]
-    assert info["structure"] == "kron_lowrank" and info["rank"] >= 1 and info["prior_precision"][0] > 0
+    assert info["structure"] == "kron_lowrank" and info["rank"] == 8 and info["prior_precision"][0] > 0
+    assert info["refit_steps"] == 3 and info["refit_shift"] > 0  # the refit moved the last layer
     _run("attack", ["--model", "fullBNN", "--preset", "tiny", "--inference", "laplace", "--attack", "fgsm",
                     "--n-inputs", "6", "--n-draws", "2", "--out", root])
     run = "fullBNN_laplace_fgsm_linf_eps0.05_S2_mean_grad"

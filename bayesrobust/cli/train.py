@@ -55,6 +55,11 @@ from . import options
 @click.option("--laplace-structure", type=click.Choice(LaplaceStructure.values()), default=None,
               help="Laplace: posterior precision diagonal, Kronecker-factored (KFAC), KFAC with a low-rank "
                    "input factor (kron_lowrank: last layer; the conv presets' default) or full.")
+@click.option("--laplace-rank", type=int, default=None,
+              help="Laplace kron_lowrank: eigenpairs of the input factor kept (default 1000).")
+@click.option("--laplace-refit-steps", type=int, default=None,
+              help="Laplace kron_lowrank: at most this many evidence iterations refitting the last layer as the MAP "
+                   "under the fitted prior precision (0: keep the baseNN's last layer).")
 @click.option("--eval-draws", type=int, default=None, help="Draws for the test accuracy of a fullBNN.")
 @options.seed_option
 @options.device_option
@@ -66,7 +71,7 @@ from . import options
 def main(model, preset, inference, dataset, data_root, epochs, lr, batch_size, hidden, warmup, samples, chains,
          n_train, prior_scale, adv_attack, adv_norm, adv_epsilon, adv_ratio, likelihood_scaling, hmc_scheme,
          subset_size, burnin, friction, temperature, schedule, members, laplace_subset, laplace_structure,
-         eval_draws, seed, device, out, progress, force, verbose):
+         laplace_rank, laplace_refit_steps, eval_draws, seed, device, out, progress, force, verbose):
     """Train one model and write it under OUT/models/PRESET/MODEL/."""
     options.setup_logging(verbose)
     overrides = dict(dataset=dataset, epochs=epochs, lr=lr, hidden=hidden, batch_size=batch_size, warmup=warmup,
@@ -74,7 +79,8 @@ def main(model, preset, inference, dataset, data_root, epochs, lr, batch_size, h
                      adv_attack=adv_attack, adv_norm=adv_norm, adv_epsilon=adv_epsilon, adv_ratio=adv_ratio,
                      likelihood_scaling=likelihood_scaling, hmc_scheme=hmc_scheme, subset_size=subset_size,
                      burnin=burnin, friction=friction, temperature=temperature, schedule=schedule, members=members,
-                     laplace_subset=laplace_subset, laplace_structure=laplace_structure)
+                     laplace_subset=laplace_subset, laplace_structure=laplace_structure, laplace_rank=laplace_rank,
+                     laplace_refit_steps=laplace_refit_steps)
     done = stages.train(preset, model, inference=inference, out=out, overrides=overrides, eval_draws=eval_draws,
                         seed=seed, device=device, data_root=data_root, progress=progress, force=force)
     click.echo(done.summary)

@@ -92,13 +92,17 @@ def fit_laplace(net: Network, data: Data, cfg: LaplaceConfig, *, likelihood: str
     ``Posterior`` of kind ``'laplace'`` (``params`` the MAP, the sampling factor in ``extra``);
     ``config['laplace']`` records the subset, structure, fitted prior precision, log marginal likelihood
     and fit time."""
+    if cfg.refit_steps > 0 and cfg.structure != "kron_lowrank":
+        raise ValueError(f"an evidence refit of the last layer (refit_steps={cfg.refit_steps}) needs "
+                         f"--laplace-structure kron_lowrank, got {cfg.structure!r}")
     start = time.perf_counter()
     if cfg.structure == "kron_lowrank":
         if prior_precision is None and cfg.marglik_steps == 0:  # as for laplace-torch: the prior's own precision
             prior_precision = 1.0 / prior_scale**2
         # λ from the closed-form marginal likelihood (no steps); wider batches keep the feature matmuls efficient
         fit = fit_lowrank_kfac(net, data, rank=cfg.rank, batch_size=max(cfg.batch_size, 1024), likelihood=likelihood,
-                               sigma_noise=sigma_noise, prior_precision=prior_precision, seed=seed)
+                               sigma_noise=sigma_noise, prior_precision=prior_precision, seed=seed,
+                               refit_steps=cfg.refit_steps)
         return lowrank_posterior(fit, net, cfg, seed, fit_seconds=time.perf_counter() - start)
     la = laplace_approximation(net, data, cfg, likelihood=likelihood, sigma_noise=sigma_noise,
                                prior_scale=prior_scale, prior_precision=prior_precision)
@@ -137,18 +141,30 @@ def to_posterior(la: Any, net: Network, cfg: LaplaceConfig, seed: int = 0, fit_s
 def lowrank_posterior(fit: LowRankKFAC, net: Network, cfg: LaplaceConfig, seed: int = 0,
                       fit_seconds: float = 0.0) -> Posterior:
     """A fitted low-rank KFAC (:func:`.laplace_lowrank.fit_lowrank_kfac`) as a ``Posterior`` of kind
-    ``'laplace'`` around ``net``; ``config['laplace']`` adds the rank and the share of trace(A) it keeps."""
+    ``'laplace'`` around ``net``; ``config['laplace']`` adds the rank, the share of trace(A) it keeps and the
+    evidence refit (``cfg.refit_steps``; its last layer, not ``net``'s, is then the posterior's MAP)."""
     posterior = one_draw_posterior(net)
     posterior.kind = "laplace"
     posterior.seed = seed
     posterior.extra[PREFIX + "mean"] = fit.mean
+    names = covered_names(net, cfg)
+    shift = 0.0
+    if fit.refits > 0:  # the MAP is the refit last layer, not net's
+        start = torch.cat([posterior.params[n].reshape(-1).double() for n in names])
+        shift = float((fit.mean.double() - start).norm() / start.norm().clamp_min(1e-30))
+        offset = 0
+        for name in names:
+            like = posterior.params[name]
+            posterior.params[name] = fit.mean[offset:offset + like.numel()].reshape(like.shape).to(like.dtype).clone()
+            offset += like.numel()
     for field in LOWRANK_FIELDS:
         posterior.extra[f"{PREFIX}lowrank.{field}"] = getattr(fit, field)
     posterior.config["laplace"] = {
-        "subset": cfg.subset, "structure": cfg.structure, "names": covered_names(net, cfg), "blocks": [],
+        "subset": cfg.subset, "structure": cfg.structure, "names": names, "blocks": [],
         "damping": False, "prior_precision": [fit.prior_precision], "log_marginal_likelihood": fit.log_marglik,
         "fit_seconds": fit_seconds, "n_params": int(fit.mean.numel()), "rank": int(fit.values.numel()),
-        "captured": fit.captured, "residual": fit.residual, "bias": fit.bias}
+        "captured": fit.captured, "residual": fit.residual, "bias": fit.bias, "refit_steps": cfg.refit_steps,
+        "refits": fit.refits, "refit_shift": shift}
     return posterior
 
 
