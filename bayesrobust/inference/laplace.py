@@ -152,11 +152,7 @@ def lowrank_posterior(fit: LowRankKFAC, net: Network, cfg: LaplaceConfig, seed: 
     if fit.refits > 0:  # the MAP is the refit last layer, not net's
         start = torch.cat([posterior.params[n].reshape(-1).double() for n in names])
         shift = float((fit.mean.double() - start).norm() / start.norm().clamp_min(1e-30))
-        offset = 0
-        for name in names:
-            like = posterior.params[name]
-            posterior.params[name] = fit.mean[offset:offset + like.numel()].reshape(like.shape).to(like.dtype).clone()
-            offset += like.numel()
+        posterior.params.update(_unflatten(fit.mean.clone(), posterior.params, names))
     for field in LOWRANK_FIELDS:
         posterior.extra[f"{PREFIX}lowrank.{field}"] = getattr(fit, field)
     posterior.config["laplace"] = {
@@ -197,14 +193,19 @@ def laplace_draw(posterior: Posterior, generator: torch.Generator) -> dict[str, 
     mean = posterior.extra[PREFIX + "mean"]
     eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
     vector = mean + _deviation(posterior, eps)
-    out = dict(posterior.params)
-    offset = 0
-    for name in info["names"]:
-        shape = posterior.params[name].shape
-        size = shape.numel()
-        out[name] = vector[offset:offset + size].reshape(shape).to(posterior.params[name].dtype)
-        offset += size
+    out = {**posterior.params, **_unflatten(vector, posterior.params, info["names"])}
     return {k: out[k] for k in sorted(out)}
+
+
+def _unflatten(vector: torch.Tensor, params: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
+    """The covered weights ``names`` (in that order) read from the flat ``vector``, shaped and typed like
+    ``params``."""
+    out, offset = {}, 0
+    for name in names:
+        like = params[name]
+        out[name] = vector[offset:offset + like.numel()].reshape(like.shape).to(like.dtype)
+        offset += like.numel()
+    return out
 
 
 #: Largest Kronecker factor (rows) a KFAC Laplace may need: each factor is stored dense and eigendecomposed,

@@ -263,19 +263,20 @@ def fit_lowrank_kfac(net: nn.Module, data: Data, *, rank: int, batch_size: int =
         stats["passes"] += 1
         return out
 
-    def terms(phi: torch.Tensor, weights: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+    def terms(phi: torch.Tensor, weights: torch.Tensor,
+              y: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
         """NLL, its gradient (C, d̃) and Σ Λₙ of one feature batch with the last layer ``weights``, in float64,
-        from products in the network's precision (float32 on mnist_conv: a pass reads 6 GB)."""
-        nll, d_out, lam_sum = likelihood_terms(phi @ weights.to(phi.dtype).T, y, likelihood, sigma_noise)
-        return nll, (d_out.to(phi.dtype).T @ phi).to(dtype), lam_sum
+        from products in the network's precision (float32 on mnist_conv: a pass reads 6 GB); and the outputs."""
+        own = phi @ weights.to(phi.dtype).T
+        nll, d_out, lam_sum = likelihood_terms(own, y, likelihood, sigma_noise)
+        return nll, (d_out.to(phi.dtype).T @ phi).to(dtype), lam_sum, own
 
     def accumulate(phi: torch.Tensor, outputs: torch.Tensor, y: torch.Tensor) -> None:
         stats["trace"] += float((phi.double() ** 2).sum())
-        nll, grad, lam_sum = terms(phi, start_weights, y)
+        nll, grad, lam_sum, own = terms(phi, start_weights, y)
         stats["nll"] += nll
         stats["grad"] = stats.get("grad", 0) + grad
         stats["g"] += lam_sum
-        own = phi @ start_weights.to(phi.dtype).T
         stats["mismatch"] = max(stats["mismatch"], float((own - outputs.reshape(own.shape)).abs().max()))
         stats["scale"] = max(stats["scale"], float(outputs.abs().max()))
 
@@ -285,7 +286,7 @@ def fit_lowrank_kfac(net: nn.Module, data: Data, *, rank: int, batch_size: int =
         lam_sum = torch.zeros(c, c, dtype=dtype, device=device)
         start = 0
         for phi in features():
-            part, part_grad, part_lam = terms(phi, weights, targets[start:start + len(phi)])
+            part, part_grad, part_lam, _ = terms(phi, weights, targets[start:start + len(phi)])
             nll, grad, lam_sum, start = nll + part, grad + part_grad, lam_sum + part_lam, start + len(phi)
         stats["passes"] += 1
         return nll, grad, lam_sum
