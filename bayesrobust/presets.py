@@ -142,6 +142,13 @@ class LaplaceConfig:
     rank: int = 1000
     refit_steps: int = 0
 
+    def check_refit(self) -> None:
+        """``ValueError`` for an evidence refit (``refit_steps > 0``) of a structure other than ``kron_lowrank``
+        (the refit needs its closed-form solve)."""
+        if self.refit_steps > 0 and self.structure != "kron_lowrank":
+            raise ValueError(f"an evidence refit of the last layer (refit_steps={self.refit_steps}) needs "
+                             f"--laplace-structure kron_lowrank, got {self.structure!r}")
+
 
 @dataclass(frozen=True)
 class EnsembleConfig:
@@ -298,6 +305,7 @@ def check_model(model: str) -> str:
 #: (advNN), or a fullBNN inference (artBNN trains by ``svi``). Settings not listed apply to every model.
 APPLIES_TO: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("epochs", "lr", "batch_size"), ("base", "adv", "svi", "sghmc", "sgld", "laplace", "ensemble")),
+    "weight_decay": ("base", "adv", "laplace", "ensemble"),
     **dict.fromkeys(("warmup", "n_train", "hmc_scheme", "subset_size"), ("hmc",)),
     **dict.fromkeys(("samples", "chains"), ("hmc", *SG_MCMC)),
     **dict.fromkeys(("burnin", "friction", "temperature", "schedule"), SG_MCMC),
@@ -332,10 +340,13 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
                       friction: float | None = None, temperature: float | None = None,
                       schedule: str | None = None, members: int | None = None,
                       laplace_subset: str | None = None, laplace_structure: str | None = None,
-                      laplace_rank: int | None = None, laplace_refit_steps: int | None = None) -> Preset:
+                      laplace_rank: int | None = None, laplace_refit_steps: int | None = None,
+                      weight_decay: float | None = None) -> Preset:
     """``preset`` with command-line overrides applied to the settings ``model`` trains with.
 
     ``epochs``/``lr``/``batch_size`` go to the optimiser of baseNN or advNN, or to SVI for a fullBNN;
+    ``weight_decay`` (an L2 penalty ``wd/2 ||θ||²`` on the mean loss: a MAP under a N(0, 1/(N wd)) prior) to
+    the optimiser of baseNN, advNN or the ensemble's and Laplace's baseNNs;
     ``warmup``/``samples``/``chains``/``n_train``/``hmc_scheme``/``subset_size`` to NUTS. SGHMC/SGLD take
     ``epochs``/``lr``/``batch_size``/``samples``/``chains``/``burnin``/``friction``/``temperature``/``schedule``;
     the ensemble and Laplace routes train baseNNs, so ``epochs``/``lr``/``batch_size`` go to ``base`` (with
@@ -367,6 +378,7 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
     checks.count("laplace_refit_steps", laplace_refit_steps, minimum=0)
     checks.real("friction", friction, low=0, high=1, low_open=True)
     checks.real("adv_ratio", adv_ratio, low=0, high=1)
+    checks.real("weight_decay", weight_decay, low=0)
     if hidden is not None and hidden > MAX_HIDDEN:
         raise ValueError(f"hidden must be at most {MAX_HIDDEN:,}, got {hidden:,}")
     p = preset
@@ -377,7 +389,7 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
         "hmc_scheme": hmc_scheme, "subset_size": subset_size, "burnin": burnin, "friction": friction,
         "temperature": temperature, "schedule": schedule, "members": members, "laplace_subset": laplace_subset,
         "laplace_structure": laplace_structure, "laplace_rank": laplace_rank,
-        "laplace_refit_steps": laplace_refit_steps})
+        "laplace_refit_steps": laplace_refit_steps, "weight_decay": weight_decay})
     if dataset is not None:
         info = dataset_info(dataset)
         p = replace(p, dataset=dataset, arch=replace(p.arch, in_shape=info.shape, n_classes=len(info.classes)))
@@ -385,18 +397,19 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
         p = replace(p, arch=replace(p.arch, hidden=hidden))
     optim = {"epochs": epochs, "lr": lr, "batch_size": batch_size}
     optim = {k: v for k, v in optim.items() if v is not None}
+    decay = {} if weight_decay is None else {"weight_decay": weight_decay}  # a setting of the optimisers only
     if model in ("baseNN", "artNN"):
-        p = replace(p, base=replace(p.base, **optim))
+        p = replace(p, base=replace(p.base, **optim, **decay))
     elif model == "advNN":
         adv = {"attack": adv_attack, "norm": adv_norm, "epsilon": adv_epsilon, "adv_ratio": adv_ratio}
-        p = replace(p, adv_optim=replace(p.adv_optim, **optim),
+        p = replace(p, adv_optim=replace(p.adv_optim, **optim, **decay),
                     adv=replace(p.adv, **{k: v for k, v in adv.items() if v is not None}))
     elif (inference or p.inference) in SG_MCMC:
         sg = {**optim, "samples": samples, "chains": chains, "burnin": burnin, "friction": friction,
               "temperature": temperature, "schedule": schedule}
         p = replace(p, sgmcmc=replace(p.sgmcmc, **{k: v for k, v in sg.items() if v is not None}))
     elif (inference or p.inference) in ("laplace", "ensemble"):
-        p = replace(p, base=replace(p.base, **optim))
+        p = replace(p, base=replace(p.base, **optim, **decay))
         if members is not None:
             p = replace(p, ensemble=replace(p.ensemble, members=members))
         la = {"subset": laplace_subset, "structure": laplace_structure, "rank": laplace_rank,
@@ -493,9 +506,7 @@ def check_training(preset: Preset, model: str, inference: str | None = None) -> 
         checks.count("laplace batch_size", preset.laplace.batch_size, allow_none=False)
         checks.count("laplace rank", preset.laplace.rank, allow_none=False)
         checks.count("laplace refit_steps", preset.laplace.refit_steps, minimum=0, allow_none=False)
-        if preset.laplace.refit_steps > 0 and preset.laplace.structure != "kron_lowrank":
-            raise ValueError(f"an evidence refit of the last layer (refit_steps={preset.laplace.refit_steps}) needs "
-                             f"--laplace-structure kron_lowrank, got {preset.laplace.structure!r}")
+        preset.laplace.check_refit()
     else:
         hmc = preset.hmc
         checks.count("warmup", hmc.warmup, minimum=0, allow_none=False)

@@ -142,13 +142,18 @@ def test_bad_training_settings_are_named():
                                                    "advNN"),
             ("advNN", None, {"likelihood_scaling": "reference"}, "it is a setting of fullBNN --inference svi "
                                                                  "\\(and artBNN\\)"),
-            ("artBNN", None, {"chains": 2}, "chains=2 does not apply to artBNN")]:
+            ("artBNN", None, {"chains": 2}, "chains=2 does not apply to artBNN"),
+            ("fullBNN", "svi", {"weight_decay": 1e-4}, "weight_decay=0.0001 does not apply to a fullBNN trained by "
+                                                       "svi; it is a setting of baseNN/artNN, advNN, fullBNN "
+                                                       "--inference laplace, fullBNN --inference ensemble"),
+            ("baseNN", None, {"weight_decay": -1e-4}, "weight_decay must be in \\[0, inf\\], got -0.0001")]:
         with pytest.raises(ValueError, match=message):
             override_training(QUICK, model, inference, **given)
     # ... and the settings that apply pass (artBNN trains by SVI; samples/chains are NUTS' and SG-MCMC's)
     assert override_training(QUICK, "artBNN", likelihood_scaling="reference").svi.likelihood_scaling == "reference"
     assert override_training(QUICK, "fullBNN", "sghmc", samples=4, chains=3).sgmcmc.chains == 3
     assert override_training(QUICK, "fullBNN", "laplace", prior_scale=0.5, epochs=1).base.epochs == 1
+    assert override_training(QUICK, "advNN", weight_decay=1e-4).adv_optim.weight_decay == 1e-4
     with pytest.raises(ValueError, match="unknown inference 'vi'; expected one of svi, hmc"):
         train_model(QUICK, "fullBNN", "vi")
     with pytest.raises(ValueError, match="need warmup >= 0, samples > 0 and chains > 0"):
@@ -272,3 +277,32 @@ def test_a_stored_model_is_stale_only_when_its_own_training_settings_change(tmp_
     assert stages.train(again, "fullBNN", inference="svi", out=tmp_path).skipped
     assert not stages.train(override_training(tiny, "fullBNN", "svi", epochs=1), "fullBNN", inference="svi",
                             out=tmp_path).skipped
+
+
+def test_weight_decay_shrinks_the_map_and_laplace_reuses_only_a_matching_basenn(tmp_path):
+    """``--weight-decay wd`` trains the baseNN on the mean loss + wd/2 ||θ||², so a strong decay shrinks its
+    weights; a Laplace fullBNN with the same decay approximates around that stored baseNN (its MAP is then a
+    mode under a Gaussian prior), one without the decay trains a MAP of its own."""
+    from bayesrobust.models.posterior import Posterior
+
+    def train(*args, out):
+        result = CliRunner().invoke(train_cli, ["--preset", "tiny", "--no-progress", "--out", str(out), *args])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        return result.output
+
+    def squared_norm(post):
+        return sum(float((v.double() ** 2).sum()) for v in post.params.values())
+
+    train("--model", "baseNN", out=tmp_path / "plain")
+    train("--model", "baseNN", "--weight-decay", "0.5", out=tmp_path / "decay")
+    plain = Posterior.load(tmp_path / "plain" / "models" / "tiny" / "baseNN")
+    decayed = Posterior.load(tmp_path / "decay" / "models" / "tiny" / "baseNN")
+    assert decayed.config["preset"]["base"]["weight_decay"] == 0.5
+    assert plain.config["preset"]["base"]["weight_decay"] == 0.0
+    assert squared_norm(decayed) < 0.5 * squared_norm(plain)
+    laplace = tmp_path / "decay" / "models" / "tiny" / "fullBNN_laplace"
+    train("--model", "fullBNN", "--inference", "laplace", "--weight-decay", "0.5", out=tmp_path / "decay")
+    assert all(torch.equal(Posterior.load(laplace).params[k], decayed.params[k]) for k in decayed.params)
+    train("--model", "fullBNN", "--inference", "laplace", out=tmp_path / "decay")  # no decay: not that baseNN
+    first = next(iter(decayed.params))
+    assert not torch.equal(Posterior.load(laplace).params[first], decayed.params[first])

@@ -26,6 +26,9 @@ from . import options
               help="Override the epochs (baseNN/advNN optimiser, SVI, SGHMC/SGLD; ensemble/Laplace: their baseNNs).")
 @click.option("--lr", type=float, default=None, help="Override the learning rate.")
 @click.option("--batch-size", type=int, default=None, help="Override the batch size.")
+@click.option("--weight-decay", type=float, default=None,
+              help="baseNN/advNN optimiser (ensemble/Laplace: their baseNNs): L2 penalty wd/2 ||w||^2 on the mean "
+                   "loss, a MAP under a N(0, 1/(N wd)) prior (paper: 0).")
 @click.option("--hidden", type=int, default=None, help="Override the hidden size h of fc2/conv.")
 @click.option("--warmup", type=int, default=None, help="NUTS warmup iterations per chain.")
 @click.option("--samples", type=int, default=None, help="NUTS (or SGHMC/SGLD) samples per chain.")
@@ -68,8 +71,8 @@ from . import options
 @options.force_option
 @options.verbose_option
 @options.friendly_errors
-def main(model, preset, inference, dataset, data_root, epochs, lr, batch_size, hidden, warmup, samples, chains,
-         n_train, prior_scale, adv_attack, adv_norm, adv_epsilon, adv_ratio, likelihood_scaling, hmc_scheme,
+def main(model, preset, inference, dataset, data_root, epochs, lr, batch_size, weight_decay, hidden, warmup, samples,
+         chains, n_train, prior_scale, adv_attack, adv_norm, adv_epsilon, adv_ratio, likelihood_scaling, hmc_scheme,
          subset_size, burnin, friction, temperature, schedule, members, laplace_subset, laplace_structure,
          laplace_rank, laplace_refit_steps, eval_draws, seed, device, out, progress, force, verbose):
     """Train one model and write it under OUT/models/PRESET/MODEL/."""
@@ -80,7 +83,7 @@ def main(model, preset, inference, dataset, data_root, epochs, lr, batch_size, h
                      likelihood_scaling=likelihood_scaling, hmc_scheme=hmc_scheme, subset_size=subset_size,
                      burnin=burnin, friction=friction, temperature=temperature, schedule=schedule, members=members,
                      laplace_subset=laplace_subset, laplace_structure=laplace_structure, laplace_rank=laplace_rank,
-                     laplace_refit_steps=laplace_refit_steps)
+                     laplace_refit_steps=laplace_refit_steps, weight_decay=weight_decay)
     done = stages.train(preset, model, inference=inference, out=out, overrides=overrides, eval_draws=eval_draws,
                         seed=seed, device=device, data_root=data_root, progress=progress, force=force)
     click.echo(done.summary)

@@ -92,9 +92,7 @@ def fit_laplace(net: Network, data: Data, cfg: LaplaceConfig, *, likelihood: str
     ``Posterior`` of kind ``'laplace'`` (``params`` the MAP, the sampling factor in ``extra``);
     ``config['laplace']`` records the subset, structure, fitted prior precision, log marginal likelihood
     and fit time."""
-    if cfg.refit_steps > 0 and cfg.structure != "kron_lowrank":
-        raise ValueError(f"an evidence refit of the last layer (refit_steps={cfg.refit_steps}) needs "
-                         f"--laplace-structure kron_lowrank, got {cfg.structure!r}")
+    cfg.check_refit()
     start = time.perf_counter()
     if cfg.structure == "kron_lowrank":
         if prior_precision is None and cfg.marglik_steps == 0:  # as for laplace-torch: the prior's own precision
