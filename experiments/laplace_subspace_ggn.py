@@ -33,6 +33,7 @@ from bayesrobust.inference.laplace_lowrank import (  # noqa: E402
     LowRankKFAC,
     evidence_prior_precision,
     feature_batches,
+    likelihood_terms,
 )
 from bayesrobust.models.architectures import build  # noqa: E402
 from bayesrobust.models.posterior import Posterior  # noqa: E402
@@ -110,8 +111,7 @@ def main() -> None:
     y = test.y.long() if torch.is_tensor(test.y) else torch.as_tensor(test.y).long()
     print(f"features: {time.perf_counter() - start:.0f} s ({len(z)} train, {len(zt)} test, k = {k})", flush=True)
     start = time.perf_counter()
-    p = logits.softmax(-1)
-    g_sum = torch.diag(p.sum(0)) - p.T @ p  # Σ Λₙ
+    g_sum = likelihood_terms(logits, torch.as_tensor(train.y).long(), "classification", 1.0)[2]  # Σ Λₙ
     g_lib = fit.output_vectors.double() @ torch.diag(fit.output_values.double()) @ fit.output_vectors.double().T
     print(f"G stored vs recomputed (mean Λ): max |Δ| {float((g_lib - g_sum / len(z)).abs().max()):.2e}, "
           f"max |G| {float(g_lib.abs().max()):.2e}")
