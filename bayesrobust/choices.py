@@ -132,6 +132,14 @@ class StepSchedule(Choice):
     CYCLICAL = "cyclical"
 
 
+class Preconditioner(Choice):
+    """SGHMC/SGLD mass: the plain sampler, or a diagonal preconditioner adapted during burn-in and then fixed
+    (docs/method.md §13.1)."""
+
+    NONE = "none"
+    ADAPTED = "adapted"
+
+
 class LaplaceSubset(Choice):
     """Which weights a Laplace approximation covers (the others stay at the MAP)."""
 

@@ -112,6 +112,8 @@ class SGMCMCConfig:
     Each of ``chains`` chains runs ``burnin`` epochs, then ``epochs - burnin`` epochs in which ``samples``
     weight samples are kept at equally spaced steps (the thinning follows). ``schedule``: constant,
     polynomial decay, or ``cycles`` cosine cycles (samples kept in the low-step half of each cycle).
+    ``precondition``: ``none``, or ``adapted`` — a diagonal preconditioner from the burn-in's squared gradients,
+    fixed for the sampling phase (at most ``max_precondition`` times the plain step).
     """
 
     epochs: int = 30
@@ -125,6 +127,8 @@ class SGMCMCConfig:
     schedule: str = "constant"
     cycles: int = 4
     init_epochs: int = 0
+    precondition: str = "none"
+    max_precondition: float = 1000.0
 
 
 @dataclass(frozen=True)
@@ -308,7 +312,7 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "weight_decay": ("base", "adv", "laplace", "ensemble"),
     **dict.fromkeys(("warmup", "n_train", "hmc_scheme", "subset_size"), ("hmc",)),
     **dict.fromkeys(("samples", "chains"), ("hmc", *SG_MCMC)),
-    **dict.fromkeys(("burnin", "friction", "temperature", "schedule"), SG_MCMC),
+    **dict.fromkeys(("burnin", "friction", "temperature", "schedule", "precondition"), SG_MCMC),
     **dict.fromkeys(("adv_attack", "adv_norm", "adv_epsilon", "adv_ratio"), ("adv",)),
     "likelihood_scaling": ("svi",), "prior_scale": ("svi", "hmc", *SG_MCMC, "laplace"), "members": ("ensemble",),
     **dict.fromkeys(("laplace_subset", "laplace_structure", "laplace_rank", "laplace_refit_steps"), ("laplace",)),
@@ -341,14 +345,15 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
                       schedule: str | None = None, members: int | None = None,
                       laplace_subset: str | None = None, laplace_structure: str | None = None,
                       laplace_rank: int | None = None, laplace_refit_steps: int | None = None,
-                      weight_decay: float | None = None) -> Preset:
+                      weight_decay: float | None = None, precondition: str | None = None) -> Preset:
     """``preset`` with command-line overrides applied to the settings ``model`` trains with.
 
     ``epochs``/``lr``/``batch_size`` go to the optimiser of baseNN or advNN, or to SVI for a fullBNN;
     ``weight_decay`` (an L2 penalty ``wd/2 ||θ||²`` on the mean loss: a MAP under a N(0, 1/(N wd)) prior) to
     the optimiser of baseNN, advNN or the ensemble's and Laplace's baseNNs;
     ``warmup``/``samples``/``chains``/``n_train``/``hmc_scheme``/``subset_size`` to NUTS. SGHMC/SGLD take
-    ``epochs``/``lr``/``batch_size``/``samples``/``chains``/``burnin``/``friction``/``temperature``/``schedule``;
+    ``epochs``/``lr``/``batch_size``/``samples``/``chains``/``burnin``/``friction``/``temperature``/``schedule``/
+    ``precondition``;
     the ensemble and Laplace routes train baseNNs, so ``epochs``/``lr``/``batch_size`` go to ``base`` (with
     ``members``, resp. ``laplace_subset``/``laplace_structure``/``laplace_rank``/``laplace_refit_steps``).
     ``None`` leaves a field as it is.
@@ -389,7 +394,7 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
         "hmc_scheme": hmc_scheme, "subset_size": subset_size, "burnin": burnin, "friction": friction,
         "temperature": temperature, "schedule": schedule, "members": members, "laplace_subset": laplace_subset,
         "laplace_structure": laplace_structure, "laplace_rank": laplace_rank,
-        "laplace_refit_steps": laplace_refit_steps, "weight_decay": weight_decay})
+        "laplace_refit_steps": laplace_refit_steps, "weight_decay": weight_decay, "precondition": precondition})
     if dataset is not None:
         info = dataset_info(dataset)
         p = replace(p, dataset=dataset, arch=replace(p.arch, in_shape=info.shape, n_classes=len(info.classes)))
@@ -406,7 +411,7 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
                     adv=replace(p.adv, **{k: v for k, v in adv.items() if v is not None}))
     elif (inference or p.inference) in SG_MCMC:
         sg = {**optim, "samples": samples, "chains": chains, "burnin": burnin, "friction": friction,
-              "temperature": temperature, "schedule": schedule}
+              "temperature": temperature, "schedule": schedule, "precondition": precondition}
         p = replace(p, sgmcmc=replace(p.sgmcmc, **{k: v for k, v in sg.items() if v is not None}))
     elif (inference or p.inference) in ("laplace", "ensemble"):
         p = replace(p, base=replace(p.base, **optim, **decay))
@@ -441,7 +446,16 @@ def check_training(preset: Preset, model: str, inference: str | None = None) -> 
     ValueError
         The first bad value, named with what was expected.
     """
-    from .choices import AttackName, HMCScheme, LaplaceStructure, LaplaceSubset, LikelihoodScaling, Norm, StepSchedule
+    from .choices import (
+        AttackName,
+        HMCScheme,
+        LaplaceStructure,
+        LaplaceSubset,
+        LikelihoodScaling,
+        Norm,
+        Preconditioner,
+        StepSchedule,
+    )
     from .models.architectures import check_arch
     check_model(model)
     check_arch(preset.arch)
@@ -497,6 +511,10 @@ def check_training(preset: Preset, model: str, inference: str | None = None) -> 
         checks.positive("temperature", sg.temperature, allow_none=False)
         checks.real("friction", sg.friction, low=0, high=1, low_open=True, allow_none=False)
         StepSchedule.parse(sg.schedule, "step schedule")
+        if Preconditioner.parse(sg.precondition, "preconditioner") == Preconditioner.ADAPTED and sg.burnin == 0:
+            raise ValueError("precondition='adapted' adapts the preconditioner during burn-in: burnin must be at "
+                             "least 1 epoch, got 0")
+        checks.real("max_precondition", sg.max_precondition, low=1, allow_none=False)
     elif (inference or preset.inference) in ("laplace", "ensemble"):
         optim(preset.base)
         checks.count("members", preset.ensemble.members, allow_none=False)

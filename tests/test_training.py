@@ -146,12 +146,19 @@ def test_bad_training_settings_are_named():
             ("fullBNN", "svi", {"weight_decay": 1e-4}, "weight_decay=0.0001 does not apply to a fullBNN trained by "
                                                        "svi; it is a setting of baseNN/artNN, advNN, fullBNN "
                                                        "--inference laplace, fullBNN --inference ensemble"),
-            ("baseNN", None, {"weight_decay": -1e-4}, "weight_decay must be in \\[0, inf\\], got -0.0001")]:
+            ("baseNN", None, {"weight_decay": -1e-4}, "weight_decay must be in \\[0, inf\\], got -0.0001"),
+            ("fullBNN", "svi", {"precondition": "adapted"}, "precondition='adapted' does not apply to a fullBNN "
+                                                            "trained by svi; it is a setting of fullBNN --inference "
+                                                            "sghmc, fullBNN --inference sgld"),
+            ("fullBNN", "sghmc", {"precondition": "rmsprop"}, "unknown preconditioner 'rmsprop'; expected one of "
+                                                              "none, adapted"),
+            ("fullBNN", "sgld", {"precondition": "adapted", "burnin": 0}, "burnin must be at least 1 epoch, got 0")]:
         with pytest.raises(ValueError, match=message):
             override_training(QUICK, model, inference, **given)
     # ... and the settings that apply pass (artBNN trains by SVI; samples/chains are NUTS' and SG-MCMC's)
     assert override_training(QUICK, "artBNN", likelihood_scaling="reference").svi.likelihood_scaling == "reference"
     assert override_training(QUICK, "fullBNN", "sghmc", samples=4, chains=3).sgmcmc.chains == 3
+    assert override_training(QUICK, "fullBNN", "sgld", precondition="adapted").sgmcmc.precondition == "adapted"
     assert override_training(QUICK, "fullBNN", "laplace", prior_scale=0.5, epochs=1).base.epochs == 1
     assert override_training(QUICK, "advNN", weight_decay=1e-4).adv_optim.weight_decay == 1e-4
     with pytest.raises(ValueError, match="unknown inference 'vi'; expected one of svi, hmc"):

@@ -11,7 +11,16 @@ from __future__ import annotations
 import click
 
 from .. import stages
-from ..choices import AttackName, HMCScheme, LaplaceStructure, LaplaceSubset, LikelihoodScaling, Norm, StepSchedule
+from ..choices import (
+    AttackName,
+    HMCScheme,
+    LaplaceStructure,
+    LaplaceSubset,
+    LikelihoodScaling,
+    Norm,
+    Preconditioner,
+    StepSchedule,
+)
 from ..data import DATASETS
 from . import options
 
@@ -52,6 +61,9 @@ from . import options
 @click.option("--temperature", type=float, default=None, help="SGHMC/SGLD: posterior temperature (1: Bayes).")
 @click.option("--schedule", type=click.Choice(StepSchedule.values()), default=None,
               help="SGHMC/SGLD step size after burn-in.")
+@click.option("--precondition", type=click.Choice(Preconditioner.values()), default=None,
+              help="SGHMC/SGLD: none, or a diagonal preconditioner adapted to the squared gradients during burn-in "
+                   "and then fixed (faster mixing where the likelihood is flat).")
 @click.option("--members", type=int, default=None, help="Ensemble: number of networks.")
 @click.option("--laplace-subset", type=click.Choice(LaplaceSubset.values()), default=None,
               help="Laplace: weights covered (the rest stay at the baseNN's).")
@@ -74,7 +86,7 @@ from . import options
 def main(model, preset, inference, dataset, data_root, epochs, lr, batch_size, weight_decay, hidden, warmup, samples,
          chains, n_train, prior_scale, adv_attack, adv_norm, adv_epsilon, adv_ratio, likelihood_scaling, hmc_scheme,
          subset_size, burnin, friction, temperature, schedule, members, laplace_subset, laplace_structure,
-         laplace_rank, laplace_refit_steps, eval_draws, seed, device, out, progress, force, verbose):
+         laplace_rank, laplace_refit_steps, precondition, eval_draws, seed, device, out, progress, force, verbose):
     """Train one model and write it under OUT/models/PRESET/MODEL/."""
     options.setup_logging(verbose)
     overrides = dict(dataset=dataset, epochs=epochs, lr=lr, hidden=hidden, batch_size=batch_size, warmup=warmup,
@@ -83,7 +95,7 @@ def main(model, preset, inference, dataset, data_root, epochs, lr, batch_size, w
                      likelihood_scaling=likelihood_scaling, hmc_scheme=hmc_scheme, subset_size=subset_size,
                      burnin=burnin, friction=friction, temperature=temperature, schedule=schedule, members=members,
                      laplace_subset=laplace_subset, laplace_structure=laplace_structure, laplace_rank=laplace_rank,
-                     laplace_refit_steps=laplace_refit_steps, weight_decay=weight_decay)
+                     laplace_refit_steps=laplace_refit_steps, weight_decay=weight_decay, precondition=precondition)
     done = stages.train(preset, model, inference=inference, out=out, overrides=overrides, eval_draws=eval_draws,
                         seed=seed, device=device, data_root=data_root, progress=progress, force=force)
     click.echo(done.summary)

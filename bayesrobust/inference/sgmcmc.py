@@ -8,10 +8,17 @@ minibatch of B images with the likelihood scaled by N / B. With step ε = lr / N
     v ← (1 − α) v − ε ∇Ũ(θ) + √(2 α ε T) ξ,    θ ← θ + v,      ξ ~ N(0, I)
 
 SGLD is the case α = 1 (no momentum): θ ← θ − ε ∇Ũ(θ) + √(2 ε T) ξ. T is the posterior temperature (1: the
-Bayesian posterior). We write the update ourselves: it is five lines on the plain network's parameters, in
-place, whereas the ``posteriors`` package wants a functional (torch.func) log-posterior over a TensorDict
-state and three more pre-1.0 dependencies (torchopt, tensordict, optree) for the same arithmetic; the
-exactness test (tests/test_posteriors.py) checks ours against a conjugate posterior.
+Bayesian posterior). With ``precondition='adapted'`` both use a diagonal preconditioner P (an inverse mass,
+Springenberg et al. 2016; Li et al. 2016): ε ∇Ũ becomes ε P ∇Ũ and the noise √(2 α ε T P) ξ. During burn-in
+P_i = sqrt(V_max / V_i), clipped to [1, max_precondition], where V is a running mean of the squared gradient and
+V_max its largest entry in the same tensor (so the stiffest weights keep the plain step); P is then fixed, which
+leaves the target exp(−U/T) unchanged. Weights the likelihood hardly constrains then relax to the prior in
+steps rather than in tens of epochs.
+
+We write the update ourselves: it is a few lines on the plain network's parameters, in place, whereas the
+``posteriors`` package wants a functional (torch.func) log-posterior over a TensorDict state and three more
+pre-1.0 dependencies (torchopt, tensordict, optree) for the same arithmetic; the exactness tests
+(tests/test_posteriors.py) check ours, plain and preconditioned, against a conjugate posterior.
 
 Each chain starts from its own initialisation (seed + 1000 c), runs ``burnin`` epochs, then keeps ``samples``
 weight samples at equally spaced steps of the remaining epochs (cyclical schedule: in the low-step half of
@@ -71,6 +78,16 @@ def sample_steps(cfg: SGMCMCConfig, burnin_steps: int, total_steps: int) -> np.n
     return np.asarray(steps)
 
 
+def preconditioner(sq_grad: torch.Tensor, cap: float) -> torch.Tensor:
+    """P of one parameter tensor from the running mean of its squared gradient: sqrt(max V / V) per entry,
+    in [1, cap] (an entry with V = 0 gets the cap)."""
+    ratio = sq_grad.max() / sq_grad.clamp_min(torch.finfo(sq_grad.dtype).tiny)
+    return ratio.sqrt().clamp_(1.0, cap)
+
+
+SQ_GRAD_DECAY = 0.99  # running mean of the squared gradient (RMSprop's usual decay)
+
+
 def _chain(arch: ArchConfig, data: Data, cfg: SGMCMCConfig, prior: Prior, lik: Likelihood, seed: int,
            device: str | torch.device, progress: bool,
            friction: float) -> tuple[dict[str, torch.Tensor], int, dict[str, torch.Tensor]]:
@@ -87,6 +104,10 @@ def _chain(arch: ArchConfig, data: Data, cfg: SGMCMCConfig, prior: Prior, lik: L
     params = dict(net.named_parameters())
     priors = {k: prior(k, v.detach()) for k, v in params.items()}  # a prior depends on the name and shape only
     momenta = {k: torch.zeros_like(v) for k, v in params.items()}
+    adapt = cfg.precondition == "adapted"
+    sq_grads = {k: torch.zeros_like(v) for k, v in params.items()} if adapt else {}
+    precond: dict[str, torch.Tensor | float] = dict.fromkeys(params, 1.0)  # P, and its square root for the noise
+    root: dict[str, torch.Tensor | float] = dict.fromkeys(params, 1.0)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total, burnin = cfg.epochs * steps_per_epoch, cfg.burnin * steps_per_epoch
     keep = set(int(s) for s in sample_steps(cfg, burnin, total))
@@ -104,10 +125,14 @@ def _chain(arch: ArchConfig, data: Data, cfg: SGMCMCConfig, prior: Prior, lik: L
             eps = step_size(cfg, step, burnin, total) / n
             with torch.no_grad():
                 for (k, p), g in zip(params.items(), grads):
+                    if adapt and step < burnin:  # adapted during burn-in, fixed afterwards
+                        sq_grads[k].mul_(SQ_GRAD_DECAY).addcmul_(g, g, value=1 - SQ_GRAD_DECAY)
+                        precond[k] = preconditioner(sq_grads[k], cfg.max_precondition)
+                        root[k] = precond[k].sqrt()
                     v = momenta[k]
-                    v.mul_(1 - friction).add_(g, alpha=-eps)
-                    v.add_(torch.randn(p.shape, generator=noise, device=device, dtype=p.dtype),
-                           alpha=math.sqrt(2 * friction * eps * cfg.temperature))
+                    xi = torch.randn(p.shape, generator=noise, device=device, dtype=p.dtype)
+                    v.mul_(1 - friction).add_(g * precond[k], alpha=-eps)
+                    v.add_(xi * root[k], alpha=math.sqrt(2 * friction * eps * cfg.temperature))
                     p.add_(v)
             if step in keep:
                 for k, p in params.items():
@@ -119,6 +144,9 @@ def _chain(arch: ArchConfig, data: Data, cfg: SGMCMCConfig, prior: Prior, lik: L
         raise FloatingPointError(f"SG-MCMC chain (seed {seed}) diverged to non-finite weights: lower lr "
                                  f"(now {cfg.lr})")
     buffers = {k: v.detach().cpu().clone() for k, v in net.named_buffers()}
+    if adapt:
+        log.info("SG-MCMC seed %d: median preconditioner per tensor %s", seed,
+                 {k: round(float(torch.as_tensor(p).median()), 1) for k, p in precond.items()})
     return {k: torch.stack(v) for k, v in samples.items()}, step, buffers
 
 
@@ -152,5 +180,6 @@ def train_sgmcmc(arch: ArchConfig, data: Data, cfg: SGMCMCConfig, method: str = 
                      cfg.samples, seconds[-1])
     params = {k: torch.stack([c[k] for c in chains]) for k in chains[0]}
     return Posterior(arch, method, params, buffers=buffers, seed=seed,
-                     config={"sgmcmc": {"steps_per_chain": steps, "friction": friction}},
+                     config={"sgmcmc": {"steps_per_chain": steps, "friction": friction,
+                                        "precondition": cfg.precondition}},
                      extra={"chain_seconds": torch.tensor(seconds)})
