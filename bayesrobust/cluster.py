@@ -188,6 +188,29 @@ def _task_key(unit: Unit) -> str:
     return f"{unit.stage}-{'_'.join(unit.key.split()[2:]) or unit.key}-{uuid.uuid4().hex[:8]}"
 
 
+def write_timings(outcome: Outcome, units: Iterable[Unit], path: str | Path) -> Path:
+    """Write one CSV row per unit — ``key, stage, status, seconds, path`` (status: ``run``, ``up to date``,
+    ``failed`` or ``not run``; seconds: the task's wall time, empty where it did not finish) — in the units'
+    order, atomically, so a sweep's stage times can be read after it (bench_study reads one experiment's)."""
+    import csv
+    import io
+
+    from .store import write_text_atomic
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["key", "stage", "status", "seconds", "path"])
+    for unit in units:
+        result = outcome.done.get(unit.key)
+        if result is not None:
+            writer.writerow([unit.key, unit.stage, "up to date" if result.skipped else "run",
+                             f"{result.seconds:.2f}", result.path])
+        else:
+            writer.writerow([unit.key, unit.stage, "failed" if unit.key in outcome.failed else "not run", "", ""])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(path, text.getvalue())
+
+
 def headlines(outcome: Outcome, units: Iterable[Unit]) -> list[str]:
     """The headline numbers (:func:`bayesrobust.experiment.headline`) of every analysis the sweep holds."""
     from . import store

@@ -103,9 +103,9 @@ def test_preconditioned_sghmc_mixes_a_flat_direction_the_plain_sampler_does_not(
     assert torch.all((plain_ratio[1:] > 0.88) & (plain_ratio[1:] < 1.12)), plain_ratio
 
 
-def test_preconditioner_is_the_root_ratio_to_the_largest_squared_gradient_clipped():
-    sq = torch.tensor([4.0, 1.0, 0.04, 0.0, 4e-8])
-    torch.testing.assert_close(preconditioner(sq, 1000.0), torch.tensor([1.0, 2.0, 10.0, 1000.0, 1000.0]))
+def test_preconditioner_is_the_root_ratio_to_the_mean_squared_gradient_clipped():
+    sq = torch.tensor([5.48, 2.0, 0.5, 0.02, 0.0])  # mean 1.6
+    torch.testing.assert_close(preconditioner(sq, 1000.0), torch.tensor([1.0, 1.0, 3.2 ** 0.5, 80 ** 0.5, 1000.0]))
     assert preconditioner(sq, 5.0).max() == 5.0 and preconditioner(sq, 5.0).min() == 1.0
 
 

@@ -65,6 +65,12 @@ def sweep_units(out: Path) -> list[grid.Unit]:
             for u in grid.units(sweep, sweep.experiments(out))]
 
 
+def read_timings(path: Path) -> list[dict[str, str]]:
+    import csv
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def assert_same_results(a: Path, b: Path) -> None:
     """Every model, attack, explanation and analysis under ``a`` equals its counterpart under ``b``: bit for
     bit, except the merged draw statistics of split explanations (float rounding of the parallel merge)."""
@@ -92,6 +98,9 @@ def test_sweep_on_two_workers_equals_the_serial_run_and_reruns_skip(client, seri
     assert outcome.ok, outcome.report()
     assert seen[-1] == (8, 8) and not any(r.skipped for r in outcome.done.values())
     assert_same_results(serial, tmp_path)
+    rows = read_timings(cluster.write_timings(outcome, units, tmp_path / "timings" / "tiny.csv"))
+    assert [(r["key"], r["stage"], r["status"]) for r in rows] == [(u.key, u.stage, "run") for u in units]
+    assert all(float(r["seconds"]) > 0 and Path(r["path"]).exists() for r in rows)
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
     again = cluster.run_units(client, sweep_units(tmp_path))
     assert again.ok and len(again.done) == 8 and all(r.skipped for r in again.done.values()), again.report()
@@ -127,6 +136,10 @@ def test_a_failing_unit_stops_its_own_branch_only(client, serial, tmp_path):
     assert all(v == failed for v in outcome.not_run.values())
     assert len(outcome.done) == 5 and all(r.skipped for r in outcome.done.values())  # the baseNN branch ran
     assert f"FAILED {failed}: ValueError" in outcome.report()
+    status = {r["key"]: (r["status"], r["seconds"]) for r in read_timings(
+        cluster.write_timings(outcome, units, tmp_path / "timings.csv"))}
+    assert status[failed] == ("failed", "") and {status[k] for k in outcome.not_run} == {("not run", "")}
+    assert sum(s == "up to date" for s, _ in status.values()) == 5 and len(status) == len(units)
 
 
 @pytest.mark.threads(1)  # as the workers: then every draw's maps are the same bits

@@ -5,7 +5,8 @@ experiment of the grid before any work, and runs its units (:mod:`bayesrobust.cl
 ``LocalCluster`` (one single-threaded worker process per core, or ``--workers N``) or on a running cluster
 (``--scheduler ADDRESS``). Prints the dashboard address, one progress bar (units done / total), the units'
 own progress lines as the workers log them (training epochs, stages), each unit's outcome, the headline of
-every analysis, and a summary; exit status 1 if any unit failed.
+every analysis, and a summary; writes every unit's status and wall time to ``OUT/timings/NAME-STAMP.csv``;
+exit status 1 if any unit failed.
 
 Example (the QUICK layers-robustness sweep; minutes on 2 CPU cores)::
 
@@ -56,7 +57,7 @@ def _overrides(_ctx, _param, values):
 def main(sweep_file, quick, overrides, steps, skip_steps, workers, scheduler, torch_threads, dashboard, out, force,
          progress, verbose):
     """Run the experiment grid of sweep FILE on dask.distributed, results under OUT."""
-    from .. import cluster, grid
+    from .. import cluster, grid, paths
     options.setup_logging(verbose)
     if scheduler is not None and workers is not None:
         raise click.UsageError("--workers sizes the embedded cluster; with --scheduler the cluster is yours")
@@ -67,8 +68,10 @@ def main(sweep_file, quick, overrides, steps, skip_steps, workers, scheduler, to
                   progress=progress, verbose=verbose)
     for line in cluster.headlines(outcome, units):
         click.echo("\n" + line)
-    click.echo(f"\nsweep {sweep.name} in {time.perf_counter() - start:.0f} s: {outcome.report()}",
-               err=not outcome.ok)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    timings = cluster.write_timings(outcome, units, paths.resolve_out(out) / "timings" / f"{sweep.name}-{stamp}.csv")
+    click.echo(f"\nsweep {sweep.name} in {time.perf_counter() - start:.0f} s: {outcome.report()}\n"
+               f"unit times: {timings}", err=not outcome.ok)
     if not outcome.ok:
         raise click.exceptions.Exit(1)
 

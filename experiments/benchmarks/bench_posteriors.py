@@ -64,12 +64,14 @@ def metrics(preset: str, tags: list[str], args: argparse.Namespace, ood: str = "
 def part_sghmc(args: argparse.Namespace) -> None:
     preset = "tiny" if args.small else "mnist_fc2"
     train(preset, "baseNN", None, args)
-    seconds, _ = train(preset, "fullBNN", "sghmc", args)
-    post = load_model(args.out, stages.get_preset(preset), "fullBNN", "sghmc")
+    sampled = override_training(get_preset(preset), "fullBNN", "sghmc", precondition=args.precondition)
+    seconds, _ = train(sampled, "fullBNN", "sghmc", args)
+    post = load_model(args.out, sampled, "fullBNN", "sghmc")
     fd = post.config["function_diagnostics"]
     ds = metrics(preset, ["baseNN", "fullBNN_sghmc"], args)
     base, bnn = ds.sel(model="baseNN"), ds.sel(model="fullBNN_sghmc")
-    print(f"\nSGHMC {preset}: {post.max_draws} draws from {fd['chains']} chains; training wall time "
+    print(f"\nSGHMC {preset} (preconditioner: {sampled.sgmcmc.precondition}): {post.max_draws} draws from "
+          f"{fd['chains']} chains; training wall time "
           f"{post.config['train_seconds'] / 60:.1f} min{' (this run)' if seconds else ' (stored)'}\n"
           f"  accuracy {float(bnn.accuracy):.4f} (bar >= 0.98; baseNN {float(base.accuracy):.4f})\n"
           f"  NLL {float(bnn.nll):.4f} (baseNN {float(base.nll):.4f})   ECE {float(bnn.ece):.4f} "
@@ -181,6 +183,7 @@ def main() -> None:
                         "the preset's)")
     parser.add_argument("--laplace-refit-steps", type=int, default=None, help="laplace part: most evidence "
                         "iterations refitting the last layer (kron_lowrank; default: the preset's)")
+    parser.add_argument("--precondition", default=None, help="sghmc part: none or adapted (default: the preset's)")
     parser.add_argument("--force", action="store_true", help="recompute the evaluation tables")
     args = parser.parse_args()
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
