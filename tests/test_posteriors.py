@@ -103,6 +103,14 @@ def test_preconditioned_sghmc_mixes_a_flat_direction_the_plain_sampler_does_not(
     assert torch.all((plain_ratio[1:] > 0.88) & (plain_ratio[1:] < 1.12)), plain_ratio
 
 
+def test_a_diverging_chain_stops_at_once_with_the_step_and_what_to_lower(regression):
+    data, _, _ = regression
+    cfg = SGMCMCConfig(epochs=50, burnin=10, samples=5, chains=1, lr=1e4, batch_size=100, precondition="adapted")
+    with pytest.raises(FloatingPointError, match=r"diverged at step \d+ \(epoch \d+\): non-finite network outputs; "
+                                                 r"lower lr \(now 10000.0\) or max_precondition \(now 1000\)"):
+        train_sgmcmc(ARCH, data, cfg, "sghmc", likelihood="normal", noise_scale=NOISE)
+
+
 def test_preconditioner_is_the_root_ratio_to_the_mean_squared_gradient_clipped():
     sq = torch.tensor([5.48, 2.0, 0.5, 0.02, 0.0])  # mean 1.6
     torch.testing.assert_close(preconditioner(sq, 1000.0), torch.tensor([1.0, 1.0, 3.2 ** 0.5, 80 ** 0.5, 1000.0]))

@@ -117,10 +117,16 @@ def _chain(arch: ArchConfig, data: Data, cfg: SGMCMCConfig, prior: Prior, lik: L
     noise = torch.Generator(device=device).manual_seed(seed + 1)
     step = 0
     bar = tqdm(total=total, desc=f"SG-MCMC seed {seed}", disable=not progress, leave=False)
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         for xb, yb in batches(data, cfg.batch_size, shuffle=True, generator=gen):
             xb, yb = xb.to(device), yb.to(device)
-            log_lik = lik.distribution(net(xb)).log_prob(yb).sum() * (n / len(xb))
+            out = net(xb)
+            if not torch.isfinite(out).all():  # stop at once, not at the end or in the likelihood's checks
+                raise FloatingPointError(
+                    f"SG-MCMC chain (seed {seed}) diverged at step {step} (epoch {epoch + 1}): non-finite network "
+                    f"outputs; lower lr (now {cfg.lr})" + (f" or max_precondition (now {cfg.max_precondition:g})"
+                                                          if adapt else ""))
+            log_lik = lik.distribution(out).log_prob(yb).sum() * (n / len(xb))
             log_prior = sum(priors[k].log_prob(v) for k, v in params.items())
             grads = torch.autograd.grad(-(log_lik + log_prior), list(params.values()))
             eps = step_size(cfg, step, burnin, total) / n
