@@ -59,12 +59,20 @@ def _split(t: torch.Tensor) -> torch.Tensor:
 
 def _ess(split: torch.Tensor) -> np.ndarray:
     """Effective sample size of every entry of ``split`` (chain, sample, entry): Pyro's estimator, the
-    autocorrelation time held at least 1 / log10(draws) as ArviZ holds it."""
+    autocorrelation time held at least 1 / log10(draws) as ArviZ holds it; NaN for a constant entry.
+
+    Constant entries are left out of Pyro's call: its cumulative minimum fills with one maximum over all
+    entries, so a single constant entry's NaN would turn every entry's ESS into NaN (as it did for the
+    held-out log-probs of a net that gives some image probability 1 in every draw)."""
     from pyro.ops.stats import effective_sample_size
-    ess = effective_sample_size(split, chain_dim=0, sample_dim=1).numpy()
-    total = split.shape[0] * split.shape[1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return total / np.maximum(total / ess, 1 / np.log10(total))
+    out = np.full(split.shape[2:], np.nan)
+    varying = (split.amax((0, 1)) > split.amin((0, 1))).numpy()
+    if varying.any():
+        ess = effective_sample_size(split[:, :, varying], chain_dim=0, sample_dim=1).numpy()
+        total = split.shape[0] * split.shape[1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[varying] = total / np.maximum(total / ess, 1 / np.log10(total))
+    return out
 
 
 def _rhat_ess(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

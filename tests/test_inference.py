@@ -174,6 +174,22 @@ def test_diagnostics_cover_every_parameter_and_find_the_stuck_site():
     assert alone > 1.5 and diagnostics({"w": big}, [0, 0])["rhat_max"] == pytest.approx(alone)
 
 
+def test_a_constant_entry_leaves_the_other_entries_ess_alone():
+    """An entry equal in every draw (a held-out image given probability 1 by every draw) has no ESS; the
+    others keep the ESS they have alone (Pyro's estimator, called on all entries at once, let one constant
+    entry's NaN spread to every entry)."""
+    from bayesrobust.convergence import sample_diagnostics
+    rng = np.random.default_rng(2)
+    grid = rng.normal(size=(2, 60, 400)).cumsum(1) * 0.3 + rng.normal(size=(2, 60, 400))  # autocorrelated
+    alone = sample_diagnostics(grid)
+    grid_const = np.concatenate([grid[..., :250], np.zeros((2, 60, 1)), grid[..., 250:]], -1)
+    rhat, bulk, tail = sample_diagnostics(grid_const)
+    assert np.isnan(rhat[250]) and np.isnan(bulk[250]) and np.isnan(tail[250])
+    for found, wanted in zip((rhat, bulk, tail), alone):
+        np.testing.assert_allclose(np.delete(found, 250), wanted, rtol=1e-12)
+    assert np.all(np.isfinite(alone[1])) and np.all((alone[1] > 1) & (alone[1] < 120))
+
+
 def test_diagnostics_of_one_chain_or_few_draws_are_nan_where_undefined_and_quiet(caplog):
     """One chain: no R-hat, but ESS; under 4 draws nothing is defined. ArviZ logs
     a line per parameter and statistic for each undefined value (60,000 for one chain of mnist_fc2): none of
