@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from . import checks
-from .choices import Inference, Model
+from .choices import Inference, Model, Preconditioner
 from .models.architectures import MAX_HIDDEN, ArchConfig
 
 MODELS = Model.values()
@@ -129,6 +129,14 @@ class SGMCMCConfig:
     init_epochs: int = 0
     precondition: str = "none"
     max_precondition: float = 1000.0
+
+    def check_precondition(self) -> None:
+        """``ValueError`` for an unknown preconditioner, an adapted one without burn-in (it is adapted there)
+        or a cap below 1."""
+        if Preconditioner.parse(self.precondition, "preconditioner") == Preconditioner.ADAPTED and self.burnin == 0:
+            raise ValueError("precondition='adapted' adapts the preconditioner during burn-in: burnin must be at "
+                             "least 1 epoch, got 0")
+        checks.real("max_precondition", self.max_precondition, low=1, allow_none=False)
 
 
 @dataclass(frozen=True)
@@ -446,16 +454,7 @@ def check_training(preset: Preset, model: str, inference: str | None = None) -> 
     ValueError
         The first bad value, named with what was expected.
     """
-    from .choices import (
-        AttackName,
-        HMCScheme,
-        LaplaceStructure,
-        LaplaceSubset,
-        LikelihoodScaling,
-        Norm,
-        Preconditioner,
-        StepSchedule,
-    )
+    from .choices import AttackName, HMCScheme, LaplaceStructure, LaplaceSubset, LikelihoodScaling, Norm, StepSchedule
     from .models.architectures import check_arch
     check_model(model)
     check_arch(preset.arch)
@@ -511,10 +510,7 @@ def check_training(preset: Preset, model: str, inference: str | None = None) -> 
         checks.positive("temperature", sg.temperature, allow_none=False)
         checks.real("friction", sg.friction, low=0, high=1, low_open=True, allow_none=False)
         StepSchedule.parse(sg.schedule, "step schedule")
-        if Preconditioner.parse(sg.precondition, "preconditioner") == Preconditioner.ADAPTED and sg.burnin == 0:
-            raise ValueError("precondition='adapted' adapts the preconditioner during burn-in: burnin must be at "
-                             "least 1 epoch, got 0")
-        checks.real("max_precondition", sg.max_precondition, low=1, allow_none=False)
+        sg.check_precondition()
     elif (inference or preset.inference) in ("laplace", "ensemble"):
         optim(preset.base)
         checks.count("members", preset.ensemble.members, allow_none=False)

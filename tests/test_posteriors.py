@@ -103,6 +103,13 @@ def test_preconditioned_sghmc_mixes_a_flat_direction_the_plain_sampler_does_not(
     assert torch.all((plain_ratio[1:] > 0.88) & (plain_ratio[1:] < 1.12)), plain_ratio
 
 
+def test_an_adapted_preconditioner_without_burnin_is_refused_before_sampling(regression):
+    data, _, _ = regression
+    with pytest.raises(ValueError, match="burnin must be at least 1 epoch, got 0"):
+        train_sgmcmc(ARCH, data, SGMCMCConfig(epochs=3, burnin=0, samples=2, precondition="adapted"), "sghmc",
+                     likelihood="normal", noise_scale=NOISE)
+
+
 def test_a_diverging_chain_stops_at_once_with_the_step_and_what_to_lower(regression):
     data, _, _ = regression
     cfg = SGMCMCConfig(epochs=50, burnin=10, samples=5, chains=1, lr=1e4, batch_size=100, precondition="adapted")

@@ -13,8 +13,8 @@ Springenberg et al. 2016; Li et al. 2016): ε ∇Ũ becomes ε P ∇Ũ and the n
 P_i = sqrt(mean V / V_i), clipped to [1, max_precondition], where V is a running mean of the squared gradient and
 the mean is over the same tensor (so the weights with the larger gradients keep the plain step; scaling to the
 largest V instead diverged on mnist_fc2 within 100 steps); P is then fixed, which leaves the target exp(−U/T)
-unchanged. Weights the likelihood hardly constrains then relax to the prior in
-steps rather than in tens of epochs.
+unchanged. Weights the likelihood hardly constrains then relax to the prior in steps rather than in tens of
+epochs.
 
 We write the update ourselves: it is a few lines on the plain network's parameters, in place, whereas the
 ``posteriors`` package wants a functional (torch.func) log-posterior over a TensorDict state and three more
@@ -107,8 +107,8 @@ def _chain(arch: ArchConfig, data: Data, cfg: SGMCMCConfig, prior: Prior, lik: L
     momenta = {k: torch.zeros_like(v) for k, v in params.items()}
     adapt = cfg.precondition == "adapted"
     sq_grads = {k: torch.zeros_like(v) for k, v in params.items()} if adapt else {}
-    precond: dict[str, torch.Tensor | float] = dict.fromkeys(params, 1.0)  # P, and its square root for the noise
-    root: dict[str, torch.Tensor | float] = dict.fromkeys(params, 1.0)
+    precond: dict[str, torch.Tensor] = {}  # P, and its square root for the noise (adapted only)
+    root: dict[str, torch.Tensor] = {}
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total, burnin = cfg.epochs * steps_per_epoch, cfg.burnin * steps_per_epoch
     keep = set(int(s) for s in sample_steps(cfg, burnin, total))
@@ -138,8 +138,10 @@ def _chain(arch: ArchConfig, data: Data, cfg: SGMCMCConfig, prior: Prior, lik: L
                         root[k] = precond[k].sqrt()
                     v = momenta[k]
                     xi = torch.randn(p.shape, generator=noise, device=device, dtype=p.dtype)
-                    v.mul_(1 - friction).add_(g * precond[k], alpha=-eps)
-                    v.add_(xi * root[k], alpha=math.sqrt(2 * friction * eps * cfg.temperature))
+                    if adapt:  # the plain sampler adds g and ξ as they are, without extra products
+                        g, xi = g * precond[k], xi.mul_(root[k])
+                    v.mul_(1 - friction).add_(g, alpha=-eps)
+                    v.add_(xi, alpha=math.sqrt(2 * friction * eps * cfg.temperature))
                     p.add_(v)
             if step in keep:
                 for k, p in params.items():
@@ -153,7 +155,7 @@ def _chain(arch: ArchConfig, data: Data, cfg: SGMCMCConfig, prior: Prior, lik: L
     buffers = {k: v.detach().cpu().clone() for k, v in net.named_buffers()}
     if adapt:
         log.info("SG-MCMC seed %d: median preconditioner per tensor %s", seed,
-                 {k: round(float(torch.as_tensor(p).median()), 1) for k, p in precond.items()})
+                 {k: round(float(p.median()), 1) for k, p in precond.items()})
     return {k: torch.stack(v) for k, v in samples.items()}, step, buffers
 
 
@@ -172,6 +174,7 @@ def train_sgmcmc(arch: ArchConfig, data: Data, cfg: SGMCMCConfig, method: str = 
     """
     if method not in ("sghmc", "sgld"):
         raise ValueError(f"unknown SG-MCMC method {method!r}; expected sghmc or sgld")
+    cfg.check_precondition()
     prior = make_prior(prior, prior_scale)
     lik = make_likelihood(likelihood, noise_scale).with_dataset_size(len(data))
     friction = 1.0 if method == "sgld" else cfg.friction
