@@ -56,8 +56,10 @@ CURVES = ("deletion", "insertion")
 BLUR_KERNEL, BLUR_SIGMA = 11, 5.0
 #: Foreground threshold of the localisation metrics (pixel value in [0, 1]).
 FOREGROUND_THRESHOLD = 0.5
-#: Perturbed images per forward pass.
-FORWARD_BATCH = 1000
+#: Perturbed images per forward pass. 250, not 1000: a 1000-image pass of the ``conv`` net makes 37 MB
+#: activations, above glibc's 32 MB ceiling for reusing freed heap memory, so every pass maps and page-faults
+#: fresh memory; 250-image passes ran 1.4-1.6x faster (docs/method.md §10.7).
+FORWARD_BATCH = 250
 
 
 def check_baseline(name: str) -> str:

@@ -199,17 +199,25 @@ def random_posterior(arch: str, hidden: int):
     return Posterior(net.arch, "svi", params, {k: torch.full_like(v, 0.05) for k, v in params.items()}, seed=1)
 
 
-def test_rise_per_draw_sees_the_same_masks():
+@pytest.mark.parametrize("arch", ["fc2", "conv"])
+def test_rise_per_draw_sees_the_same_masks(arch):
+    """Each draw's RISE maps and units through explain_posterior (images and masks batched) must be those of
+    RISE on that draw's own network, one image at a time."""
     from bayesrobust.explain import explain_posterior
-    posterior = random_posterior("fc2", 8)
+    posterior = random_posterior(arch, 8)
     x = torch.rand(5, 1, H, W)
-    seen = {}
-    result = explain_posterior(posterior, x, RISE(n_masks=60, forward_batch=70), n_draws=3,
-                               on_draw=lambda j, maps, units: seen.setdefault(j, maps.clone()))
+    seen, seen_units = {}, {}
+
+    def keep(j, maps, units):
+        seen[j], seen_units[j] = maps.clone(), units.clone()
+    result = explain_posterior(posterior, x, RISE(n_masks=60, forward_batch=70), n_draws=3, on_draw=keep)
     for j in range(3):  # each draw's map is RISE on that draw's network, with the masks of a fresh RISE
         net = posterior.network(j).requires_grad_(False)
-        direct, _ = RISE(n_masks=60, forward_batch=7)(net, x, [0, 1, 2])
-        torch.testing.assert_close(seen[j], direct, rtol=1e-5, atol=1e-7)
+        for i in range(len(x)):  # the naive loop: one image at a time
+            direct, units = RISE(n_masks=60, forward_batch=7)(net, x[i:i + 1], [0, 1, 2])
+            torch.testing.assert_close(seen[j][:, i:i + 1], direct, rtol=1e-5, atol=1e-7)
+            assert torch.equal(seen_units[j][:, i:i + 1], units)
+        assert torch.equal(result.units[j], seen_units[j])
     torch.testing.assert_close(result.mean, torch.stack(list(seen.values())).mean(0), rtol=1e-5, atol=1e-7)
 
 

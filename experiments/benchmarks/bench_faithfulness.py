@@ -47,7 +47,7 @@ from bayesrobust.data import balanced_subset, load  # noqa: E402
 from bayesrobust.explain import explain_posterior  # noqa: E402
 from bayesrobust.explain.bayesian import posterior_draws  # noqa: E402
 from bayesrobust.explain.rise import RISE  # noqa: E402
-from bayesrobust.faithfulness_metrics import CURVES, baseline_images, perturbation_curves  # noqa: E402
+from bayesrobust.faithfulness_metrics import CURVES, FORWARD_BATCH, baseline_images, perturbation_curves  # noqa: E402,E501
 from bayesrobust.models.architectures import ArchConfig, build  # noqa: E402
 from bayesrobust.models.posterior import Posterior  # noqa: E402
 
@@ -108,7 +108,8 @@ def main() -> None:
     parser.add_argument("--masks", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--hidden", type=int, default=32, help="conv width h (the quick preset's: 32)")
-    parser.add_argument("--forward-batch", type=int, default=1000, help="images per forward pass")
+    parser.add_argument("--forward-batch", type=int, default=FORWARD_BATCH,
+                        help=f"images per forward pass (default the library's, {FORWARD_BATCH})")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--small", action="store_true", help="20 images, 2 draws, 200 masks: check that it runs")
     args = parser.parse_args()
