@@ -10,11 +10,13 @@ test images,
 (b) deletion and insertion curves with 50 steps (:func:`bayesrobust.faithfulness_metrics.perturbation_curves`),
     of each draw's map on its network: 2 × (steps + 1) × N × S forward passes;
 (c) a plain forward pass of the same batch size, the ceiling of (a) and (b) on this machine, in the default
-    (NCHW) memory layout that (a) and (b) use and in the channels-last (NHWC) one. Measured alone at
-    ``98ab603`` with ``--draws 2``: 49.8 vs 50.8 GFLOP/s, 28% and 29% of a 178 GFLOP/s peak, and RISE itself
-    6% faster with channels-last inputs (94 against 100 s, within the run-to-run spread): not worth a second
-    layout in the library. (a) and (b) run at 90-100% of (c): the gap to the matmul peak is the convolution
-    kernels' on a 1-channel, 32-filter net, not Python overhead;
+    (NCHW) memory layout that (a) and (b) use and in the channels-last (NHWC) one.
+
+Measured alone at ``0059bc2`` with ``--draws 2`` (docs/method.md §10.7): RISE 70.5 s, 37% of a 165 GFLOP/s
+peak; curves 32%; plain forward 37% (NCHW) and 47% (channels-last). With the earlier 1000-image passes
+(``--forward-batch 1000``): RISE 111 s, 24%; curves 26%; the activations of such a pass exceed glibc's 32 MB
+ceiling for reusing freed memory, so every pass page-faults fresh memory. Runs of the same work vary by up to
+2x between processes;
 
 each as forward passes, seconds and GFLOP/s, and as a share of the GFLOP/s of a large float32 ``torch.matmul``
 measured in the same run, with the same threads, just before and after (their mean). FLOPs are
