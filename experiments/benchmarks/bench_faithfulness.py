@@ -16,10 +16,10 @@ Measured alone at ``0059bc2`` with ``--draws 2`` (docs/method.md §10.7): RISE 7
 peak; curves 32%; plain forward 37% (NCHW) and 47% (channels-last). With the earlier 1000-image passes
 (``--forward-batch 1000``): RISE 111 s, 24%; curves 26%; the activations of such a pass exceed glibc's 32 MB
 ceiling for reusing freed memory, so every pass page-faults fresh memory. Runs of the same work vary by up to
-2x between processes;
+2x between processes.
 
-each as forward passes, seconds and GFLOP/s, and as a share of the GFLOP/s of a large float32 ``torch.matmul``
-measured in the same run, with the same threads, just before and after (their mean). FLOPs are
+Each is reported as forward passes, seconds and GFLOP/s, and as a share of the GFLOP/s of a large float32
+``torch.matmul`` measured in the same run, with the same threads, just before and after (their mean). FLOPs are
 2 × multiply-adds of every Conv/Linear per image (activations and pooling not counted). Forward passes are
 counted by a hook on the network, so they are the ones that really ran.
 
