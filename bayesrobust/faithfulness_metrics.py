@@ -46,7 +46,7 @@ from scipy import stats
 
 from .checks import check_images, count
 from .models.architectures import Network, explained_layers
-from .models.draws import DrawSet
+from .models.draws import FORWARD_PASS, DrawSet
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,8 @@ CURVES = ("deletion", "insertion")
 BLUR_KERNEL, BLUR_SIGMA = 11, 5.0
 #: Foreground threshold of the localisation metrics (pixel value in [0, 1]).
 FOREGROUND_THRESHOLD = 0.5
-#: Perturbed images per forward pass. 250, not 1000: a 1000-image pass of the ``conv`` net makes 37 MB
-#: activations, above glibc's 32 MB ceiling for reusing freed heap memory, so every pass maps and page-faults
-#: fresh memory; 250-image passes ran 1.4-1.6x faster (docs/method.md §10.7).
-FORWARD_BATCH = 250
+#: Perturbed images per forward pass (the DrawSet speed policy's :data:`~bayesrobust.models.draws.FORWARD_PASS`).
+FORWARD_BATCH = FORWARD_PASS
 
 
 def check_baseline(name: str) -> str:

@@ -30,12 +30,13 @@ import torch.nn.functional as F
 
 from ..checks import check_images, count
 from ..models.architectures import Network
+from ..models.draws import FORWARD_PASS
 from .layers import capture_outputs
 
 #: Default parameters (the paper uses N = 4000–8000, s = 7, p = 0.5 on ImageNet; 28-pixel digits need fewer);
-#: ``forward_batch`` as :data:`bayesrobust.faithfulness_metrics.FORWARD_BATCH` (docs/method.md §10.7).
+#: ``forward_batch``: :data:`~bayesrobust.models.draws.FORWARD_PASS` (docs/method.md §10.7).
 RISE_DEFAULTS: dict[str, Any] = {"n_masks": 2000, "cells": 7, "p": 0.5, "mask_seed": 0, "score": "probability",
-                                 "forward_batch": 250}
+                                 "forward_batch": FORWARD_PASS}
 SCORES = ("probability", "output")
 
 

@@ -33,6 +33,11 @@ from .posterior import Posterior
 
 #: Images per forward/backward pass for networks with convolutions (fastest on the 2-core CPU measured).
 CONV_CHUNK = 50
+#: Images per forward-only pass of many perturbed copies (RISE's masked images, the insertion/deletion steps).
+#: 250, not 1000: a 1000-image pass of the ``conv`` net makes 37 MB activations, above glibc's 32 MB ceiling
+#: for reusing freed heap memory, so every pass page-faults fresh memory; 250-image passes ran 1.4-1.6x faster
+#: (docs/method.md §10.7).
+FORWARD_PASS = 250
 #: Largest total size (bytes) of the draws a :class:`DrawSet` materialises up front; above it, each draw's
 #: parameters are generated again whenever the draw is loaded (identical values, more time per load).
 DRAW_BUDGET_BYTES = 2**30
