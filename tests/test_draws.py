@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from torch import nn
 
 from bayesrobust import store
 from bayesrobust.adversarial import FGSM, run_attack
 from bayesrobust.data import Data
 from bayesrobust.explain import LRP, explain_attack, explain_posterior
 from bayesrobust.models.architectures import ArchConfig, build
-from bayesrobust.models.draws import DrawSet, draw_probabilities, predictive_accuracy
+from bayesrobust.models.draws import DrawSet, SeparableMaxPool, draw_probabilities, output_pass, predictive_accuracy
 from bayesrobust.models.posterior import Posterior, to_arviz
 
 FC = ArchConfig("fc2", hidden=6, in_shape=(1, 5, 5), n_classes=3)
@@ -68,6 +69,59 @@ def test_lazy_draws_equal_materialised_draws():
     assert not kept.lazy and lazy.lazy and lazy._params is None
     a, b = draw_probabilities(kept, d.x)[0], draw_probabilities(lazy, d.x)[0]
     assert torch.equal(a, b)
+
+
+# -- forward-only passes (RISE, perturbation curves) ---------------------------------------------------------
+@pytest.mark.parametrize("arch", [FC, CONV, ArchConfig("resnet20", in_shape=(3, 8, 8), n_classes=3)],
+                         ids=["fc2", "conv", "resnet20"])
+def test_output_pass_is_the_network_bit_for_bit(arch):
+    """Reordered, re-pooled and in the net's memory format, the output must equal the module's own, exactly;
+    in a DrawSet's (channels_last) net too, for the loaded draw."""
+    x = data(arch, 40).x * 4 - 2                     # negative pixels too: the activations' negative side
+    if arch.name != "resnet20":                      # (a posterior of it would need its BatchNorm buffers)
+        draws = DrawSet(svi(arch), 2)
+        for _ in draws:
+            with torch.no_grad():
+                assert torch.equal(output_pass(draws.net)(x), draws.net(x))
+    net = build(arch).eval()
+    with torch.no_grad():
+        assert torch.equal(output_pass(net)(x), net(x))
+
+
+def test_output_pass_keeps_the_modules_a_hook_reads():
+    """An activation in ``keep`` stays before its pool, so a hook on it sees the pre-pool map, as in the net."""
+    net = svi(CONV).network(0).requires_grad_(False)
+    x = data(CONV, 6).x
+    seen = []
+    handle = net[1].register_forward_hook(lambda _m, _i, out: seen.append(out.clone()))
+    with torch.no_grad():
+        expected = net(x)
+        got = output_pass(net, keep=[net[1]])(x)
+    handle.remove()
+    assert torch.equal(got, expected)
+    assert seen[0].shape == seen[1].shape == (6, 16, 14, 14) and torch.equal(seen[0], seen[1])
+
+
+@pytest.mark.parametrize("kernel,stride", [(2, 2), (2, 1), (3, 2), ((2, 3), (1, 2)), (3, None)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_separable_max_pool_equals_max_pool2d(kernel, stride, layout):
+    """Against PyTorch's max_pool2d on maps with ties (integer values) and odd sizes, in both memory formats."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randint(-3, 4, (5, 4, 11, 9), generator=g).double()
+    if layout == "channels_last":
+        z = z.contiguous(memory_format=torch.channels_last)
+    pool = nn.MaxPool2d(kernel, stride)
+    assert SeparableMaxPool.fits(pool)
+    assert torch.equal(SeparableMaxPool(pool)(z), pool(z))
+
+
+def test_separable_max_pool_refuses_what_it_does_not_compute():
+    for pool in (nn.MaxPool2d(2, padding=1), nn.MaxPool2d(2, ceil_mode=True), nn.MaxPool2d(2, dilation=2),
+                 nn.MaxPool2d(2, return_indices=True), nn.AvgPool2d(2)):
+        assert not SeparableMaxPool.fits(pool)
+    net = nn.Sequential(nn.LeakyReLU(0.1), nn.MaxPool2d(2, padding=1))   # left as it is: same output
+    x = torch.randn(3, 2, 7, 7)
+    assert torch.equal(output_pass(net)(x), net(x))
 
 
 # -- explanations through a DrawSet --------------------------------------------------------------------------

@@ -22,12 +22,13 @@ accuracy of the mean softmax's argmax), the same computation as the clean accura
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from .posterior import Posterior
 
@@ -51,6 +52,84 @@ def has_convolution(net: nn.Module) -> bool:
 def default_chunk_size(net: nn.Module) -> int | None:
     """:data:`CONV_CHUNK` for a network with convolutions, ``None`` (the whole batch) otherwise."""
     return CONV_CHUNK if has_convolution(net) else None
+
+
+#: Activations that commute with max-pooling: ``maxpool(act(z)) == act(maxpool(z))`` exactly (in floating point
+#: too), because they are monotone non-decreasing.
+MONOTONE_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)
+
+
+class SeparableMaxPool(nn.Module):
+    """A plain ``MaxPool2d(kernel, stride)`` (no padding, dilation 1, floor mode) computed as the maximum of
+    strided row views, then of strided column views: the same values, 4-5x faster than PyTorch's CPU
+    ``max_pool2d`` on this net's maps in either memory format (docs/method.md §10.7). For forward-only passes:
+    on ties its gradient would split between the tied inputs, where ``max_pool2d`` picks one."""
+
+    def __init__(self, pool: nn.MaxPool2d):
+        super().__init__()
+        self.kernel = _pair(pool.kernel_size)
+        self.stride = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
+
+    @staticmethod
+    def fits(pool: nn.Module) -> bool:
+        """Whether ``pool`` is a MaxPool2d this class computes exactly."""
+        return (isinstance(pool, nn.MaxPool2d) and _pair(pool.padding) == (0, 0) and _pair(pool.dilation) == (1, 1)
+                and not pool.ceil_mode and not pool.return_indices)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        oh, ow = (z.shape[-2] - kh) // sh + 1, (z.shape[-1] - kw) // sw + 1
+        rows = z[..., 0:sh * (oh - 1) + 1:sh, :]
+        for i in range(1, kh):
+            rows = torch.maximum(rows, z[..., i:i + sh * (oh - 1) + 1:sh, :])
+        out = rows[..., 0:sw * (ow - 1) + 1:sw]
+        for j in range(1, kw):
+            out = torch.maximum(out, rows[..., j:j + sw * (ow - 1) + 1:sw])
+        return out
+
+
+def output_pass(net: nn.Module, keep: Collection[nn.Module] = ()) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``net``'s function for forward-only passes of many images (RISE's masked images, the insertion/deletion
+    steps), arranged to run fast on a CPU (docs/method.md §10.7): the same output, bit for bit.
+
+    - The images are passed in the memory format of the first convolution's weight (``channels_last`` in a
+      :class:`DrawSet`'s net), so it does not convert its input.
+    - Each monotone activation directly followed by a max-pool (``conv``: LeakyReLU → MaxPool2d, twice) runs
+      after the pool instead, on a map 4x smaller: max and a monotone function commute.
+    - Each plain max-pool is a :class:`SeparableMaxPool`.
+
+    Modules in ``keep`` (whose output a hook reads, e.g. the activation of a hidden layer RISE explains) keep
+    their place and are called as they are. Every other module is ``net``'s own, so the draw loaded into
+    ``net`` is the one evaluated. A network that is not an ``nn.Sequential`` is called as it is.
+    """
+    fmt = _weight_format(net)
+    run: Callable[[torch.Tensor], torch.Tensor] = net
+    if isinstance(net, nn.Sequential):
+        kept = {id(m) for m in keep}
+        mods, order = list(net), []
+        for m in mods:
+            if SeparableMaxPool.fits(m) and id(m) not in kept:
+                m = SeparableMaxPool(m)
+                if order and isinstance(order[-1], MONOTONE_ACTIVATIONS) and id(order[-1]) not in kept:
+                    order.insert(len(order) - 1, m)     # the pool before the activation
+                    continue
+            order.append(m)
+        run = nn.Sequential(*order)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return run(x.contiguous(memory_format=fmt) if x.dim() == 4 else x)
+    return forward
+
+
+def _weight_format(net: nn.Module) -> torch.memory_format:
+    """``channels_last`` if ``net``'s first 2-d convolution holds its weight so (by strides: a one-channel
+    weight is contiguous in both formats), else ``contiguous_format``."""
+    conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        return torch.contiguous_format
+    w = conv.weight
+    return torch.channels_last if w.stride() == w.contiguous(memory_format=torch.channels_last).stride() \
+        else torch.contiguous_format
 
 
 def chunks(n: int, chunk_size: int | None) -> list[slice]:

@@ -51,6 +51,7 @@ from bayesrobust.explain.bayesian import posterior_draws  # noqa: E402
 from bayesrobust.explain.rise import RISE  # noqa: E402
 from bayesrobust.faithfulness_metrics import CURVES, FORWARD_BATCH, baseline_images, perturbation_curves  # noqa: E402,E501
 from bayesrobust.models.architectures import ArchConfig, build  # noqa: E402
+from bayesrobust.models.draws import output_pass  # noqa: E402
 from bayesrobust.models.posterior import Posterior  # noqa: E402
 
 
@@ -93,11 +94,14 @@ def random_posterior(hidden: int, scale: float = 0.01) -> Posterior:
 
 
 class Counter:
-    """Counts the images through a module (a forward pre-hook)."""
+    """Counts the images through a network: a forward pre-hook on its first Conv/Linear module, which every
+    forward pass runs, whatever calls the network's modules (:func:`~bayesrobust.models.draws.output_pass`
+    does not call the network itself)."""
 
     def __init__(self, net: nn.Module):
         self.images = 0
-        self.handle = net.register_forward_pre_hook(self)
+        first = next(m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+        self.handle = first.register_forward_pre_hook(self)
 
     def __call__(self, module, inputs):
         self.images += inputs[0].shape[0]
@@ -157,14 +161,16 @@ def main() -> None:
     batch = torch.rand((args.forward_batch, *x.shape[1:]))
     reps = max(1, rise_images // args.forward_batch // max(1, len(draws)))
 
-    def plain(images: torch.Tensor) -> None:
+    def plain(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> None:
         with torch.no_grad():
             for _ in range(reps):
-                draws.net(images)
+                run(images)
     plain_runs = {}
-    for layout, images in (("NCHW", batch), ("channels-last", batch.contiguous(memory_format=torch.channels_last))):
+    for layout, run, images in (("NCHW", draws.net, batch),
+                                ("channels-last", draws.net, batch.contiguous(memory_format=torch.channels_last)),
+                                ("output_pass", output_pass(draws.net), batch)):
         before = counter.images
-        seconds = timed(lambda images=images: plain(images))
+        seconds = timed(lambda run=run, images=images: plain(run, images))
         plain_runs[layout] = (seconds, counter.images - before)
     peaks.append(matmul_gflops(1024 if args.small else 4096))
     counter.handle.remove()
