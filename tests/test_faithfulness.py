@@ -199,10 +199,12 @@ def random_posterior(arch: str, hidden: int):
     return Posterior(net.arch, "svi", params, {k: torch.full_like(v, 0.05) for k, v in params.items()}, seed=1)
 
 
+@pytest.mark.parametrize("forward_batch", [70, 3], ids=["masks_per_pass", "images_per_pass"])
 @pytest.mark.parametrize("arch", ["fc2", "conv"])
-def test_rise_per_draw_sees_the_same_masks(arch):
-    """Each draw's RISE maps and units through explain_posterior (images and masks batched) must be those of
-    RISE on that draw's own network, one image at a time."""
+def test_rise_per_draw_sees_the_same_masks(arch, forward_batch):
+    """Each draw's RISE maps and units through explain_posterior (images and masks batched; passes of several
+    masks for all images, or of a chunk of images) must be those of RISE on that draw's own network, one image
+    at a time."""
     from bayesrobust.explain import explain_posterior
     posterior = random_posterior(arch, 8)
     x = torch.rand(5, 1, H, W)
@@ -210,7 +212,9 @@ def test_rise_per_draw_sees_the_same_masks(arch):
 
     def keep(j, maps, units):
         seen[j], seen_units[j] = maps.clone(), units.clone()
-    result = explain_posterior(posterior, x, RISE(n_masks=60, forward_batch=70), n_draws=3, on_draw=keep)
+    rise = RISE(n_masks=60, forward_batch=forward_batch)
+    result = explain_posterior(posterior, x, rise, n_draws=3, on_draw=keep)
+    assert rise.forwards == 3 * 60 * len(x)
     for j in range(3):  # each draw's map is RISE on that draw's network, with the masks of a fresh RISE
         net = posterior.network(j).requires_grad_(False)
         for i in range(len(x)):  # the naive loop: one image at a time

@@ -14,8 +14,8 @@ posterior draw, every model and every call sees the same N masks, so draws diffe
 The score ``f`` is, like for the other methods, the argmax unit of the explained layer's output on the
 clean image; for the last layer it is that class's softmax probability (``score='probability'``, as in
 the paper; ``'output'`` uses the logit), for a hidden layer the unit's post-activation value. One batched
-forward pass covers ``forward_batch`` masked images (several images × several masks), and the sum over
-masks is one matrix product per pass: no Python loop over images or masks.
+forward pass covers at most ``forward_batch`` masked images (a chunk of images × several masks), and the
+sum over masks is one matrix product per pass: no Python loop over single images or masks.
 """
 
 from __future__ import annotations
@@ -137,24 +137,28 @@ class RISE:
         last = len(net.layers) - 1
         units = torch.empty((len(layers), n), dtype=torch.int64, device=x.device)
         sal = x.new_zeros((len(layers), n, h * w))
-        per_pass = max(1, self.params["forward_batch"] // n)            # masks per pass for all n images
+        fb = self.params["forward_batch"]
         flat_masks = masks.reshape(n_masks, h * w)
         with capture_outputs(net, layers) as outputs, torch.no_grad():
             net(x)
             for k, layer in enumerate(layers):
                 units[k] = outputs[layer].reshape(n, -1).argmax(dim=1)
             run = output_pass(net, keep=output_modules(net, layers))     # same outputs, faster (§10.7)
-            for start in range(0, n_masks, per_pass):
-                m = masks[start:start + per_pass]
-                batch = (x[:, None] * m[None, :, None]).reshape(-1, c, h, w)   # (n·m, C, H, W)
-                run(batch)
-                self.forwards += batch.shape[0]
-                for k, layer in enumerate(layers):
-                    out = outputs[layer].reshape(n, m.shape[0], -1)
-                    if layer == last and self.params["score"] == "probability":
-                        out = torch.softmax(out, dim=-1)
-                    score = out.gather(2, units[k][:, None, None].expand(-1, m.shape[0], 1))[..., 0]  # (n, m)
-                    sal[k] += score @ flat_masks[start:start + per_pass]
+            for first in range(0, n, fb):                                  # images per pass: at most fb
+                xi = x[first:first + fb]
+                ni, per_pass = xi.shape[0], max(1, fb // xi.shape[0])      # masks per pass for these images
+                for start in range(0, n_masks, per_pass):
+                    m = masks[start:start + per_pass]
+                    batch = (xi[:, None] * m[None, :, None]).reshape(-1, c, h, w)   # (ni·m, C, H, W)
+                    run(batch)
+                    self.forwards += batch.shape[0]
+                    for k, layer in enumerate(layers):
+                        out = outputs[layer].reshape(ni, m.shape[0], -1)
+                        if layer == last and self.params["score"] == "probability":
+                            out = torch.softmax(out, dim=-1)
+                        unit = units[k, first:first + fb]
+                        score = out.gather(2, unit[:, None, None].expand(-1, m.shape[0], 1))[..., 0]  # (ni, m)
+                        sal[k, first:first + fb] += score @ flat_masks[start:start + per_pass]
         sal /= n_masks * float(self.params["p"])
         maps = sal.reshape(len(layers), n, 1, h, w).expand(-1, -1, c, -1, -1).contiguous()
         return maps, units

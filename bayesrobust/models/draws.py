@@ -14,7 +14,9 @@ Speed on CPU (measured by ``experiments/benchmarks/bench_attacks.py``): this mod
 policy. A network with convolutions is kept in ``channels_last`` memory format, which makes PyTorch's CPU
 max-pooling about 15x faster than in NCHW (for the paper's ``conv`` net it dominated the gradient), and its
 images are passed in chunks of :data:`CONV_CHUNK` (activations stay in cache; larger chunks are not faster,
-only bigger); fully connected networks take the whole batch at once.
+only bigger); fully connected networks take the whole batch at once. Forward-only passes of many perturbed
+images (RISE, the insertion/deletion curves) go through :func:`output_pass`, :data:`FORWARD_PASS` images at a
+time (``experiments/benchmarks/bench_faithfulness.py``).
 
 The predictive is :func:`draw_probabilities` (softmax of every draw) and :func:`predictive_accuracy` (the
 accuracy of the mean softmax's argmax), the same computation as the clean accuracy of an attack run.
