@@ -25,7 +25,7 @@ from pathlib import Path
 import xarray as xr
 
 from . import checks, paths, stages
-from .choices import AttackName, Control, HMCScheme, LikelihoodScaling, Model, Norm, PosteriorMode
+from .choices import AttackName, Control, HMCScheme, LikelihoodScaling, Model, Norm, PosteriorMode, Preconditioner
 from .explain.rules import RULES
 from .inference import resolve_inference
 from .presets import Preset, get_preset, override_training
@@ -64,9 +64,10 @@ class Experiment:
         code's: chain c on its own block of ``subset_size`` images); the number of chains, warmup and kept
         iterations per chain, and the cap on the ``full`` scheme's training images (default: the preset's).
         ``chains`` and ``samples`` also set an SGHMC/SGLD fullBNN's.
-    epochs, burnin
+    epochs, burnin, precondition
         fullBNN training length (default: the preset's): the epochs of SVI or SGHMC/SGLD (of the baseNNs for
-        an ensemble or Laplace fullBNN; not used by NUTS), and the SGHMC/SGLD burn-in epochs per chain.
+        an ensemble or Laplace fullBNN; not used by NUTS), and the SGHMC/SGLD burn-in epochs per chain; the
+        SGHMC/SGLD preconditioner (``none`` or ``adapted``, docs/method.md §13.1).
     report
         Called with each stage's one-line summaries, its wall time appended (default: the ``logging`` INFO
         level).
@@ -105,6 +106,7 @@ class Experiment:
     n_train: int | None = None
     epochs: int | None = None
     burnin: int | None = None
+    precondition: str | None = None
     seed: int = 0
     data_root: str | Path | None = None
     device: str = "cpu"
@@ -137,6 +139,8 @@ class Experiment:
         self.n_train = checks.count("n_train", self.n_train)
         self.epochs = checks.count("epochs", self.epochs, minimum=0)
         self.burnin = checks.count("burnin", self.burnin, minimum=0)
+        if self.precondition is not None:
+            self.precondition = Preconditioner.parse(self.precondition, "preconditioner").value
         self.models = tuple(Model.parse(m, "model").value for m in self.models)
         self.controls = tuple(dict.fromkeys(Control.parse(c, "control").value for c in self.controls))
         if Model.BASE not in self.models:
@@ -202,7 +206,8 @@ class Experiment:
         return {"likelihood_scaling": self.likelihood_scaling, "hmc_scheme": self.hmc_scheme,
                 "subset_size": self.subset_size, "chains": self.chains, "warmup": self.warmup,
                 "samples": self.samples, "n_train": self.n_train, "prior_scale": self.prior_scale,
-                "members": self.members, "epochs": self.epochs, "burnin": self.burnin}
+                "members": self.members, "epochs": self.epochs, "burnin": self.burnin,
+                "precondition": self.precondition}
 
     def _inference(self, model: str) -> str | None:
         return self.inference if model == Model.BAYES else None

@@ -25,8 +25,9 @@ point is run once per step, the step's axes and settings replacing the sweep's, 
 (``folder``: default the step's name; steps may share one, e.g. a PGD run beside an FGSM one); ``for_inference``
 limits a step to presets whose fullBNN uses one of the given inferences; a setting that does not apply to the
 fullBNN's inference (``likelihood_scaling`` to SVI; ``hmc_scheme``, ``subset_size``, ``chains``, ``warmup``,
-``samples``, ``n_train`` to NUTS; ``burnin`` to SGHMC/SGLD; the fullBNN's ``epochs`` to all but NUTS,
-``prior_scale`` to all but the ensemble, ``members`` to the ensemble) is left out (:data:`ONLY_FOR`).
+``samples``, ``n_train`` to NUTS; ``burnin`` and ``precondition`` to SGHMC/SGLD; the fullBNN's ``epochs`` to
+all but NUTS, ``prior_scale`` to all but the ensemble, ``members`` to the ensemble) is left out
+(:data:`ONLY_FOR`).
 :func:`units` turns the experiments into :class:`Unit` s — one stage call each (train, attack, explain, control,
 analyze, plot), described by its settings and the keys of the units it needs, never by a model — shared between
 experiments when equal (a model is trained once for all its attacks); a model that another step trains with the
@@ -65,7 +66,8 @@ AXES: dict[str, type | tuple[type, ...]] = {
 SETTINGS: dict[str, type | tuple[type, ...]] = {
     "inference": str, "norm": str, "steps": int, "mode": str, "n_inputs": int, "topk": (int, float),
     "likelihood_scaling": str, "hmc_scheme": str, "subset_size": int, "chains": int, "warmup": int, "samples": int,
-    "n_train": int, "epochs": int, "burnin": int, "prior_scale": (int, float), "members": int, "controls": str,
+    "n_train": int, "epochs": int, "burnin": int, "precondition": str, "prior_scale": (int, float), "members": int,
+    "controls": str,
     "draws_per_task": int, "keep_draws": bool, "data_root": str, "device": str}
 LIST_SETTINGS = ("controls",)
 #: Settings of the whole sweep, which a step cannot change.
@@ -75,8 +77,8 @@ SWEEP_ONLY = ("data_root", "device", "draws_per_task", "keep_draws")
 #: (the ladder's ``CHAINS`` sizes the reference's subset chains, not SGHMC's).
 ONLY_FOR: dict[str, tuple[str, ...]] = {
     **{k: tuple(r for r in APPLIES_TO[k] if r in Inference.values())
-       for k in ("likelihood_scaling", "hmc_scheme", "subset_size", "warmup", "n_train", "burnin", "epochs",
-                 "prior_scale", "members")},
+       for k in ("likelihood_scaling", "hmc_scheme", "subset_size", "warmup", "n_train", "burnin",
+                 "precondition", "epochs", "prior_scale", "members")},
     "chains": ("hmc",), "samples": ("hmc",)}
 #: The keys of a ``[steps.NAME]`` table besides its axes and settings.
 STEP_ONLY = ("folder", "for_inference", "quick")

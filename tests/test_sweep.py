@@ -310,6 +310,18 @@ def test_the_ladder_sweep_runs_every_step_and_trains_each_model_once(tmp_path):
         p = override_training(get_preset("quick"), "fullBNN", inference, **unit.kwargs["overrides"])
         assert (p.sgmcmc.epochs, p.sgmcmc.burnin) == ((4, 2) if inference == "sghmc" else (6, 3))
         assert p.svi.epochs == (4 if inference == "svi" else 30)
+    # the SGHMC/SGLD preconditioner: set for SGHMC, left out for SVI, a bad value named before any work
+    for inference, wanted in (("sghmc", "adapted"), ("svi", None)):
+        pre = grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["4_correct"],
+                        overrides={"inference": inference, "precondition": "adapted"})
+        experiments = pre.experiments(tmp_path / f"pre_{inference}")
+        assert [e.precondition for _, e in experiments] == [wanted]
+        unit = next(u for u in grid.units(pre, experiments) if u.stage == "train" and "fullBNN" in u.key)
+        p = override_training(get_preset("quick"), "fullBNN", inference, **unit.kwargs["overrides"])
+        assert p.sgmcmc.precondition == ("adapted" if inference == "sghmc" else "none")
+    with pytest.raises(grid.SweepError, match="diagonal"):
+        grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["4_correct"],
+                  overrides={"inference": "sghmc", "precondition": "diagonal"}).experiments(tmp_path / "bad_pre")
     nuts_sized = grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["1_hmc*"],
                            overrides={"preset": "quick_fc2", "epochs": 4, "burnin": 2})
     assert {(e.epochs, e.burnin) for _, e in nuts_sized.experiments(tmp_path / "nuts_sized")} == {(None, None)}
