@@ -67,8 +67,7 @@ SETTINGS: dict[str, type | tuple[type, ...]] = {
     "inference": str, "norm": str, "steps": int, "mode": str, "n_inputs": int, "topk": (int, float),
     "likelihood_scaling": str, "hmc_scheme": str, "subset_size": int, "chains": int, "warmup": int, "samples": int,
     "n_train": int, "epochs": int, "burnin": int, "precondition": str, "prior_scale": (int, float), "members": int,
-    "controls": str,
-    "draws_per_task": int, "keep_draws": bool, "data_root": str, "device": str}
+    "controls": str, "draws_per_task": int, "keep_draws": bool, "data_root": str, "device": str}
 LIST_SETTINGS = ("controls",)
 #: Settings of the whole sweep, which a step cannot change.
 SWEEP_ONLY = ("data_root", "device", "draws_per_task", "keep_draws")

@@ -14,8 +14,9 @@ posterior draw, every model and every call sees the same N masks, so draws diffe
 The score ``f`` is, like for the other methods, the argmax unit of the explained layer's output on the
 clean image; for the last layer it is that class's softmax probability (``score='probability'``, as in
 the paper; ``'output'`` uses the logit), for a hidden layer the unit's post-activation value. One batched
-forward pass covers at most ``forward_batch`` masked images (a chunk of images × several masks), and the
-sum over masks is one matrix product per pass: no Python loop over single images or masks.
+forward pass covers at most ``forward_batch`` masked images (a chunk of images × several masks); the scores
+are kept, (L, N, masks), and the sum over masks is one matrix product at the end: no Python loop over single
+images or masks.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class RISE:
         n_masks = masks.shape[0]
         last = len(net.layers) - 1
         units = torch.empty((len(layers), n), dtype=torch.int64, device=x.device)
-        sal = x.new_zeros((len(layers), n, h * w))
+        scores = x.new_empty((len(layers), n, n_masks))                # f(x ⊙ M_i) per layer, image and mask
         fb = self.params["forward_batch"]
         flat_masks = masks.reshape(n_masks, h * w)
         with capture_outputs(net, layers) as outputs, torch.no_grad():
@@ -157,8 +158,8 @@ class RISE:
                         if layer == last and self.params["score"] == "probability":
                             out = torch.softmax(out, dim=-1)
                         unit = units[k, first:first + fb]
-                        score = out.gather(2, unit[:, None, None].expand(-1, m.shape[0], 1))[..., 0]  # (ni, m)
-                        sal[k, first:first + fb] += score @ flat_masks[start:start + per_pass]
-        sal /= n_masks * float(self.params["p"])
+                        scores[k, first:first + fb, start:start + per_pass] = \
+                            out.gather(2, unit[:, None, None].expand(-1, m.shape[0], 1))[..., 0]   # (ni, m)
+        sal = scores @ flat_masks / (n_masks * float(self.params["p"]))   # (L, N, H·W): one product
         maps = sal.reshape(len(layers), n, 1, h, w).expand(-1, -1, c, -1, -1).contiguous()
         return maps, units

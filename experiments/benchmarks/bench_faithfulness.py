@@ -9,19 +9,19 @@ test images,
     :func:`bayesrobust.explain.explain_posterior`): N × masks × S forward passes;
 (b) deletion and insertion curves with 50 steps (:func:`bayesrobust.faithfulness_metrics.perturbation_curves`),
     of each draw's map on its network: 2 × (steps + 1) × N × S forward passes;
-(c) a plain forward pass of the same batch size, the ceiling of (a) and (b) on this machine, in the default
-    (NCHW) memory layout that (a) and (b) use and in the channels-last (NHWC) one.
+(c) a plain forward pass of the same batch size, the ceiling of (a) and (b) on this machine: the network called
+    on NCHW images, on channels-last images, and through :func:`bayesrobust.models.draws.output_pass`, which
+    (a) and (b) use.
 
-Measured alone at ``0059bc2`` with ``--draws 2`` (docs/method.md §10.7): RISE 70.5 s, 37% of a 165 GFLOP/s
-peak; curves 32%; plain forward 37% (NCHW) and 47% (channels-last). With the earlier 1000-image passes
-(``--forward-batch 1000``): RISE 111 s, 24%; curves 26%; the activations of such a pass exceed glibc's 32 MB
-ceiling for reusing freed memory, so every pass page-faults fresh memory. Runs of the same work vary by up to
-2x between processes.
+Measured alone (docs/method.md §10.7, 2026-12-03): with the issue's S = 20 at ``cb98b71``, RISE 693 s, 47% of
+a 131 GFLOP/s peak; curves 43%; ``output_pass`` 55%, the network on channels-last images 40%. With ``--draws
+2`` at ``025e244``: RISE 47%, curves 49%, ``output_pass`` 53% (peak 144 GFLOP/s); before ``output_pass``
+(``182551c``): RISE 34%, curves 28%. Runs of the same work vary by up to 2x between processes.
 
 Each is reported as forward passes, seconds and GFLOP/s, and as a share of the GFLOP/s of a large float32
 ``torch.matmul`` measured in the same run, with the same threads, just before and after (their mean). FLOPs are
 2 × multiply-adds of every Conv/Linear per image (activations and pooling not counted). Forward passes are
-counted by a hook on the network, so they are the ones that really ran.
+counted by a hook on the network's first layer, so they are the ones that really ran.
 
 The machine is shared: the load average is printed; every figure (the matmul's too) drops when other
 processes run.
