@@ -322,7 +322,7 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "weight_decay": ("base", "adv", "laplace", "ensemble"),
     **dict.fromkeys(("warmup", "n_train", "hmc_scheme", "subset_size"), ("hmc",)),
     **dict.fromkeys(("samples", "chains"), ("hmc", *SG_MCMC)),
-    **dict.fromkeys(("burnin", "friction", "temperature", "schedule", "precondition"), SG_MCMC),
+    **dict.fromkeys(("burnin", "friction", "temperature", "schedule", "precondition", "max_precondition"), SG_MCMC),
     **dict.fromkeys(("adv_attack", "adv_norm", "adv_epsilon", "adv_ratio"), ("adv",)),
     "likelihood_scaling": ("svi",), "prior_scale": ("svi", "hmc", *SG_MCMC, "laplace"), "members": ("ensemble",),
     **dict.fromkeys(("laplace_subset", "laplace_structure", "laplace_rank", "laplace_refit_steps"), ("laplace",)),
@@ -355,7 +355,8 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
                       schedule: str | None = None, members: int | None = None,
                       laplace_subset: str | None = None, laplace_structure: str | None = None,
                       laplace_rank: int | None = None, laplace_refit_steps: int | None = None,
-                      weight_decay: float | None = None, precondition: str | None = None) -> Preset:
+                      weight_decay: float | None = None, precondition: str | None = None,
+                      max_precondition: float | None = None) -> Preset:
     """``preset`` with command-line overrides applied to the settings ``model`` trains with.
 
     ``epochs``/``lr``/``batch_size`` go to the optimiser of baseNN or advNN, or to SVI for a fullBNN;
@@ -363,7 +364,7 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
     the optimiser of baseNN, advNN or the ensemble's and Laplace's baseNNs;
     ``warmup``/``samples``/``chains``/``n_train``/``hmc_scheme``/``subset_size`` to NUTS. SGHMC/SGLD take
     ``epochs``/``lr``/``batch_size``/``samples``/``chains``/``burnin``/``friction``/``temperature``/``schedule``/
-    ``precondition``;
+    ``precondition``/``max_precondition``;
     the ensemble and Laplace routes train baseNNs, so ``epochs``/``lr``/``batch_size`` go to ``base`` (with
     ``members``, resp. ``laplace_subset``/``laplace_structure``/``laplace_rank``/``laplace_refit_steps``).
     ``None`` leaves a field as it is.
@@ -394,6 +395,7 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
     checks.real("friction", friction, low=0, high=1, low_open=True)
     checks.real("adv_ratio", adv_ratio, low=0, high=1)
     checks.real("weight_decay", weight_decay, low=0)
+    checks.real("max_precondition", max_precondition, low=1)
     if hidden is not None and hidden > MAX_HIDDEN:
         raise ValueError(f"hidden must be at most {MAX_HIDDEN:,}, got {hidden:,}")
     p = preset
@@ -404,7 +406,8 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
         "hmc_scheme": hmc_scheme, "subset_size": subset_size, "burnin": burnin, "friction": friction,
         "temperature": temperature, "schedule": schedule, "members": members, "laplace_subset": laplace_subset,
         "laplace_structure": laplace_structure, "laplace_rank": laplace_rank,
-        "laplace_refit_steps": laplace_refit_steps, "weight_decay": weight_decay, "precondition": precondition})
+        "laplace_refit_steps": laplace_refit_steps, "weight_decay": weight_decay, "precondition": precondition,
+        "max_precondition": max_precondition})
     if dataset is not None:
         info = dataset_info(dataset)
         p = replace(p, dataset=dataset, arch=replace(p.arch, in_shape=info.shape, n_classes=len(info.classes)))
@@ -421,7 +424,8 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
                     adv=replace(p.adv, **{k: v for k, v in adv.items() if v is not None}))
     elif (inference or p.inference) in SG_MCMC:
         sg = {**optim, "samples": samples, "chains": chains, "burnin": burnin, "friction": friction,
-              "temperature": temperature, "schedule": schedule, "precondition": precondition}
+              "temperature": temperature, "schedule": schedule, "precondition": precondition,
+              "max_precondition": max_precondition}
         p = replace(p, sgmcmc=replace(p.sgmcmc, **{k: v for k, v in sg.items() if v is not None}))
     elif (inference or p.inference) in ("laplace", "ensemble"):
         p = replace(p, base=replace(p.base, **optim, **decay))

@@ -152,13 +152,17 @@ def test_bad_training_settings_are_named():
                                                             "sghmc, fullBNN --inference sgld"),
             ("fullBNN", "sghmc", {"precondition": "rmsprop"}, "unknown preconditioner 'rmsprop'; expected one of "
                                                               "none, adapted"),
-            ("fullBNN", "sgld", {"precondition": "adapted", "burnin": 0}, "burnin must be at least 1 epoch, got 0")]:
+            ("fullBNN", "sgld", {"precondition": "adapted", "burnin": 0}, "burnin must be at least 1 epoch, got 0"),
+            ("fullBNN", "sghmc", {"max_precondition": 0.5}, "max_precondition must be in \\[1, inf\\], got 0.5"),
+            ("fullBNN", "svi", {"max_precondition": 10}, "max_precondition=10 does not apply to a fullBNN trained "
+                                                         "by svi")]:
         with pytest.raises(ValueError, match=message):
             override_training(QUICK, model, inference, **given)
     # ... and the settings that apply pass (artBNN trains by SVI; samples/chains are NUTS' and SG-MCMC's)
     assert override_training(QUICK, "artBNN", likelihood_scaling="reference").svi.likelihood_scaling == "reference"
     assert override_training(QUICK, "fullBNN", "sghmc", samples=4, chains=3).sgmcmc.chains == 3
     assert override_training(QUICK, "fullBNN", "sgld", precondition="adapted").sgmcmc.precondition == "adapted"
+    assert override_training(QUICK, "fullBNN", "sghmc", max_precondition=100).sgmcmc.max_precondition == 100
     assert override_training(QUICK, "fullBNN", "laplace", prior_scale=0.5, epochs=1).base.epochs == 1
     assert override_training(QUICK, "advNN", weight_decay=1e-4).adv_optim.weight_decay == 1e-4
     with pytest.raises(ValueError, match="unknown inference 'vi'; expected one of svi, hmc"):

@@ -64,6 +64,9 @@ from . import options
 @click.option("--precondition", type=click.Choice(Preconditioner.values()), default=None,
               help="SGHMC/SGLD: none, or a diagonal preconditioner adapted to the squared gradients during burn-in "
                    "and then fixed (faster mixing where the likelihood is flat).")
+@click.option("--max-precondition", type=float, default=None,
+              help="SGHMC/SGLD --precondition adapted: the largest preconditioner entry, i.e. step relative to the "
+                   "plain sampler's (default 1000; >= 1).")
 @click.option("--members", type=int, default=None, help="Ensemble: number of networks.")
 @click.option("--laplace-subset", type=click.Choice(LaplaceSubset.values()), default=None,
               help="Laplace: weights covered (the rest stay at the baseNN's).")
@@ -86,7 +89,8 @@ from . import options
 def main(model, preset, inference, dataset, data_root, epochs, lr, batch_size, weight_decay, hidden, warmup, samples,
          chains, n_train, prior_scale, adv_attack, adv_norm, adv_epsilon, adv_ratio, likelihood_scaling, hmc_scheme,
          subset_size, burnin, friction, temperature, schedule, members, laplace_subset, laplace_structure,
-         laplace_rank, laplace_refit_steps, precondition, eval_draws, seed, device, out, progress, force, verbose):
+         laplace_rank, laplace_refit_steps, precondition, max_precondition, eval_draws, seed, device, out, progress,
+         force, verbose):
     """Train one model and write it under OUT/models/PRESET/MODEL/."""
     options.setup_logging(verbose)
     overrides = dict(dataset=dataset, epochs=epochs, lr=lr, hidden=hidden, batch_size=batch_size, warmup=warmup,
@@ -95,7 +99,8 @@ def main(model, preset, inference, dataset, data_root, epochs, lr, batch_size, w
                      likelihood_scaling=likelihood_scaling, hmc_scheme=hmc_scheme, subset_size=subset_size,
                      burnin=burnin, friction=friction, temperature=temperature, schedule=schedule, members=members,
                      laplace_subset=laplace_subset, laplace_structure=laplace_structure, laplace_rank=laplace_rank,
-                     laplace_refit_steps=laplace_refit_steps, weight_decay=weight_decay, precondition=precondition)
+                     laplace_refit_steps=laplace_refit_steps, weight_decay=weight_decay, precondition=precondition,
+                     max_precondition=max_precondition)
     done = stages.train(preset, model, inference=inference, out=out, overrides=overrides, eval_draws=eval_draws,
                         seed=seed, device=device, data_root=data_root, progress=progress, force=force)
     click.echo(done.summary)
