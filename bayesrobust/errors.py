@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["BUG_EXIT_CODE", "BUG_NOTE", "INTERRUPT_EXIT_CODE", "USER_ERRORS", "DrawOutOfRangeError", "UserError",
-           "is_user_error", "one_line", "user_message"]
+__all__ = ["BUG_EXIT_CODE", "BUG_NOTE", "INTERRUPT_EXIT_CODE", "USER_ERRORS", "DivergenceError", "DrawOutOfRangeError",
+           "UserError", "is_user_error", "one_line", "user_message"]
 
 
 class UserError(ValueError):
@@ -28,6 +28,11 @@ class UserError(ValueError):
 
 class DrawOutOfRangeError(UserError, IndexError):
     """A posterior draw index that does not exist (also an ``IndexError``, as before)."""
+
+
+class DivergenceError(UserError, FloatingPointError):
+    """A sampler that diverged with the user's settings (a step too large for the posterior); the message names
+    the settings to lower. Also a ``FloatingPointError``, as before."""
 
 
 #: Exception types that mean "the user's input or environment is wrong", never "bayesrobust is wrong":

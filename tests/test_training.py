@@ -99,6 +99,17 @@ def test_train_cli_bad_input_is_one_line(tmp_path, args, message):
     assert not (tmp_path / "out" / "models").exists()
 
 
+def test_a_diverging_sampler_is_the_users_error_and_leaves_no_model(tmp_path):
+    """A step too large for the posterior is a setting to change (one line, exit status 1, what to lower), not a
+    bug report; nothing is stored."""
+    result = CliRunner().invoke(train_cli, ["--model", "fullBNN", "--preset", "tiny", "--inference", "sgld",
+                                            "--lr", "1e9", "--out", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "Error: SG-MCMC chain (seed 0) diverged" in result.output and "lower lr (now 1e+09)" in result.output
+    assert "bug" not in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.json"))
+
+
 def test_load_model_names_the_train_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m bayesrobust.train --model fullBNN --preset quick "
                                                 "--inference svi --out"):

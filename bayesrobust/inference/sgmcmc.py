@@ -38,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import Data, batches
+from ..errors import DivergenceError
 from ..models.architectures import ArchConfig, build
 from ..models.bayesian import Likelihood, Prior, make_likelihood, make_prior
 from ..models.posterior import Posterior
@@ -122,7 +123,7 @@ def _chain(arch: ArchConfig, data: Data, cfg: SGMCMCConfig, prior: Prior, lik: L
             xb, yb = xb.to(device), yb.to(device)
             out = net(xb)
             if not torch.isfinite(out).all():  # stop at once, not at the end or in the likelihood's checks
-                raise FloatingPointError(
+                raise DivergenceError(
                     f"SG-MCMC chain (seed {seed}) diverged at step {step} (epoch {epoch + 1}): non-finite network "
                     f"outputs; lower lr (now {cfg.lr})" + (f" or max_precondition (now {cfg.max_precondition:g})"
                                                           if adapt else ""))
@@ -150,7 +151,7 @@ def _chain(arch: ArchConfig, data: Data, cfg: SGMCMCConfig, prior: Prior, lik: L
             bar.update()
     bar.close()
     if not all(torch.isfinite(s[-1]).all() for s in samples.values()):
-        raise FloatingPointError(f"SG-MCMC chain (seed {seed}) diverged to non-finite weights: lower lr "
+        raise DivergenceError(f"SG-MCMC chain (seed {seed}) diverged to non-finite weights: lower lr "
                                  f"(now {cfg.lr})")
     buffers = {k: v.detach().cpu().clone() for k, v in net.named_buffers()}
     if adapt:

@@ -13,9 +13,9 @@ test images,
     on NCHW images, on channels-last images, and through :func:`bayesrobust.models.draws.output_pass`, which
     (a) and (b) use.
 
-Measured alone (docs/method.md §10.7, 2026-12-03): with the issue's S = 20 at ``cb98b71``, RISE 693 s, 47% of
-a 131 GFLOP/s peak; curves 43%; ``output_pass`` 55%, the network on channels-last images 40%. With ``--draws
-2`` at ``025e244``: RISE 47%, curves 49%, ``output_pass`` 53% (peak 144 GFLOP/s); before ``output_pass``
+Measured alone (docs/method.md §10.7, 2026-12-03) with the issue's S = 20 at ``62c4ef9``: RISE 720 s, 51% of a
+116 GFLOP/s peak; curves 49%; ``output_pass`` 52%, the network on channels-last images 40%. With ``--draws 2``
+at ``62c4ef9``: RISE 49%, curves 49%, ``output_pass`` 55% (peak 133 GFLOP/s); before ``output_pass``
 (``182551c``): RISE 34%, curves 28%. Runs of the same work vary by up to 2x between processes.
 
 Each is reported as forward passes, seconds and GFLOP/s, and as a share of the GFLOP/s of a large float32
