@@ -125,7 +125,7 @@ def _chain(arch: ArchConfig, data: Data, cfg: SGMCMCConfig, prior: Prior, lik: L
             if not torch.isfinite(out).all():  # stop at once, not at the end or in the likelihood's checks
                 raise DivergenceError(
                     f"SG-MCMC chain (seed {seed}) diverged at step {step} (epoch {epoch + 1}): non-finite network "
-                    f"outputs; lower lr (now {cfg.lr})" + (f" or max_precondition (now {cfg.max_precondition:g})"
+                    f"outputs; lower lr (now {cfg.lr:g})" + (f" or max_precondition (now {cfg.max_precondition:g})"
                                                           if adapt else ""))
             log_lik = lik.distribution(out).log_prob(yb).sum() * (n / len(xb))
             log_prior = sum(priors[k].log_prob(v) for k, v in params.items())
@@ -152,7 +152,7 @@ def _chain(arch: ArchConfig, data: Data, cfg: SGMCMCConfig, prior: Prior, lik: L
     bar.close()
     if not all(torch.isfinite(s[-1]).all() for s in samples.values()):
         raise DivergenceError(f"SG-MCMC chain (seed {seed}) diverged to non-finite weights: lower lr "
-                                 f"(now {cfg.lr})")
+                               f"(now {cfg.lr:g})")
     buffers = {k: v.detach().cpu().clone() for k, v in net.named_buffers()}
     if adapt:
         log.info("SG-MCMC seed %d: median preconditioner per tensor %s", seed,
