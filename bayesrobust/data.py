@@ -303,6 +303,15 @@ def balanced_subset(data: Data, n: int, seed: int = 0) -> Data:
     return data.subset(torch.from_numpy(positions))
 
 
+def balanced_or_whole(data: Data, n: int, seed: int = 0) -> Data:
+    """The whole split when ``n`` covers it, else :func:`balanced_subset` of ``n`` images.
+
+    A split whose classes are unequal (MNIST's test split has 892 to 1,135 images per class) cannot give
+    a balanced subset of all its images; asking for all of them means the split as it is.
+    """
+    return data if n >= len(data) else balanced_subset(data, n, seed=seed)
+
+
 def batches(data: Data, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
     """Yield ``(x, y)`` minibatches; ``shuffle`` uses ``generator`` for a reproducible order."""
     n = len(data)

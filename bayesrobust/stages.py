@@ -1125,14 +1125,14 @@ def evaluate(preset: str | Preset, models: Sequence[str] | None = None, *, out: 
     dataset = next(iter(posteriors.values())).config.get("dataset", p.dataset)
     test = datasets.load(dataset, "test", data_root)
     n = len(test) if n_images is None else min(n_images, len(test))
-    test = datasets.balanced_subset(test, n, seed=0) if n < len(test) else test
+    test = datasets.balanced_or_whole(test, n, seed=0)
     x_ood = None
     if ood != OOD_NONE:
         other = datasets.load(ood, "test", data_root)
         if other.x.shape[1:] != test.x.shape[1:]:
             raise ValueError(f"OOD dataset {ood!r} has images of shape {tuple(other.x.shape[1:])}, the models "
                              f"take {tuple(test.x.shape[1:])}")
-        x_ood = datasets.balanced_subset(other, min(n, len(other)), seed=0).x
+        x_ood = datasets.balanced_or_whole(other, n, seed=0).x  # all 10,000 MNIST test images for Fashion
     s = p.eval_draws if n_draws is None else n_draws
     draws = {t: post.resolve_n_draws(min(s, post.max_draws) if post.max_draws and n_draws is None else s)
              for t, post in posteriors.items()}

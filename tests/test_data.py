@@ -36,6 +36,17 @@ def test_balanced_subset_errors(mnist5k_test):
         datasets.balanced_subset(mnist5k_test, 1010)
 
 
+def test_all_images_of_an_unequal_split_are_the_split_itself(mnist5k_test):
+    """Fashion-MNIST's evaluation asks for all 10,000 MNIST test images as OOD set; MNIST's classes are unequal,
+    so no balanced subset of that size exists, and the whole split is the answer."""
+    uneven = mnist5k_test.subset(torch.arange(len(mnist5k_test) - 7))  # 7 images fewer: classes unequal
+    assert datasets.balanced_or_whole(uneven, len(uneven)) is uneven
+    assert datasets.balanced_or_whole(uneven, 10 ** 6) is uneven
+    half = datasets.balanced_or_whole(uneven, 500, seed=3)
+    assert half.y.bincount().tolist() == [50] * 10
+    assert torch.equal(half.index, datasets.balanced_subset(uneven, 500, seed=3).index)
+
+
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ValueError, match="unknown dataset 'mnsit'; expected one of mnist5k, mnist, "):
         datasets.load("mnsit", "train")
