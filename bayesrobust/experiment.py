@@ -64,10 +64,10 @@ class Experiment:
         code's: chain c on its own block of ``subset_size`` images); the number of chains, warmup and kept
         iterations per chain, and the cap on the ``full`` scheme's training images (default: the preset's).
         ``chains`` and ``samples`` also set an SGHMC/SGLD fullBNN's.
-    epochs, burnin, precondition
-        fullBNN training length (default: the preset's): the epochs of SVI or SGHMC/SGLD (of the baseNNs for
-        an ensemble or Laplace fullBNN; not used by NUTS), and the SGHMC/SGLD burn-in epochs per chain; the
-        SGHMC/SGLD preconditioner (``none`` or ``adapted``, docs/method.md §13.1).
+    epochs, lr, burnin, precondition, max_precondition
+        fullBNN training (default: the preset's): the epochs and learning rate of SVI or SGHMC/SGLD (of the
+        baseNNs for an ensemble or Laplace fullBNN; not used by NUTS), and the SGHMC/SGLD burn-in epochs per
+        chain, preconditioner (``none`` or ``adapted``) and its cap (docs/method.md §13.1).
     report
         Called with each stage's one-line summaries, its wall time appended (default: the ``logging`` INFO
         level).
@@ -105,8 +105,10 @@ class Experiment:
     samples: int | None = None
     n_train: int | None = None
     epochs: int | None = None
+    lr: float | None = None
     burnin: int | None = None
     precondition: str | None = None
+    max_precondition: float | None = None
     seed: int = 0
     data_root: str | Path | None = None
     device: str = "cpu"
@@ -141,6 +143,8 @@ class Experiment:
         self.burnin = checks.count("burnin", self.burnin, minimum=0)
         if self.precondition is not None:
             self.precondition = Preconditioner.parse(self.precondition, "preconditioner").value
+        self.lr = checks.positive("lr", self.lr)
+        self.max_precondition = checks.real("max_precondition", self.max_precondition, low=1)
         self.models = tuple(Model.parse(m, "model").value for m in self.models)
         self.controls = tuple(dict.fromkeys(Control.parse(c, "control").value for c in self.controls))
         if Model.BASE not in self.models:
@@ -206,8 +210,8 @@ class Experiment:
         return {"likelihood_scaling": self.likelihood_scaling, "hmc_scheme": self.hmc_scheme,
                 "subset_size": self.subset_size, "chains": self.chains, "warmup": self.warmup,
                 "samples": self.samples, "n_train": self.n_train, "prior_scale": self.prior_scale,
-                "members": self.members, "epochs": self.epochs, "burnin": self.burnin,
-                "precondition": self.precondition}
+                "members": self.members, "epochs": self.epochs, "lr": self.lr, "burnin": self.burnin,
+                "precondition": self.precondition, "max_precondition": self.max_precondition}
 
     def _inference(self, model: str) -> str | None:
         return self.inference if model == Model.BAYES else None

@@ -25,9 +25,9 @@ point is run once per step, the step's axes and settings replacing the sweep's, 
 (``folder``: default the step's name; steps may share one, e.g. a PGD run beside an FGSM one); ``for_inference``
 limits a step to presets whose fullBNN uses one of the given inferences; a setting that does not apply to the
 fullBNN's inference (``likelihood_scaling`` to SVI; ``hmc_scheme``, ``subset_size``, ``chains``, ``warmup``,
-``samples``, ``n_train`` to NUTS; ``burnin`` and ``precondition`` to SGHMC/SGLD; the fullBNN's ``epochs`` to
-all but NUTS, ``prior_scale`` to all but the ensemble, ``members`` to the ensemble) is left out
-(:data:`ONLY_FOR`).
+``samples``, ``n_train`` to NUTS; ``burnin``, ``precondition`` and ``max_precondition`` to SGHMC/SGLD; the
+fullBNN's ``epochs`` and ``lr`` to all but NUTS, ``prior_scale`` to all but the ensemble, ``members`` to the
+ensemble) is left out (:data:`ONLY_FOR`).
 :func:`units` turns the experiments into :class:`Unit` s — one stage call each (train, attack, explain, control,
 analyze, plot), described by its settings and the keys of the units it needs, never by a model — shared between
 experiments when equal (a model is trained once for all its attacks); a model that another step trains with the
@@ -42,6 +42,7 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -66,8 +67,9 @@ AXES: dict[str, type | tuple[type, ...]] = {
 SETTINGS: dict[str, type | tuple[type, ...]] = {
     "inference": str, "norm": str, "steps": int, "mode": str, "n_inputs": int, "topk": (int, float),
     "likelihood_scaling": str, "hmc_scheme": str, "subset_size": int, "chains": int, "warmup": int, "samples": int,
-    "n_train": int, "epochs": int, "burnin": int, "precondition": str, "prior_scale": (int, float), "members": int,
-    "controls": str, "draws_per_task": int, "keep_draws": bool, "data_root": str, "device": str}
+    "n_train": int, "epochs": int, "lr": (int, float), "burnin": int, "precondition": str,
+    "max_precondition": (int, float), "prior_scale": (int, float), "members": int, "controls": str,
+    "draws_per_task": int, "keep_draws": bool, "data_root": str, "device": str}
 LIST_SETTINGS = ("controls",)
 #: Settings of the whole sweep, which a step cannot change.
 SWEEP_ONLY = ("data_root", "device", "draws_per_task", "keep_draws")
@@ -77,7 +79,7 @@ SWEEP_ONLY = ("data_root", "device", "draws_per_task", "keep_draws")
 ONLY_FOR: dict[str, tuple[str, ...]] = {
     **{k: tuple(r for r in APPLIES_TO[k] if r in Inference.values())
        for k in ("likelihood_scaling", "hmc_scheme", "subset_size", "warmup", "n_train", "burnin",
-                 "precondition", "epochs", "prior_scale", "members")},
+                 "precondition", "max_precondition", "epochs", "lr", "prior_scale", "members")},
     "chains": ("hmc",), "samples": ("hmc",)}
 #: The keys of a ``[steps.NAME]`` table besides its axes and settings.
 STEP_ONLY = ("folder", "for_inference", "quick")
@@ -361,8 +363,12 @@ def _check_values(grid: dict[str, tuple], settings: dict[str, Any], name: str) -
     for key in ("warmup", "epochs", "burnin"):
         if key in settings and settings[key] < 0:
             raise bad(key, settings[key], "an integer >= 0")
-    if "prior_scale" in settings and not settings["prior_scale"] > 0:
-        raise bad("prior_scale", settings["prior_scale"], "a positive number")
+    for key in ("prior_scale", "lr"):
+        if key in settings and not (settings[key] > 0 and math.isfinite(settings[key])):
+            raise bad(key, settings[key], "a finite positive number")
+    if "max_precondition" in settings and not (settings["max_precondition"] >= 1
+                                               and math.isfinite(settings["max_precondition"])):
+        raise bad("max_precondition", settings["max_precondition"], "a finite number >= 1")
 
 
 def load(path: str | Path, *, quick: bool = False, overrides: Mapping[str, Any] | None = None,

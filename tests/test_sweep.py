@@ -322,6 +322,21 @@ def test_the_ladder_sweep_runs_every_step_and_trains_each_model_once(tmp_path):
     with pytest.raises(grid.SweepError, match="diagonal"):
         grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["4_correct"],
                   overrides={"inference": "sghmc", "precondition": "diagonal"}).experiments(tmp_path / "bad_pre")
+    # the fullBNN's step size and the preconditioner's cap (the plain fashion_mnist_fc2 sampler took lr 0.1)
+    for inference, lr, cap in (("sghmc", 0.02, 100.0), ("svi", 0.02, None), ("hmc", None, None)):
+        sized = grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["4_correct"],
+                          overrides={"preset": "quick_fc2" if inference == "hmc" else "quick", "inference": inference,
+                                     "lr": 0.02, "max_precondition": 100})
+        experiments = sized.experiments(tmp_path / f"lr_{inference}")
+        assert [(e.lr, e.max_precondition) for _, e in experiments] == [(lr, cap)]
+        unit = next(u for u in grid.units(sized, experiments) if u.stage == "train" and "fullBNN" in u.key)
+        p = override_training(get_preset("quick"), "fullBNN", inference, **unit.kwargs["overrides"])
+        assert (p.sgmcmc.lr, p.sgmcmc.max_precondition) == ((0.02, 100.0) if inference == "sghmc" else (0.1, 1000.0))
+        assert p.svi.lr == (0.02 if inference == "svi" else 1e-2)
+    for key, value, expected in (("lr", 0, "a finite positive number"), ("max_precondition", 0.5, ">= 1")):
+        with pytest.raises(grid.SweepError, match=f"{key}.*{expected}"):
+            grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["4_correct"],
+                      overrides={"inference": "sghmc", key: value})
     nuts_sized = grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["1_hmc*"],
                            overrides={"preset": "quick_fc2", "epochs": 4, "burnin": 2})
     assert {(e.epochs, e.burnin) for _, e in nuts_sized.experiments(tmp_path / "nuts_sized")} == {(None, None)}
