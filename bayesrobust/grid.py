@@ -42,7 +42,6 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -357,18 +356,21 @@ def _check_values(grid: dict[str, tuple], settings: dict[str, Any], name: str) -
             except ValueError:
                 raise bad(key, value, "a positive number" if key == "epsilon" else
                           "an integer >= 0" if key == "seeds" else "a positive integer") from None
-    for key in ("draws_per_task", "n_inputs", "steps", "subset_size", "chains", "samples", "n_train", "members"):
-        if key in settings and (settings[key] < 1):
-            raise bad(key, settings[key], "a positive integer")
-    for key in ("warmup", "epochs", "burnin"):
-        if key in settings and settings[key] < 0:
-            raise bad(key, settings[key], "an integer >= 0")
-    for key in ("prior_scale", "lr"):
-        if key in settings and not (settings[key] > 0 and math.isfinite(settings[key])):
-            raise bad(key, settings[key], "a finite positive number")
-    if "max_precondition" in settings and not (settings["max_precondition"] >= 1
-                                               and math.isfinite(settings["max_precondition"])):
-        raise bad("max_precondition", settings["max_precondition"], "a finite number >= 1")
+    bounds = {**{key: ("count", 1, "a positive integer") for key in
+                 ("draws_per_task", "n_inputs", "steps", "subset_size", "chains", "samples", "n_train", "members")},
+              **{key: ("count", 0, "an integer >= 0") for key in ("warmup", "epochs", "burnin")},
+              **{key: ("real", 0, "a finite positive number") for key in ("prior_scale", "lr")},
+              "max_precondition": ("real", 1, "a finite number >= 1")}
+    for key, (kind, low, expected) in bounds.items():
+        if key not in settings:
+            continue
+        try:
+            if kind == "count":
+                checks.count(key, settings[key], minimum=low, allow_none=False)
+            else:
+                checks.real(key, settings[key], low=low, low_open=low == 0, allow_none=False)
+        except ValueError:
+            raise bad(key, settings[key], expected) from None
 
 
 def load(path: str | Path, *, quick: bool = False, overrides: Mapping[str, Any] | None = None,
