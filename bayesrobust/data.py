@@ -272,7 +272,7 @@ def load(name: str, split: str, data_root: str | Path | None = None) -> Data:
     return info.loader(split, root)
 
 
-def balanced_subset(data: Data, n: int, seed: int = 0) -> Data:
+def balanced_subset(data: Data, n: int, seed: int = 0, name: str = "n_inputs") -> Data:
     """A class-balanced subset of ``n`` images drawn without replacement (docs/method.md §1.3).
 
     ``n // n_classes`` images per class (the remainder goes to the lowest classes), chosen with a
@@ -282,10 +282,11 @@ def balanced_subset(data: Data, n: int, seed: int = 0) -> Data:
     Raises
     ------
     ValueError
-        ``n`` not positive, or a class with fewer images than requested.
+        ``n`` not positive, or a class with fewer images than requested (``name`` is the caller's
+        option for ``n`` in the message).
     """
     if n <= 0:
-        raise ValueError(f"n_inputs must be positive, got {n}")
+        raise ValueError(f"{name} must be positive, got {n}")
     labels = data.y.numpy()
     classes = np.unique(labels)
     base, extra = divmod(n, len(classes))
@@ -295,21 +296,23 @@ def balanced_subset(data: Data, n: int, seed: int = 0) -> Data:
         want = base + (1 if i < extra else 0)
         members = np.flatnonzero(labels == c)
         if want > len(members):
-            raise ValueError(f"n_inputs={n} needs {want} images of class {c} but {data.name}/{data.split} "
-                             f"has only {len(members)}")
+            smallest = min(int((labels == k).sum()) for k in classes)
+            raise ValueError(f"{name}={n} needs {want} images of class {c} but {data.name}/{data.split} "
+                             f"has only {len(members)}; a balanced subset of at most "
+                             f"{smallest * len(classes)} images is always possible")
         chosen.append(rng.choice(members, size=want, replace=False))
     positions = np.concatenate(chosen)
     positions = positions[np.argsort(data.index.numpy()[positions], kind="stable")]
     return data.subset(torch.from_numpy(positions))
 
 
-def balanced_or_whole(data: Data, n: int, seed: int = 0) -> Data:
+def balanced_or_whole(data: Data, n: int, seed: int = 0, name: str = "n_inputs") -> Data:
     """The whole split when ``n`` covers it, else :func:`balanced_subset` of ``n`` images.
 
     A split whose classes are unequal (MNIST's test split has 892 to 1,135 images per class) cannot give
     a balanced subset of all its images; asking for all of them means the split as it is.
     """
-    return data if n >= len(data) else balanced_subset(data, n, seed=seed)
+    return data if n >= len(data) else balanced_subset(data, n, seed=seed, name=name)
 
 
 def batches(data: Data, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):

@@ -993,10 +993,11 @@ FUNCTION_DIAGNOSTICS_FILE = "function_diagnostics.json"
 def function_diagnostics(posterior: Any, test: Any, n_images: int = DIAGNOSE_IMAGES, n_draws: int | None = None,
                          device: str = "cpu") -> dict[str, Any]:
     """Function-space (and weight-space) diagnostics of ``posterior`` on a class-balanced subset of
-    ``n_images`` images of ``test`` (:func:`bayesrobust.convergence.function_space`), with the settings."""
+    ``n_images`` images of ``test`` (all of it when ``n_images`` covers it;
+    :func:`bayesrobust.convergence.function_space`), with the settings."""
     from .convergence import function_space
-    from .data import balanced_subset
-    subset = balanced_subset(test, min(n_images, len(test)), seed=0)
+    from .data import balanced_or_whole
+    subset = balanced_or_whole(test, n_images, seed=0, name="n_images")
     diag = function_space(posterior, subset.x, subset.y, n_draws, device=device)
     diag["settings"] = {"n_images": len(subset), "n_draws": n_draws, "dataset": test.name}
     return diag
@@ -1125,14 +1126,15 @@ def evaluate(preset: str | Preset, models: Sequence[str] | None = None, *, out: 
     dataset = next(iter(posteriors.values())).config.get("dataset", p.dataset)
     test = datasets.load(dataset, "test", data_root)
     n = len(test) if n_images is None else min(n_images, len(test))
-    test = datasets.balanced_or_whole(test, n, seed=0)
+    test = datasets.balanced_or_whole(test, n, seed=0, name="n_images")
     x_ood = None
     if ood != OOD_NONE:
         other = datasets.load(ood, "test", data_root)
         if other.x.shape[1:] != test.x.shape[1:]:
             raise ValueError(f"OOD dataset {ood!r} has images of shape {tuple(other.x.shape[1:])}, the models "
                              f"take {tuple(test.x.shape[1:])}")
-        x_ood = datasets.balanced_or_whole(other, n, seed=0).x  # all 10,000 MNIST test images for Fashion
+        # Fashion-MNIST: all 10,000 MNIST test images
+        x_ood = datasets.balanced_or_whole(other, n, seed=0, name="n_images").x
     s = p.eval_draws if n_draws is None else n_draws
     draws = {t: post.resolve_n_draws(min(s, post.max_draws) if post.max_draws and n_draws is None else s)
              for t, post in posteriors.items()}

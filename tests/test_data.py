@@ -45,6 +45,12 @@ def test_all_images_of_an_unequal_split_are_the_split_itself(mnist5k_test):
     half = datasets.balanced_or_whole(uneven, 500, seed=3)
     assert half.y.bincount().tolist() == [50] * 10
     assert torch.equal(half.index, datasets.balanced_subset(uneven, 500, seed=3).index)
+    # Between the largest always-possible balanced size and the split size: refused, naming the caller's option
+    # and the largest size that always works (10 x the smallest class).
+    smallest = int(uneven.y.bincount().min())
+    assert datasets.balanced_or_whole(uneven, smallest * 10, seed=3).y.bincount().tolist() == [smallest] * 10
+    with pytest.raises(ValueError, match=rf"^n_images={len(uneven) - 1} needs .* at most {smallest * 10} images"):
+        datasets.balanced_or_whole(uneven, len(uneven) - 1, name="n_images")
 
 
 def test_unknown_names_list_the_valid_ones():
