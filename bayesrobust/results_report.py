@@ -224,9 +224,9 @@ def _result_provenance(out: Path) -> pd.DataFrame:
         if not _visible(path, out) or path.parent.parent.parent.name != "models":
             continue
         meta = json.loads(path.read_text())
-        cfg = meta.get("config", {})
+        cfg, stamp = meta.get("config", {}), meta.get("provenance", {})  # no stamp: saved before it was kept
         rows.append({"result": str(path.parent.relative_to(out)), "kind": f"model ({meta.get('kind')})",
-                     "created": "", "git_revision": "", "versions": "",
+                     **{k: str(stamp.get(k, "")) for k in ("created", "git_revision", "versions")},
                      "config": json.dumps(cfg, sort_keys=True, default=str)})
     candidates = [p for p in out.rglob("*.nc") if _visible(p, out)]
     candidates += [p for p in out.rglob("*.zarr") if p.is_dir() and _visible(p, out)]

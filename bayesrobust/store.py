@@ -68,13 +68,17 @@ def _attr_value(value: Any) -> Any:
     return value
 
 
+def stamp() -> dict[str, str]:
+    """Where a result comes from: ``versions`` (the libraries', as JSON), ``git_revision``, ``created`` (UTC)."""
+    return {"versions": _versions(), "git_revision": _git_revision(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
 def provenance(kind: str, config: Mapping[str, Any], **attrs: Any) -> dict[str, Any]:
-    """Attributes for a result of ``kind``: the flat ``attrs``, the config as JSON, library versions, the
-    git revision and the creation time, all netCDF-safe."""
+    """Attributes for a result of ``kind``: the flat ``attrs``, the config as JSON and the :func:`stamp`
+    (library versions, git revision, creation time), all netCDF-safe."""
     out = {k: _attr_value(v) for k, v in attrs.items()}
-    out.update(kind=kind, config=json.dumps(dict(config), sort_keys=True, default=str),
-               versions=_versions(), git_revision=_git_revision(),
-               created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    out.update(kind=kind, config=json.dumps(dict(config), sort_keys=True, default=str), **stamp())
     return out
 
 

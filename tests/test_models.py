@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,6 +7,7 @@ import torch
 from bayesrobust.models.architectures import ArchConfig, build, explained_layers
 from bayesrobust.models.draws import DrawSet
 from bayesrobust.models.posterior import Posterior, deterministic
+from bayesrobust.store import CorruptResultError
 
 ARCHS = [ArchConfig("fc2", 8), ArchConfig("conv", 4), ArchConfig("resnet20", 16, (3, 32, 32)),
          ArchConfig("linear", 1)]
@@ -113,6 +115,35 @@ def test_checkpoint_is_tensors_plus_json_and_checks_the_architecture(tmp_path):
     with pytest.raises(FileNotFoundError, match="no model checkpoint"):
         Posterior.load(tmp_path / "nothing")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_checkpoint_keeps_where_it_came_from(tmp_path):
+    """config.json records the versions, git revision and creation time of the first save; a later save of the
+    loaded posterior keeps them; a checkpoint without them (written before they were kept) still loads."""
+    import subprocess
+    from importlib import metadata
+
+    post = _svi_posterior()
+    post.save(tmp_path / "m")
+    stamp = json.loads((tmp_path / "m" / "config.json").read_text())["provenance"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent).stdout.strip()
+    assert stamp["git_revision"] == (head or "unknown")
+    assert json.loads(stamp["versions"])["torch"] == metadata.version("torch")
+    assert stamp["created"].endswith("+00:00")
+    loaded = Posterior.load(tmp_path / "m")
+    assert loaded.provenance == stamp
+    loaded.config["note"] = "saved again"
+    loaded.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert meta["provenance"] == stamp and meta["config"]["note"] == "saved again"
+    del meta["provenance"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    assert Posterior.load(tmp_path / "m").provenance == {}
+    meta["provenance"] = "yesterday"
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CorruptResultError, match="provenance is not a mapping"):
+        Posterior.load(tmp_path / "m")
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -14,6 +15,8 @@ from test_analysis import _run
 
 from bayesrobust import stability
 from bayesrobust.cli import main
+from bayesrobust.models.architectures import ArchConfig, build
+from bayesrobust.models.posterior import deterministic
 from bayesrobust.results_report import REPORT_FILES, write_report
 from bayesrobust.stages import format_ci, save_figure
 
@@ -53,6 +56,7 @@ def study(tmp_path_factory) -> tuple[Path, dict]:
     ax.plot([0, 1], [1, 0])
     save_figure(fig, root / "1_reference" / "figures" / "quick" / "fig4", formats=("png",))
     plt.close(fig)
+    deterministic(build(ArchConfig("fc2", 8))).save(root / "1_reference" / "models" / "quick" / "baseNN")
     return root, analyses
 
 
@@ -80,6 +84,12 @@ def test_report_is_self_contained_and_shows_every_interval(study):
     for step in analyses:  # the provenance of every result, with its git revision
         assert f"{step}/analysis/" in md and f"{step}/analysis/" in text
     assert analyses["1_reference"].attrs["git_revision"] in text
+    # a model's row carries its own creation time, git revision and versions (config.json's provenance)
+    stamp = json.loads((root / "1_reference" / "models" / "quick" / "baseNN" / "config.json").read_text())["provenance"]
+    row = next(line for line in md.splitlines() if line.startswith("| 1_reference/models/quick/baseNN |"))
+    assert row == f"| 1_reference/models/quick/baseNN | model (deterministic) | {stamp['created']} | " \
+                  f"{stamp['git_revision']} |"
+    assert "torch" in json.loads(stamp["versions"])
 
 
 def test_report_command_and_its_errors(study, tmp_path):

@@ -75,6 +75,9 @@ class Posterior:
         Other tensors saved with the checkpoint (ELBO history, MCMC diagnostics arrays).
     seed
         Fixes which network draw ``j`` is.
+    provenance
+        :func:`bayesrobust.store.stamp` of the first :meth:`save` (library versions, git revision, creation
+        time); later saves of the same posterior keep it.
     """
 
     arch: ArchConfig
@@ -85,6 +88,7 @@ class Posterior:
     config: dict = field(default_factory=dict)
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     seed: int = 0
+    provenance: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -211,7 +215,9 @@ class Posterior:
             tensors = {"params": self.params, "scales": self.scales, "buffers": self.buffers,
                        "extra": self.extra}
             torch.save(tensors, tmp / WEIGHTS_FILE)
-            meta = {"kind": self.kind, "arch": self.arch.to_dict(), "seed": self.seed, "config": self.config}
+            self.provenance = self.provenance or store.stamp()
+            meta = {"kind": self.kind, "arch": self.arch.to_dict(), "seed": self.seed, "config": self.config,
+                    "provenance": self.provenance}
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
             if "diagnostics" in self.config:
                 (tmp / DIAGNOSTICS_FILE).write_text(json.dumps(self.config["diagnostics"], indent=2))
@@ -255,9 +261,11 @@ class Posterior:
             arch_entry = meta["arch"]
             kind = LEGACY_KINDS.get(meta["kind"], meta["kind"])
             seed, config = int(meta["seed"]), meta["config"]
-            if not isinstance(arch_entry, dict) or not isinstance(config, dict):
-                raise ValueError("arch is not a mapping" if not isinstance(arch_entry, dict)
-                                 else "config is not a mapping")
+            provenance = meta.get("provenance", {})  # absent in checkpoints written before it was kept
+            if not all(isinstance(entry, dict) for entry in (arch_entry, config, provenance)):
+                raise ValueError(next(f"{name} is not a mapping" for name, entry in
+                                      (("arch", arch_entry), ("config", config), ("provenance", provenance))
+                                      if not isinstance(entry, dict)))
         except Exception as err:
             raise CorruptResultError(config_path, error_reason(err)) from err
         try:  # before anything is allocated: a stored config may name an absurd network
@@ -277,7 +285,7 @@ class Posterior:
             raise CorruptResultError(weights_path, error_reason(err)) from err
         check_tensors(saved, kind, tensors, f"checkpoint {directory}")
         return cls(saved, kind, tensors["params"], tensors["scales"], tensors["buffers"], config,
-                   tensors.get("extra", {}), seed)
+                   tensors.get("extra", {}), seed, {str(k): str(v) for k, v in provenance.items()})
 
 
 def check_tensors(arch: ArchConfig, kind: str, tensors: object, where: str = "checkpoint") -> None:
