@@ -1,5 +1,6 @@
 """The posterior predictive through DrawSet (the one path to draws, channels_last with 50-image chunks for conv
-nets) against a per-draw loop of fresh NCHW networks in batches of 500 (what the training-time accuracy used
+nets, each pass through ``output_pass``: the pool before the activation, pooled as two strided maxima)
+against a per-draw loop of fresh NCHW networks in batches of 500 (what the training-time accuracy used
 before DrawSet). Same draws, same numbers; prints the time of each and their ratio. Not a test.
 
     .venv/bin/python experiments/benchmarks/bench_predictive.py                 # mnist_conv net, 10 draws, 2,000 images
