@@ -36,11 +36,17 @@ COMMON_ATTRS = ("kind", "created", "git_revision", "versions", "config")
 DRAW_COORDS = ("chain", "sample")
 
 
-def _git_revision() -> str:
+def _git_revision(where: Path = Path(__file__).parent) -> str:
+    """The commit the library runs from, with ``+dirty`` when tracked files differ from it (untracked files such
+    as results do not count); ``unknown`` outside a git checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
+        revision = head.stdout.strip()
+        if head.returncode or not revision:
+            return "unknown"
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=where, capture_output=True,
+                                 timeout=5)
+        return revision + ("+dirty" if changed.returncode == 1 else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -66,3 +66,29 @@ def test_table_round_trip(tmp_path):
     path = store.write_netcdf(ds, tmp_path / "table.nc")
     with xr.open_dataset(path) as back:
         xr.testing.assert_identical(back.load(), ds)
+
+
+def test_git_revision_says_when_tracked_files_changed(tmp_path):
+    """The stamp's revision is the checkout's HEAD; ``+dirty`` once a tracked file differs from it (staged or
+    not), not for an untracked file; ``unknown`` outside a checkout."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert store._git_revision(tmp_path) == "unknown"
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("commit", "-q", "-m", "first")
+    head = git("rev-parse", "HEAD")
+    assert store._git_revision(tmp_path) == head
+    (tmp_path / "results.nc").write_text("untracked")
+    assert store._git_revision(tmp_path) == head
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert store._git_revision(tmp_path) == head + "+dirty"
+    git("add", "a.py")
+    assert store._git_revision(tmp_path) == head + "+dirty"
+    git("commit", "-q", "-m", "second")
+    assert store._git_revision(tmp_path) == git("rev-parse", "HEAD") != head

@@ -262,10 +262,9 @@ class Posterior:
             kind = LEGACY_KINDS.get(meta["kind"], meta["kind"])
             seed, config = int(meta["seed"]), meta["config"]
             provenance = meta.get("provenance", {})  # absent in checkpoints written before it was kept
-            if not all(isinstance(entry, dict) for entry in (arch_entry, config, provenance)):
-                raise ValueError(next(f"{name} is not a mapping" for name, entry in
-                                      (("arch", arch_entry), ("config", config), ("provenance", provenance))
-                                      if not isinstance(entry, dict)))
+            for name, entry in (("arch", arch_entry), ("config", config), ("provenance", provenance)):
+                if not isinstance(entry, dict):
+                    raise ValueError(f"{name} is not a mapping")
         except Exception as err:
             raise CorruptResultError(config_path, error_reason(err)) from err
         try:  # before anything is allocated: a stored config may name an absurd network
