@@ -135,6 +135,32 @@ def control_tables(ds: xr.Dataset) -> list[Table]:
 PANEL_OF = {"gamma_quadratic": "gamma"}
 
 
+def short_labels(names: Sequence[str]) -> list[str]:
+    """Tick labels for analysis names like ``PRESET/STEP/ANALYSIS``: the path parts every name shares are left out,
+    and of the parts left, the ``_``-separated words they all begin or end with (``mnist_conv_fgsm_top20`` and
+    ``mnist_conv_pgd_top20`` become ``fgsm`` and ``pgd``); a single name's last part. The names as they are when
+    that would not leave them distinct (or the names have different depths)."""
+    split = [name.split("/") for name in names]
+    if len(names) == 1:
+        return [split[0][-1]]
+    if len({len(parts) for parts in split}) != 1:
+        return list(names)
+    columns = []
+    for column in zip(*split):
+        if len(set(column)) == 1:
+            continue
+        words = [part.split("_") for part in column]
+        head = 0
+        while all(len(w) > head + 1 for w in words) and len({w[head] for w in words}) == 1:
+            head += 1
+        tail = 0
+        while all(len(w) > head + tail + 1 for w in words) and len({w[-1 - tail] for w in words}) == 1:
+            tail += 1
+        columns.append(["_".join(w[head:len(w) - tail]) for w in words])
+    labels = [" · ".join(parts) for parts in zip(*columns)] if columns else list(names)
+    return labels if len(set(labels)) == len(labels) else list(names)
+
+
 def differences_figure(analyses: dict[str, xr.Dataset]) -> Any:
     """Median paired difference at the last layer with its 95% CI, one x position per analysis, a panel per
     rule and a colour per comparison (the fidelity ladder's figure when the analyses are its steps). The
@@ -150,7 +176,10 @@ def differences_figure(analyses: dict[str, xr.Dataset]) -> Any:
     ncols = min(3, len(panels))
     nrows = -(-len(panels) // ncols)
     width = max(4.0, 0.45 * len(names) + 1.5)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 3.6 * nrows), sharey=True, squeeze=False)
+    labels = short_labels(names)
+    slanted = max(map(len, labels)) > 6
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 3.6 * nrows), sharey=True, squeeze=False,
+                             layout="constrained")
     offsets = np.linspace(-0.25, 0.25, len(comparisons)) if len(comparisons) > 1 else [0.0]
     for ax, panel in zip(axes.flat, panels):
         for rule in [r for r in rules if PANEL_OF.get(r, r) == panel]:
@@ -175,7 +204,8 @@ def differences_figure(analyses: dict[str, xr.Dataset]) -> Any:
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xlim(-0.6, len(names) - 0.4)
         ax.set_title(rule_label(panel))
-        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        ax.set_xticks(range(len(names)), labels, rotation=45 if slanted else 0, ha="right" if slanted else "center",
+                      fontsize=8)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     for row in axes:
@@ -184,9 +214,8 @@ def differences_figure(analyses: dict[str, xr.Dataset]) -> Any:
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(label, handle)
-    fig.tight_layout()
-    fig.legend(list(legend.values()), list(legend), loc="upper center", bbox_to_anchor=(0.5, 0.0),
-               ncol=min(4, len(legend)), fontsize=7, frameon=False)
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=min(4, len(legend)),
+               fontsize=7, frameon=False)
     return fig
 
 

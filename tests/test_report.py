@@ -17,7 +17,7 @@ from bayesrobust import stability
 from bayesrobust.cli import main
 from bayesrobust.models.architectures import ArchConfig, build
 from bayesrobust.models.posterior import deterministic
-from bayesrobust.results_report import REPORT_FILES, write_report
+from bayesrobust.results_report import REPORT_FILES, short_labels, write_report
 from bayesrobust.stages import format_ci, save_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -130,3 +130,17 @@ def test_published_report_is_markdown_figures_and_the_numbers(study, tmp_path):
             assert row[name].item() == pytest.approx(float(at[name]), rel=1e-5, abs=1e-7)
     lone = CliRunner().invoke(main, ["report", "--out", str(root), "--command", "x"])
     assert lone.exit_code != 0 and "--to" in lone.output
+
+
+def test_ladder_figure_labels_keep_only_what_tells_the_analyses_apart():
+    ladder = ["mnist_conv/0_reference/mnist_conv_fgsm_top20", "mnist_conv/0_reference/mnist_conv_pgd_top20",
+              "mnist_conv/4_correct/mnist_conv_fgsm_top20"]
+    assert short_labels(ladder) == ["0_reference · fgsm", "0_reference · pgd", "4_correct · fgsm"]
+    steps = ["fashion/0_reference/fashion_fgsm_top20", "fashion/2_attack_mean_grad/fashion_fgsm_top20"]
+    assert short_labels(steps) == ["0_reference", "2_attack_mean_grad"]
+    assert short_labels(["mnist_conv/4_correct/mnist_conv_fgsm_top20"]) == ["mnist_conv_fgsm_top20"]
+    # a part that is one word longer than another keeps its distinguishing word, never an empty label
+    assert short_labels(["a/x_top20", "a/x_y_top20"]) == ["top20", "y_top20"]
+    assert short_labels(["a/x_1", "a/x_1"]) == ["a/x_1", "a/x_1"]  # not distinct: the names as they are
+    uneven = ["a/b/c", "a/c"]
+    assert short_labels(uneven) == uneven
