@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -130,6 +132,15 @@ def test_published_report_is_markdown_figures_and_the_numbers(study, tmp_path):
             assert row[name].item() == pytest.approx(float(at[name]), rel=1e-5, abs=1e-7)
     lone = CliRunner().invoke(main, ["report", "--out", str(root), "--command", "x"])
     assert lone.exit_code != 0 and "--to" in lone.output
+    # shell/redraw_ladder_figure.py redraws the ladder figure from numbers.csv alone (for reports whose run is gone)
+    figure = to / "figures" / "report_files__differences.png"
+    figure.unlink()
+    script = [sys.executable, str(Path(__file__).resolve().parents[1] / "shell" / "redraw_ladder_figure.py")]
+    redrawn = subprocess.run([*script, str(to)], capture_output=True, text=True, timeout=300)
+    assert redrawn.returncode == 0, redrawn.stderr
+    assert figure.read_bytes().startswith(PNG_MAGIC)
+    wrong = subprocess.run([*script, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 1 and "numbers.csv" in wrong.stderr and str(tmp_path) in wrong.stderr
 
 
 def test_ladder_figure_labels_keep_only_what_tells_the_analyses_apart():
