@@ -135,6 +135,13 @@ def control_tables(ds: xr.Dataset) -> list[Table]:
 PANEL_OF = {"gamma_quadratic": "gamma"}
 
 
+def analysis_label(relative: str) -> str:
+    """An analysis' name in the report: its path under OUT without the ``analysis`` folder
+    (``mnist_conv/0_reference/analysis/mnist_conv_fgsm_top20`` → ``mnist_conv/0_reference/mnist_conv_fgsm_top20``),
+    as numbers.csv's ``analysis`` column holds it."""
+    return relative.replace("/analysis/", "/").removeprefix("analysis/")
+
+
 def short_labels(names: Sequence[str]) -> list[str]:
     """Tick labels for analysis names like ``PRESET/STEP/ANALYSIS``: the path parts every name shares are left out,
     and of the parts left, the ``_``-separated words they all begin or end with (``mnist_conv_fgsm_top20`` and
@@ -280,7 +287,7 @@ def collect(out: Path) -> tuple[list[Section], pd.DataFrame]:
     analyses = {}
     for path in find_analyses(out):
         ds = store.open_result(path, "analysis").load()
-        name = str(path.relative_to(out).with_suffix("")).replace("/analysis/", "/").removeprefix("analysis/")
+        name = analysis_label(str(path.relative_to(out).with_suffix("")))
         analyses[name] = ds
     with_ci = {k: v for k, v in analyses.items() if "diff_median" in v and v.sizes.get("comparison", 0)}
     if with_ci:

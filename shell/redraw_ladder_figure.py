@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib
 import pandas as pd
 
-from bayesrobust.results_report import differences_figure
+from bayesrobust.results_report import analysis_label, differences_figure
 from bayesrobust.stages import save_figure
 
 matplotlib.use("Agg")
@@ -19,5 +19,5 @@ frame = pd.read_csv(folder / "numbers.csv")
 analyses = {}
 for name, rows in frame.groupby("analysis", sort=False):
     numbers = rows.set_index(["comparison", "subset", "rule", "layer"])[["diff_median", "diff_ci_low", "diff_ci_high"]]
-    analyses[name.replace("/analysis/", "/").removeprefix("analysis/")] = numbers.to_xarray()
+    analyses[analysis_label(name)] = numbers.to_xarray()
 save_figure(differences_figure(analyses), folder / "figures" / "report_files__differences", formats=("png",), dpi=120)
