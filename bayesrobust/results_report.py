@@ -238,7 +238,8 @@ def draws_figure(ds: xr.Dataset) -> Any | None:
         return None
     s = np.array([int(ds.n_draws.sel(model=str(ds.compared.sel(comparison=c).values))) for c in bay])
     rules = ordered_rules(ds.rule.values.tolist())
-    fig, axes = plt.subplots(1, len(rules), figsize=(3.2 * len(rules), 3.2), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(rules), figsize=(3.2 * len(rules), 3.2), sharey=True, squeeze=False,
+                             layout="constrained")
     for ax, rule in zip(axes[0], rules):
         at = ds.sel(subset="all", rule=rule, layer=ds.layer.values[-1], comparison=bay)
         med, lo, hi = at.diff_median.values, at.diff_ci_low.values, at.diff_ci_high.values
@@ -249,7 +250,6 @@ def draws_figure(ds: xr.Dataset) -> Any | None:
         ax.set_xlabel("posterior draws S")
         ax.set_title(rule_label(rule))
     axes[0][0].set_ylabel("Bay − Det, last layer\n(median, 95% CI)")
-    fig.tight_layout()
     return fig
 
 
