@@ -10,7 +10,7 @@
 #   QUICK=1 bash shell/exec_fidelity_ladder.sh            # the same ladder on the quick preset
 #   PRESETS="mnist_fc2" bash shell/exec_fidelity_ladder.sh --set inference=hmc   # NUTS: the HMC-scheme switch
 #     (a size this CPU samples: SUBSET_SIZE=500 ... --set warmup=20 --set samples=7 --set n_train=1000, and per
-#     step --set 4_correct.samples=50; README "Results" has the command that ran)
+#     step --set 4_correct.samples=50; docs/results/README.md has the commands that ran)
 # Environment: OUT (default results/ladder), PRESETS (default mnist_conv), QUICK_PRESET (with QUICK=1; default
 # quick, tests use tiny), DATA_ROOT (default ../shared/datasets), STEPS (only these steps and their PGD ends, e.g.
 # "0_reference 4_correct"; default all), ENDS=0 (skip the PGD-40 / several-S runs at the two ends),
