@@ -23,6 +23,7 @@ import base64
 import html
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -444,6 +445,25 @@ def control_numbers(out: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def compact_png(source: Path, target: Path) -> Path:
+    """Write ``source`` (a matplotlib PNG) to ``target`` as a 256-colour palette PNG, flattened on white: the
+    same picture to the eye at about a third of the bytes (a published ladder report holds some 35 figures).
+    Written through a temporary sibling and a rename, like every result."""
+    from PIL import Image
+
+    with Image.open(source) as image:
+        rgba = image.convert("RGBA")
+    flat = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    tmp = store.temp_sibling(target)
+    try:
+        flat.quantize(256, method=Image.Quantize.MEDIANCUT).save(tmp, format="PNG", optimize=True)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
 def publish(out: str | Path, to: str | Path, title: str = "bayesrobust report", command: str = "",
             contents: tuple[list[Section], pd.DataFrame] | None = None) -> Path:
     """The report of ``out`` as a folder meant to be committed (e.g. ``docs/results``): ``TO/report.md`` with
@@ -470,7 +490,7 @@ def publish(out: str | Path, to: str | Path, title: str = "bayesrobust report", 
         moved = []
         for fig in section.figures:
             target = figures / "__".join(fig.relative_to(out).parts)
-            shutil.copyfile(fig, target)
+            compact_png(fig, target)
             moved.append(target)
         copied.append(Section(section.title, section.text, section.tables, moved))
     revisions = sorted({r for r in provenance["git_revision"] if r})
