@@ -23,7 +23,6 @@ import base64
 import html
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -448,19 +447,14 @@ def control_numbers(out: Path) -> pd.DataFrame:
 def compact_png(source: Path, target: Path) -> Path:
     """Write ``source`` (a matplotlib PNG) to ``target`` as a 256-colour palette PNG, flattened on white: the
     same picture to the eye at about a third of the bytes (a published ladder report holds some 35 figures).
-    Written through a temporary sibling and a rename, like every result."""
+    Written atomically (:func:`store.atomic_file`), like every result."""
     from PIL import Image
 
     with Image.open(source) as image:
         rgba = image.convert("RGBA")
     flat = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
-    tmp = store.temp_sibling(target)
-    try:
+    with store.atomic_file(target) as tmp:
         flat.quantize(256, method=Image.Quantize.MEDIANCUT).save(tmp, format="PNG", optimize=True)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return target
 
 

@@ -816,22 +816,13 @@ def _analysis_figures(out: Path, ds: Any, names: Sequence[str], settings: dict,
 def save_figure(fig: Any, stem: Path, formats: Sequence[str] = FORMATS, dpi: int = 200) -> list[Path]:
     """Write ``fig`` to ``STEM.FORMAT`` for each format, each through a hidden temporary file and a rename
     (normal permissions; leftovers of a killed earlier run are removed)."""
-    import os
-
     from . import store
     stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")
-        store.clean_leftovers(path)
-        name = store.temp_sibling(path)
-        try:
+        with store.atomic_file(path) as name:
             fig.savefig(name, format=fmt, dpi=dpi, bbox_inches="tight", pad_inches=0.04)
-            store.normal_mode(name)
-            os.replace(name, path)
-        except BaseException:
-            name.unlink(missing_ok=True)
-            raise
         written.append(path)
     return written
 
@@ -1044,15 +1035,7 @@ def diagnose(preset: str | Preset, model: str = "fullBNN", *, inference: str | N
         if not force and isinstance(diag, dict) and diag.get("settings") == wanted:
             return Done(folder, True, f"{tag} ({p.name}), stored diagnostics:\n{describe(diag)}", diag)
     diag = function_diagnostics(posterior, test, wanted["n_images"], n_draws, device)
-    store.clean_leftovers(extra_file)
-    tmp = store.temp_sibling(extra_file)
-    try:
-        tmp.write_text(json.dumps(diag, indent=2))
-        store.normal_mode(tmp)
-        tmp.replace(extra_file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    store.write_text_atomic(extra_file, json.dumps(diag, indent=2))
     return Done(extra_file, False, f"{tag} ({p.name}):\n{describe(diag)}\nwritten to {extra_file}", diag)
 
 

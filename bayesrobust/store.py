@@ -20,7 +20,8 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -240,36 +241,38 @@ def _replace(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
 
 
-def write_netcdf(ds: xr.Dataset, path: str | Path, kind: str | None = None) -> Path:
-    """Validate ``ds`` and write it to ``path`` as netCDF (h5netcdf), atomically (through a hidden temporary
-    sibling; leftovers of an earlier killed write are removed first). The file gets normal permissions."""
-    validate(ds, kind)
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """``with atomic_file(path) as tmp:`` write the file ``tmp``; on leaving the block it gets normal
+    permissions and replaces ``path`` in one rename, and on an error it is removed, so ``path`` is either its old
+    self or complete. Leftovers of an earlier killed write are removed first."""
     path = Path(path)
     clean_leftovers(path)
     tmp = temp_sibling(path)
     try:
-        ds.to_netcdf(tmp, engine="h5netcdf")
+        yield tmp
         normal_mode(tmp)
         _replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_netcdf(ds: xr.Dataset, path: str | Path, kind: str | None = None) -> Path:
+    """Validate ``ds`` and write it to ``path`` as netCDF (h5netcdf), atomically (through a hidden temporary
+    sibling; leftovers of an earlier killed write are removed first). The file gets normal permissions."""
+    validate(ds, kind)
+    with atomic_file(path) as tmp:
+        ds.to_netcdf(tmp, engine="h5netcdf")
+    return Path(path)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` through a hidden temporary sibling and a rename, like
     :func:`write_netcdf` (reports, tables)."""
-    path = Path(path)
-    clean_leftovers(path)
-    tmp = temp_sibling(path)
-    try:
+    with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        _replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def open_result(path: str | Path, kind: str | None = None) -> xr.Dataset:
