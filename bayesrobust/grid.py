@@ -24,10 +24,11 @@ draws and rules are axes within it), checked in full before any work. With ``[st
 point is run once per step, the step's axes and settings replacing the sweep's, in ``OUT/PRESET/FOLDER``
 (``folder``: default the step's name; steps may share one, e.g. a PGD run beside an FGSM one); ``for_inference``
 limits a step to presets whose fullBNN uses one of the given inferences; a setting that does not apply to the
-fullBNN's inference (``likelihood_scaling`` to SVI; ``hmc_scheme``, ``subset_size``, ``chains``, ``warmup``,
-``samples``, ``n_train`` to NUTS; ``burnin``, ``precondition`` and ``max_precondition`` to SGHMC/SGLD; the
-fullBNN's ``epochs`` and ``lr`` to all but NUTS, ``prior_scale`` to all but the ensemble, ``members`` to the
-ensemble) is left out (:data:`ONLY_FOR`).
+fullBNN's inference (``likelihood_scaling`` to SVI; ``hmc_scheme``, ``subset_size``, ``warmup``, ``n_train``
+to NUTS; ``chains`` and ``samples`` to NUTS and SGHMC/SGLD, but to NUTS only when a step sets them; ``burnin``,
+``precondition`` and ``max_precondition`` to SGHMC/SGLD; the fullBNN's ``epochs`` and ``lr`` to all but NUTS,
+``prior_scale`` to all but the ensemble, ``members`` to the ensemble) is left out (:data:`ONLY_FOR`,
+:data:`STEP_ONLY_FOR`).
 :func:`units` turns the experiments into :class:`Unit` s — one stage call each (train, attack, explain, control,
 analyze, plot), described by its settings and the keys of the units it needs, never by a model — shared between
 experiments when equal (a model is trained once for all its attacks); a model that another step trains with the
@@ -73,13 +74,15 @@ LIST_SETTINGS = ("controls",)
 #: Settings of the whole sweep, which a step cannot change.
 SWEEP_ONLY = ("data_root", "device", "draws_per_task", "keep_draws")
 #: Settings a step leaves out when the fullBNN's inference is not one of those they belong to: the fullBNN
-#: inferences of :data:`~bayesrobust.presets.APPLIES_TO`, except that ``chains`` and ``samples`` reach NUTS only
-#: (the ladder's ``CHAINS`` sizes the reference's subset chains, not SGHMC's).
+#: inferences of :data:`~bayesrobust.presets.APPLIES_TO`.
 ONLY_FOR: dict[str, tuple[str, ...]] = {
-    **{k: tuple(r for r in APPLIES_TO[k] if r in Inference.values())
-       for k in ("likelihood_scaling", "hmc_scheme", "subset_size", "warmup", "n_train", "burnin",
-                 "precondition", "max_precondition", "epochs", "lr", "prior_scale", "members")},
-    "chains": ("hmc",), "samples": ("hmc",)}
+    k: tuple(r for r in APPLIES_TO[k] if r in Inference.values())
+    for k in ("likelihood_scaling", "hmc_scheme", "subset_size", "warmup", "n_train", "burnin", "precondition",
+              "max_precondition", "epochs", "lr", "prior_scale", "members", "chains", "samples")}
+#: Narrower for a value from a ``[steps.NAME]`` table (or ``--set STEP.KEY``): there ``chains`` and ``samples``
+#: reach NUTS only, as the ladder's ``CHAINS`` sizes the reference's subset chains, not SGHMC's; set for the
+#: whole sweep (``--set chains=1``) they reach SGHMC and SGLD too.
+STEP_ONLY_FOR: dict[str, tuple[str, ...]] = {"chains": ("hmc",), "samples": ("hmc",)}
 #: The keys of a ``[steps.NAME]`` table besides its axes and settings.
 STEP_ONLY = ("folder", "for_inference", "quick")
 STEP_KEYS = tuple([a for a in AXES if a not in ("preset", "seeds")] +
@@ -160,10 +163,9 @@ class Sweep:
                              f"applies to the presets' fullBNN inference ({inferences})")
         found = []
         for point in points:
-            grid, settings = self.resolved(self._step(point["step"]))
-            kwargs = {k: v for k, v in settings.items() if k not in ("draws_per_task", "keep_draws")}
-            inference = _bayes_inference(point["preset"], settings)
-            kwargs = {k: v for k, v in kwargs.items() if inference in ONLY_FOR.get(k, (inference,))}
+            step = self._step(point["step"])
+            grid, settings = self.resolved(step)
+            kwargs = self._applying(step, settings, _bayes_inference(point["preset"], settings))
             try:
                 exp = Experiment(point["preset"], self.root(out, point), attack=point["attack"],
                                  epsilon=point["epsilon"], seed=point["seed"], models=grid["models"],
@@ -172,6 +174,22 @@ class Sweep:
                 where = ", ".join(f"{k}={v}" for k, v in point.items() if v is not None)
                 raise SweepError(f"sweep {self.name!r}, point {where}: {err}") from None
             found.append((point, exp))
+        return found
+
+    def _applying(self, step: Step | None, settings: Mapping[str, Any], inference: str) -> dict[str, Any]:
+        """The experiment settings among ``settings`` (``step``'s resolved) that reach a fullBNN of ``inference``
+        (:data:`ONLY_FOR`): a step's value, or the sweep's where the step's is only for NUTS
+        (:data:`STEP_ONLY_FOR`)."""
+        found = {}
+        for key, value in settings.items():
+            if key in ("draws_per_task", "keep_draws"):
+                continue
+            if step is not None and key in step.changes and inference not in STEP_ONLY_FOR.get(key, (inference,)):
+                if key not in self.settings:
+                    continue
+                value = self.settings[key]
+            if inference in ONLY_FOR.get(key, (inference,)):
+                found[key] = value
         return found
 
 

@@ -298,6 +298,17 @@ def test_the_ladder_sweep_runs_every_step_and_trains_each_model_once(tmp_path):
     svi = grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["4_correct"],
                     overrides={"samples": 5, "warmup": 3})
     assert [(e.warmup, e.samples) for _, e in svi.experiments(tmp_path / "svi")] == [(None, None)]
+    # an SGHMC fullBNN: chains / samples set for the whole sweep reach it, also in step 0, whose own chains (the
+    # reference's 15 subset chains) are for NUTS only; without them, the preset's
+    sg = grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["0_reference", "4_correct"],
+                   overrides={"inference": "sghmc", "chains": 1, "samples": 3, "draws": 3})
+    assert [(e.chains, e.samples) for _, e in sg.experiments(tmp_path / "sg")] == [(1, 3), (1, 3)]
+    trained = [u for u in grid.units(sg, sg.experiments(tmp_path / "sg")) if u.stage == "train" and "fullBNN" in u.key]
+    sgmcmc = override_training(get_preset("quick"), "fullBNN", "sghmc", **trained[0].kwargs["overrides"]).sgmcmc
+    assert (sgmcmc.chains, sgmcmc.samples) == (1, 3)
+    plain = grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["0_reference"],
+                      overrides={"inference": "sghmc"})
+    assert [(e.chains, e.samples) for _, e in plain.experiments(tmp_path / "plain")] == [(None, None)]
     with pytest.raises(grid.SweepError, match="warmup has the value -1; expected an integer >= 0"):
         grid.load("experiments/sweeps/fidelity_ladder.toml", overrides={"warmup": -1})
     # the fullBNN's training length: epochs (not NUTS) and the SGHMC/SGLD burn-in, dropped where they do not apply
