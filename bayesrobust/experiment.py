@@ -64,10 +64,11 @@ class Experiment:
         code's: chain c on its own block of ``subset_size`` images); the number of chains, warmup and kept
         iterations per chain, and the cap on the ``full`` scheme's training images (default: the preset's).
         ``chains`` and ``samples`` also set an SGHMC/SGLD fullBNN's.
-    epochs, lr, burnin, precondition, max_precondition
+    epochs, lr, burnin, precondition, max_precondition, temperature
         fullBNN training (default: the preset's): the epochs and learning rate of SVI or SGHMC/SGLD (of the
         baseNNs for an ensemble or Laplace fullBNN; not used by NUTS), and the SGHMC/SGLD burn-in epochs per
-        chain, preconditioner (``none`` or ``adapted``) and its cap (docs/method.md §13.1).
+        chain, preconditioner (``none`` or ``adapted``), its cap and the posterior temperature (1: Bayes;
+        docs/method.md §13.1).
     report
         Called with each stage's one-line summaries, its wall time appended (default: the ``logging`` INFO
         level).
@@ -109,6 +110,7 @@ class Experiment:
     burnin: int | None = None
     precondition: str | None = None
     max_precondition: float | None = None
+    temperature: float | None = None
     seed: int = 0
     data_root: str | Path | None = None
     device: str = "cpu"
@@ -145,6 +147,7 @@ class Experiment:
             self.precondition = Preconditioner.parse(self.precondition, "preconditioner").value
         self.lr = checks.positive("lr", self.lr)
         self.max_precondition = checks.real("max_precondition", self.max_precondition, low=1)
+        self.temperature = checks.positive("temperature", self.temperature)
         self.models = tuple(Model.parse(m, "model").value for m in self.models)
         self.controls = tuple(dict.fromkeys(Control.parse(c, "control").value for c in self.controls))
         if Model.BASE not in self.models:
@@ -211,7 +214,8 @@ class Experiment:
                 "subset_size": self.subset_size, "chains": self.chains, "warmup": self.warmup,
                 "samples": self.samples, "n_train": self.n_train, "prior_scale": self.prior_scale,
                 "members": self.members, "epochs": self.epochs, "lr": self.lr, "burnin": self.burnin,
-                "precondition": self.precondition, "max_precondition": self.max_precondition}
+                "precondition": self.precondition, "max_precondition": self.max_precondition,
+                "temperature": self.temperature}
 
     def _inference(self, model: str) -> str | None:
         return self.inference if model == Model.BAYES else None

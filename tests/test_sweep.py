@@ -301,11 +301,14 @@ def test_the_ladder_sweep_runs_every_step_and_trains_each_model_once(tmp_path):
     # an SGHMC fullBNN: chains / samples set for the whole sweep reach it, also in step 0, whose own chains (the
     # reference's 15 subset chains) are for NUTS only; without them, the preset's
     sg = grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["0_reference", "4_correct"],
-                   overrides={"inference": "sghmc", "chains": 1, "samples": 3, "draws": 3})
-    assert [(e.chains, e.samples) for _, e in sg.experiments(tmp_path / "sg")] == [(1, 3), (1, 3)]
+                   overrides={"inference": "sghmc", "chains": 1, "samples": 3, "draws": 3, "temperature": 0.01})
+    assert [(e.chains, e.samples, e.temperature) for _, e in sg.experiments(tmp_path / "sg")] == [(1, 3, 0.01)] * 2
     trained = [u for u in grid.units(sg, sg.experiments(tmp_path / "sg")) if u.stage == "train" and "fullBNN" in u.key]
     sgmcmc = override_training(get_preset("quick"), "fullBNN", "sghmc", **trained[0].kwargs["overrides"]).sgmcmc
-    assert (sgmcmc.chains, sgmcmc.samples) == (1, 3)
+    assert (sgmcmc.chains, sgmcmc.samples, sgmcmc.temperature) == (1, 3, 0.01)
+    with pytest.raises(grid.SweepError, match="temperature must be positive, got 0"):
+        grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["4_correct"],
+                  overrides={"inference": "sghmc", "temperature": 0}).experiments(tmp_path / "cold")
     plain = grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["0_reference"],
                       overrides={"inference": "sghmc"})
     assert [(e.chains, e.samples) for _, e in plain.experiments(tmp_path / "plain")] == [(None, None)]
