@@ -26,9 +26,9 @@ point is run once per step, the step's axes and settings replacing the sweep's, 
 limits a step to presets whose fullBNN uses one of the given inferences; a setting that does not apply to the
 fullBNN's inference (``likelihood_scaling`` to SVI; ``hmc_scheme``, ``subset_size``, ``warmup``, ``n_train``
 to NUTS; ``chains`` and ``samples`` to NUTS and SGHMC/SGLD, but to NUTS only when a step sets them; ``burnin``,
-``precondition``, ``max_precondition`` and ``temperature`` to SGHMC/SGLD; the fullBNN's ``epochs`` and ``lr`` to all but NUTS,
-``prior_scale`` to all but the ensemble, ``members`` to the ensemble) is left out (:data:`ONLY_FOR`,
-:data:`STEP_ONLY_FOR`).
+``precondition``, ``max_precondition`` and ``temperature`` to SGHMC/SGLD; the fullBNN's ``epochs`` and ``lr``
+to all but NUTS, ``prior_scale`` to all but the ensemble, ``members`` to the ensemble) is left out
+(:data:`ONLY_FOR`, :data:`STEP_ONLY_FOR`).
 :func:`units` turns the experiments into :class:`Unit` s — one stage call each (train, attack, explain, control,
 analyze, plot), described by its settings and the keys of the units it needs, never by a model — shared between
 experiments when equal (a model is trained once for all its attacks); a model that another step trains with the
