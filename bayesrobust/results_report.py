@@ -1,8 +1,9 @@
 """The report of a results folder: every analysis with its confidence intervals, every figure and the
 provenance of every result, as one self-contained ``report.html`` and a ``report.md`` (docs/method.md §7.8).
 
-:func:`write_report` searches ``OUT`` recursively, so a study that keeps each of its steps in its own results
-folder under ``OUT`` (the fidelity ladder, docs/method.md §9.7) is reported as a whole:
+:func:`write_report` searches ``OUT`` recursively, following symlinked folders, so a study that keeps each of
+its steps in its own results folder under ``OUT`` (the fidelity ladder, docs/method.md §9.7), or a folder of
+links to the step folders of several runs, is reported as a whole:
 
 - every analysis Dataset (``**/analysis/*.nc``): the median paired difference of each comparison with its
   paired bootstrap 95% CI per rule and layer, the adjusted Wilcoxon p, and Spearman ρ; with several S, a
@@ -56,14 +57,36 @@ class Section:
     figures: list[Path] = field(default_factory=list)
 
 
-def _visible(path: Path, root: Path) -> bool:
-    """Not inside a hidden (temporary or replaced) folder or file of the atomic writers."""
-    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+def results_under(out: Path) -> list[Path]:
+    """Every file and zarr store under ``out``, sorted by path, skipping hidden ones (the atomic writers'
+    temporary and replaced results) and dangling links. Symlinked folders are followed, so a folder of links
+    to the step folders of several runs is reported as one study; a real folder reached twice is taken at its
+    first path in sorted order, so a link cycle ends."""
+    found: list[Path] = []
+    seen: set[Path] = set()
+
+    def visit(folder: Path) -> None:
+        real = folder.resolve()
+        if real in seen:
+            return
+        seen.add(real)
+        for entry in sorted(folder.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir() and entry.suffix != ".zarr":
+                visit(entry)
+            elif entry.exists():  # a file, a zarr store; not a dangling link
+                found.append(entry)
+
+    visit(out)
+    return sorted(found)
 
 
-def find_analyses(out: Path) -> list[Path]:
-    """Every stored analysis under ``out`` (recursively), sorted by path."""
-    return sorted(p for p in out.rglob("analysis/*.nc") if _visible(p, out))
+def find_analyses(out: Path, files: Sequence[Path] | None = None) -> list[Path]:
+    """Every stored analysis (``**/analysis/*.nc``) under ``out``, sorted by path; ``files``: what
+    :func:`results_under` returned for ``out``, if the caller has it already."""
+    files = results_under(out) if files is None else files
+    return [p for p in files if p.suffix == ".nc" and p.parent.name == "analysis"]
 
 
 def _ci_cells(ds: xr.Dataset, comparison: str, layer: Any, rules: Sequence[Any]) -> list[str]:
@@ -253,20 +276,19 @@ def draws_figure(ds: xr.Dataset) -> Any | None:
     return fig
 
 
-def _result_provenance(out: Path) -> pd.DataFrame:
-    """One row per stored result under ``out``: path, kind, created, git revision, versions, config."""
+def _result_provenance(out: Path, files: Sequence[Path]) -> pd.DataFrame:
+    """One row per stored result in ``files`` (under ``out``): path, kind, created, git revision, versions,
+    config."""
     rows = []
-    for path in sorted(out.rglob("config.json")):
-        if not _visible(path, out) or path.parent.parent.parent.name != "models":
+    for path in files:
+        if path.name != "config.json" or path.parent.parent.parent.name != "models":
             continue
         meta = json.loads(path.read_text())
         cfg, stamp = meta.get("config", {}), meta.get("provenance", {})  # no stamp: saved before it was kept
         rows.append({"result": str(path.parent.relative_to(out)), "kind": f"model ({meta.get('kind')})",
                      **{k: str(stamp.get(k, "")) for k in ("created", "git_revision", "versions")},
                      "config": json.dumps(cfg, sort_keys=True, default=str)})
-    candidates = [p for p in out.rglob("*.nc") if _visible(p, out)]
-    candidates += [p for p in out.rglob("*.zarr") if p.is_dir() and _visible(p, out)]
-    for path in sorted(candidates):
+    for path in (p for p in files if p.suffix == ".nc" or (p.suffix == ".zarr" and p.is_dir())):
         try:
             with xr.open_zarr(path) if path.is_dir() else xr.open_dataset(path, engine="h5netcdf") as ds:
                 attrs = dict(ds.attrs)
@@ -285,7 +307,8 @@ def collect(out: Path) -> tuple[list[Section], pd.DataFrame]:
     from .stages import save_figure
     sections = []
     analyses = {}
-    for path in find_analyses(out):
+    files = results_under(out)
+    for path in find_analyses(out, files):
         ds = store.open_result(path, "analysis").load()
         name = analysis_label(str(path.relative_to(out).with_suffix("")))
         analyses[name] = ds
@@ -312,10 +335,10 @@ def collect(out: Path) -> tuple[list[Section], pd.DataFrame]:
         if "diff_median" not in ds:
             text += " (written by a version without confidence intervals: re-run analyze to add them)"
         sections.append(Section(f"Analysis {name}", text, analysis_tables(ds), figures))
-    figures = sorted(p for p in out.rglob("*.png") if _visible(p, out) and "figures" in p.relative_to(out).parts)
+    figures = [p for p in files if p.suffix == ".png" and "figures" in p.relative_to(out).parts]
     if figures:
         sections.append(Section("Figures", figures=figures))
-    return sections, _result_provenance(out)
+    return sections, _result_provenance(out, files)
 
 
 # -- rendering ---------------------------------------------------------------------------------------------------

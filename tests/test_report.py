@@ -19,7 +19,7 @@ from bayesrobust import stability
 from bayesrobust.cli import main
 from bayesrobust.models.architectures import ArchConfig, build
 from bayesrobust.models.posterior import deterministic
-from bayesrobust.results_report import REPORT_FILES, short_labels, write_report
+from bayesrobust.results_report import REPORT_FILES, find_analyses, short_labels, write_report
 from bayesrobust.stages import format_ci, save_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -92,6 +92,31 @@ def test_report_is_self_contained_and_shows_every_interval(study):
     assert row == f"| 1_reference/models/quick/baseNN | model (deterministic) | {stamp['created']} | " \
                   f"{stamp['git_revision']} |"
     assert "torch" in json.loads(stamp["versions"])
+
+
+def test_report_follows_linked_step_folders_once_and_ends_a_link_cycle(study, tmp_path):
+    """A folder of links to the step folders of several runs is reported as one study: every analysis and
+    figure behind a link; a real folder reached twice is reported once (at its first path in sorted order),
+    a link cycle ends and a dangling link is skipped."""
+    root, analyses = study
+    combined = tmp_path / "combined"
+    combined.mkdir()
+    (combined / "a_reference").symlink_to(root / "1_reference", target_is_directory=True)
+    (combined / "b_correct").symlink_to(root / "2_correct", target_is_directory=True)
+    (combined / "b_again").symlink_to(root / "2_correct", target_is_directory=True)
+    (combined / "loop").symlink_to(combined, target_is_directory=True)
+    (combined / "gone").symlink_to(tmp_path / "missing")
+    assert find_analyses(combined) == [combined / "a_reference" / "analysis" / "quick_fgsm_top20.nc",
+                                       combined / "b_again" / "analysis" / "quick_fgsm_top40.nc"]
+    _, md_path = write_report(combined, title="combined")
+    md = md_path.read_text()
+    assert "Analysis a_reference/quick_fgsm_top20" in md and "Analysis b_again/quick_fgsm_top40" in md
+    assert "a_reference/figures/quick/fig4.png" in md
+    assert "a_reference/models/quick/baseNN" in md  # the provenance behind a link too
+    assert "b_correct" not in md and "loop" not in md and "gone" not in md
+    at = analyses["2_correct"].sel(subset="all", comparison="fullBNN_S10-baseNN", rule="gamma", layer=0)
+    assert format_ci(float(at.diff_median), float(at.diff_ci_low), float(at.diff_ci_high)) in md
+    assert (combined / REPORT_FILES / "differences.png").is_file()
 
 
 def test_report_command_and_its_errors(study, tmp_path):

@@ -6,6 +6,12 @@ Example::
 
     bayesrobust report --out results          # results/report.html and results/report.md
     bayesrobust report --out results/ladder --to docs/results --command "bash shell/exec_fidelity_ladder.sh"
+
+Results kept in several folders are reported together from a folder of links to them (symlinked folders are
+followed)::
+
+    mkdir both && ln -s "$PWD/run1/4_correct" both/run1 && ln -s "$PWD/run2/4_correct" both/run2
+    bayesrobust report --out both
 """
 
 from __future__ import annotations
