@@ -79,13 +79,18 @@ def _rhat_ess(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rank-normalised split R-hat (the larger of the bulk and folded values, as ArviZ's ``method='rank'``)
     and bulk ESS of ``grid`` (chain, sample, *rest) for every entry of ``rest``, vectorised over entries
     (Pyro's ``split_gelman_rubin`` and ``effective_sample_size`` on the rank-normalised draws; ArviZ computes
-    the same per entry, ≈ 2 ms each). NaN when there are fewer than 2 chains or 4 samples."""
+    the same per entry, ≈ 2 ms each). Both NaN below 4 samples and for constant entries; R-hat NaN for one
+    chain (its halves alone say nothing of mixing between chains), whose ESS is that of its split halves."""
     from pyro.ops.stats import split_gelman_rubin
     flat = grid.reshape(grid.shape[0], grid.shape[1], -1).astype(np.float64)
-    if grid.shape[0] < 2 or grid.shape[1] < 4:
+    if grid.shape[1] < 4:
         nan = np.full(flat.shape[-1], np.nan)
-        return nan, nan
+        return nan, nan.copy()
     constant = np.ptp(flat.reshape(-1, flat.shape[-1]), axis=0) == 0
+    if grid.shape[0] < 2:
+        ess = _ess(_split(torch.from_numpy(_rank_normal(flat))))
+        ess[constant] = np.nan
+        return np.full(flat.shape[-1], np.nan), ess
     bulk = torch.from_numpy(_rank_normal(flat))
     folded = torch.from_numpy(_rank_normal(np.abs(flat - np.median(flat, axis=(0, 1), keepdims=True))))
     rhat = torch.maximum(split_gelman_rubin(bulk, chain_dim=0, sample_dim=1),
@@ -121,15 +126,7 @@ def sample_diagnostics(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     vectorised (the per-parameter diagnostics of MCMC samples). R-hat is NaN below 2 chains, all three below 4
     samples and for constant entries."""
     flat = grid.reshape(grid.shape[0], grid.shape[1], -1).astype(np.float64)
-    if flat.shape[1] < 4:
-        nan = np.full(flat.shape[-1], np.nan)
-        return nan, nan, nan.copy()
-    if flat.shape[0] >= 2:
-        rhat, bulk = _rhat_ess(flat)
-    else:
-        rhat = np.full(flat.shape[-1], np.nan)
-        bulk = _ess(_split(torch.from_numpy(_rank_normal(flat))))
-        bulk[np.ptp(flat[0], axis=0) == 0] = np.nan
+    rhat, bulk = _rhat_ess(flat)
     return rhat, bulk, tail_ess(flat)
 
 
@@ -158,7 +155,7 @@ def function_space(posterior: Posterior, x: torch.Tensor, y: torch.Tensor, n_dra
     mean over images); ``probe_logit_rhat_max`` / ``_median``, ``probe_logit_ess_min``; ``disagreement``
     (chains × chains matrix) and ``disagreement_mean`` (over pairs); ``weight_rhat_max`` /
     ``weight_ess_bulk_min`` on at most :data:`WEIGHT_SUBSET` weights; ``converged`` (all function-space
-    R-hat maxima below :data:`RHAT_OK`).
+    R-hat maxima below :data:`RHAT_OK`; None for one chain, whose R-hats are NaN and ESSs those of its halves).
     """
     draws, n_chains, n_samples = draw_grid(posterior, n_draws)
     draws.net.to(device)
@@ -201,7 +198,8 @@ def function_space(posterior: Posterior, x: torch.Tensor, y: torch.Tensor, n_dra
         **weight_space(posterior, n_chains, n_samples, draws),
     }
     maxima = [result["logprob_rhat_max"], result["probe_logit_rhat_max"]]
-    result["converged"] = bool(all(np.isfinite(m) and m < RHAT_OK for m in maxima))
+    # one chain: unknown (None), not "no" — R-hat needs chains to compare
+    result["converged"] = bool(all(np.isfinite(m) and m < RHAT_OK for m in maxima)) if n_chains > 1 else None
     return result
 
 
@@ -236,5 +234,6 @@ def describe(diag: dict[str, Any]) -> str:
              f"chain-to-chain disagreement of predictions: mean {f(diag['disagreement_mean'])} over chain pairs",
              f"weight space ({diag['weights_checked']} weights): R-hat max {f(diag['weight_rhat_max'])} (median "
              f"{f(diag['weight_rhat_median'])}), bulk ESS min {f(diag['weight_ess_bulk_min'])}",
-             f"converged in function space (R-hat < {RHAT_OK}): {'yes' if diag['converged'] else 'no'}"]
+             f"converged in function space (R-hat < {RHAT_OK}): "
+             + {True: "yes", False: "no", None: "unknown (one chain: R-hat compares chains)"}[diag["converged"]]]
     return "\n".join(lines)

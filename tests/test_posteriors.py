@@ -285,6 +285,11 @@ def test_function_space_rhat_same_posterior_and_two_modes(mnist5k_test):
     modes = convergence.function_space(_sampled([chain(centre), chain(other)], arch), x, y)
     assert modes["logprob_rhat_median"] > 1.5 and modes["probe_logit_rhat_max"] > 1.5
     assert modes["disagreement_mean"] > 0.3 and not modes["converged"]
+    # one chain of 40 independent draws: no R-hat and "unknown", not "not converged"; its ESS is about 40
+    one = convergence.function_space(_sampled([chain(centre)], arch), x, y)
+    assert one["converged"] is None and np.isnan(one["logprob_rhat_max"]) and np.isnan(one["weight_rhat_max"])
+    assert 25 < one["logprob_ess_median"] < 60 and 25 < one["mean_logprob_ess"] < 60
+    assert "unknown (one chain" in convergence.describe(one)
 
 
 def test_vectorised_rhat_ess_agree_with_arviz():
