@@ -140,6 +140,13 @@ class Preconditioner(Choice):
     ADAPTED = "adapted"
 
 
+class Optimizer(Choice):
+    """Optimiser of a deterministic network (baseNN, advNN, an ensemble's or Laplace's baseNNs)."""
+
+    ADAM = "adam"
+    SGD = "sgd"
+
+
 class LaplaceSubset(Choice):
     """Which weights a Laplace approximation covers (the others stay at the MAP)."""
 

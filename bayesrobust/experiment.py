@@ -25,7 +25,17 @@ from pathlib import Path
 import xarray as xr
 
 from . import checks, paths, stages
-from .choices import AttackName, Control, HMCScheme, LikelihoodScaling, Model, Norm, PosteriorMode, Preconditioner
+from .choices import (
+    AttackName,
+    Control,
+    HMCScheme,
+    LikelihoodScaling,
+    Model,
+    Norm,
+    Optimizer,
+    PosteriorMode,
+    Preconditioner,
+)
 from .explain.rules import RULES
 from .inference import resolve_inference
 from .presets import Preset, get_preset, override_training
@@ -64,11 +74,12 @@ class Experiment:
         code's: chain c on its own block of ``subset_size`` images); the number of chains, warmup and kept
         iterations per chain, and the cap on the ``full`` scheme's training images (default: the preset's).
         ``chains`` and ``samples`` also set an SGHMC/SGLD fullBNN's.
-    epochs, lr, burnin, precondition, max_precondition, temperature
+    epochs, lr, burnin, precondition, max_precondition, temperature, optimizer, momentum
         fullBNN training (default: the preset's): the epochs and learning rate of SVI or SGHMC/SGLD (of the
         baseNNs for an ensemble or Laplace fullBNN; not used by NUTS), and the SGHMC/SGLD burn-in epochs per
         chain, preconditioner (``none`` or ``adapted``), its cap and the posterior temperature (1: Bayes;
-        docs/method.md §13.1).
+        docs/method.md §13.1); the optimiser (``adam`` or ``sgd``) and SGD momentum of an ensemble's or
+        Laplace's baseNNs.
     report
         Called with each stage's one-line summaries, its wall time appended (default: the ``logging`` INFO
         level).
@@ -111,6 +122,8 @@ class Experiment:
     precondition: str | None = None
     max_precondition: float | None = None
     temperature: float | None = None
+    optimizer: str | None = None
+    momentum: float | None = None
     seed: int = 0
     data_root: str | Path | None = None
     device: str = "cpu"
@@ -148,6 +161,9 @@ class Experiment:
         self.lr = checks.positive("lr", self.lr)
         self.max_precondition = checks.real("max_precondition", self.max_precondition, low=1)
         self.temperature = checks.positive("temperature", self.temperature)
+        if self.optimizer is not None:
+            self.optimizer = Optimizer.parse(self.optimizer, "optimizer").value
+        self.momentum = checks.real("momentum", self.momentum, low=0, high=1, high_open=True)
         self.models = tuple(Model.parse(m, "model").value for m in self.models)
         self.controls = tuple(dict.fromkeys(Control.parse(c, "control").value for c in self.controls))
         if Model.BASE not in self.models:
@@ -215,7 +231,7 @@ class Experiment:
                 "samples": self.samples, "n_train": self.n_train, "prior_scale": self.prior_scale,
                 "members": self.members, "epochs": self.epochs, "lr": self.lr, "burnin": self.burnin,
                 "precondition": self.precondition, "max_precondition": self.max_precondition,
-                "temperature": self.temperature}
+                "temperature": self.temperature, "optimizer": self.optimizer, "momentum": self.momentum}
 
     def _inference(self, model: str) -> str | None:
         return self.inference if model == Model.BAYES else None

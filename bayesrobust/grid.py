@@ -27,7 +27,8 @@ limits a step to presets whose fullBNN uses one of the given inferences; a setti
 fullBNN's inference (``likelihood_scaling`` to SVI; ``hmc_scheme``, ``subset_size``, ``warmup``, ``n_train``
 to NUTS; ``chains`` and ``samples`` to NUTS and SGHMC/SGLD, but to NUTS only when a step sets them; ``burnin``,
 ``precondition``, ``max_precondition`` and ``temperature`` to SGHMC/SGLD; the fullBNN's ``epochs`` and ``lr``
-to all but NUTS, ``prior_scale`` to all but the ensemble, ``members`` to the ensemble) is left out
+to all but NUTS, ``prior_scale`` to all but the ensemble, ``members`` to the ensemble, ``optimizer`` and
+``momentum`` to the ensemble's and Laplace's baseNNs) is left out
 (:data:`ONLY_FOR`, :data:`STEP_ONLY_FOR`).
 :func:`units` turns the experiments into :class:`Unit` s — one stage call each (train, attack, explain, control,
 analyze, plot), described by its settings and the keys of the units it needs, never by a model — shared between
@@ -69,6 +70,7 @@ SETTINGS: dict[str, type | tuple[type, ...]] = {
     "likelihood_scaling": str, "hmc_scheme": str, "subset_size": int, "chains": int, "warmup": int, "samples": int,
     "n_train": int, "epochs": int, "lr": (int, float), "burnin": int, "precondition": str,
     "max_precondition": (int, float), "temperature": (int, float), "prior_scale": (int, float), "members": int,
+    "optimizer": str, "momentum": (int, float),
     "controls": str,
     "draws_per_task": int, "keep_draws": bool, "data_root": str, "device": str}
 LIST_SETTINGS = ("controls",)
@@ -79,7 +81,8 @@ SWEEP_ONLY = ("data_root", "device", "draws_per_task", "keep_draws")
 ONLY_FOR: dict[str, tuple[str, ...]] = {
     k: tuple(r for r in APPLIES_TO[k] if r in Inference.values())
     for k in ("likelihood_scaling", "hmc_scheme", "subset_size", "warmup", "n_train", "burnin", "precondition",
-              "max_precondition", "temperature", "epochs", "lr", "prior_scale", "members", "chains", "samples")}
+              "max_precondition", "temperature", "epochs", "lr", "prior_scale", "members", "chains", "samples",
+              "optimizer", "momentum")}
 #: Narrower for a value from a ``[steps.NAME]`` table (or ``--set STEP.KEY``): there ``chains`` and ``samples``
 #: reach NUTS only, as the ladder's ``CHAINS`` sizes the reference's subset chains, not SGHMC's; set for the
 #: whole sweep (``--set chains=1``) they reach SGHMC and SGLD too.

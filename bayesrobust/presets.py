@@ -322,7 +322,7 @@ def check_model(model: str) -> str:
 #: (advNN), or a fullBNN inference (artBNN trains by ``svi``). Settings not listed apply to every model.
 APPLIES_TO: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("epochs", "lr", "batch_size"), ("base", "adv", "svi", "sghmc", "sgld", "laplace", "ensemble")),
-    "weight_decay": ("base", "adv", "laplace", "ensemble"),
+    **dict.fromkeys(("weight_decay", "optimizer", "momentum"), ("base", "adv", "laplace", "ensemble")),
     **dict.fromkeys(("warmup", "n_train", "hmc_scheme", "subset_size"), ("hmc",)),
     **dict.fromkeys(("samples", "chains"), ("hmc", *SG_MCMC)),
     **dict.fromkeys(("burnin", "friction", "temperature", "schedule", "precondition", "max_precondition"), SG_MCMC),
@@ -359,12 +359,14 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
                       laplace_subset: str | None = None, laplace_structure: str | None = None,
                       laplace_rank: int | None = None, laplace_refit_steps: int | None = None,
                       weight_decay: float | None = None, precondition: str | None = None,
-                      max_precondition: float | None = None) -> Preset:
+                      max_precondition: float | None = None, optimizer: str | None = None,
+                      momentum: float | None = None) -> Preset:
     """``preset`` with command-line overrides applied to the settings ``model`` trains with.
 
     ``epochs``/``lr``/``batch_size`` go to the optimiser of baseNN or advNN, or to SVI for a fullBNN;
-    ``weight_decay`` (an L2 penalty ``wd/2 ||θ||²`` on the mean loss: a MAP under a N(0, 1/(N wd)) prior) to
-    the optimiser of baseNN, advNN or the ensemble's and Laplace's baseNNs;
+    ``weight_decay`` (an L2 penalty ``wd/2 ||θ||²`` on the mean loss: a MAP under a N(0, 1/(N wd)) prior),
+    ``optimizer`` (``adam`` or ``sgd``) and ``momentum`` (SGD's) to the optimiser of baseNN, advNN or the
+    ensemble's and Laplace's baseNNs;
     ``warmup``/``samples``/``chains``/``n_train``/``hmc_scheme``/``subset_size`` to NUTS. SGHMC/SGLD take
     ``epochs``/``lr``/``batch_size``/``samples``/``chains``/``burnin``/``friction``/``temperature``/``schedule``/
     ``precondition``/``max_precondition``;
@@ -398,7 +400,11 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
     checks.real("friction", friction, low=0, high=1, low_open=True)
     checks.real("adv_ratio", adv_ratio, low=0, high=1)
     checks.real("weight_decay", weight_decay, low=0)
+    checks.real("momentum", momentum, low=0, high=1, high_open=True)
     checks.real("max_precondition", max_precondition, low=1)
+    if optimizer is not None:
+        from .choices import Optimizer
+        optimizer = Optimizer.parse(optimizer, "optimizer").value
     if hidden is not None and hidden > MAX_HIDDEN:
         raise ValueError(f"hidden must be at most {MAX_HIDDEN:,}, got {hidden:,}")
     p = preset
@@ -410,7 +416,7 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
         "temperature": temperature, "schedule": schedule, "members": members, "laplace_subset": laplace_subset,
         "laplace_structure": laplace_structure, "laplace_rank": laplace_rank,
         "laplace_refit_steps": laplace_refit_steps, "weight_decay": weight_decay, "precondition": precondition,
-        "max_precondition": max_precondition})
+        "max_precondition": max_precondition, "optimizer": optimizer, "momentum": momentum})
     if dataset is not None:
         info = dataset_info(dataset)
         p = replace(p, dataset=dataset, arch=replace(p.arch, in_shape=info.shape, n_classes=len(info.classes)))
@@ -418,7 +424,8 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
         p = replace(p, arch=replace(p.arch, hidden=hidden))
     optim = {"epochs": epochs, "lr": lr, "batch_size": batch_size}
     optim = {k: v for k, v in optim.items() if v is not None}
-    decay = {} if weight_decay is None else {"weight_decay": weight_decay}  # a setting of the optimisers only
+    decay = {k: v for k, v in (("weight_decay", weight_decay), ("optimizer", optimizer), ("momentum", momentum))
+             if v is not None}  # settings of the deterministic optimisers only
     if model in ("baseNN", "artNN"):
         p = replace(p, base=replace(p.base, **optim, **decay))
     elif model == "advNN":
@@ -449,6 +456,11 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
         p = replace(p, hmc=replace(p.hmc, **{k: v for k, v in hmc.items() if v is not None}))
     if prior_scale is not None:
         p = replace(p, prior_scale=prior_scale)
+    if momentum is not None:
+        used = p.adv_optim if model == "advNN" else p.base
+        if used.optimizer != "sgd":
+            raise ValueError(f"momentum={momentum!r} is a setting of the SGD optimiser; this model is trained with "
+                             f"{used.optimizer!r} (add optimizer sgd)")
     return check_training(p, model, inference)
 
 

@@ -309,6 +309,20 @@ def test_the_ladder_sweep_runs_every_step_and_trains_each_model_once(tmp_path):
     with pytest.raises(grid.SweepError, match="temperature must be positive, got 0"):
         grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["4_correct"],
                   overrides={"inference": "sghmc", "temperature": 0}).experiments(tmp_path / "cold")
+    # the optimiser of an ensemble's members reaches their training; an SVI fullBNN has none, so it is left out
+    ens = grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["4_correct"],
+                    overrides={"inference": "ensemble", "members": 2, "draws": 2, "optimizer": "sgd",
+                               "momentum": 0.9, "lr": 0.05})
+    trained = [u for u in grid.units(ens, ens.experiments(tmp_path / "ens")) if u.stage == "train" and
+               "fullBNN" in u.key]
+    base = override_training(get_preset("quick"), "fullBNN", "ensemble", **trained[0].kwargs["overrides"]).base
+    assert (base.optimizer, base.momentum, base.lr) == ("sgd", 0.9, 0.05)
+    svi = grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["4_correct"],
+                    overrides={"optimizer": "sgd"})
+    assert [e.optimizer for _, e in svi.experiments(tmp_path / "svi_sgd")] == [None]
+    with pytest.raises(grid.SweepError, match="unknown optimizer 'adamw'; expected one of adam, sgd"):
+        grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["4_correct"],
+                  overrides={"inference": "ensemble", "optimizer": "adamw"}).experiments(tmp_path / "bad")
     plain = grid.load("experiments/sweeps/fidelity_ladder.toml", quick=True, steps=["0_reference"],
                       overrides={"inference": "sghmc"})
     assert [(e.chains, e.samples) for _, e in plain.experiments(tmp_path / "plain")] == [(None, None)]

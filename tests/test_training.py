@@ -166,7 +166,13 @@ def test_bad_training_settings_are_named():
             ("fullBNN", "sgld", {"precondition": "adapted", "burnin": 0}, "burnin must be at least 1 epoch, got 0"),
             ("fullBNN", "sghmc", {"max_precondition": 0.5}, "max_precondition must be in \\[1, inf\\], got 0.5"),
             ("fullBNN", "svi", {"max_precondition": 10}, "max_precondition=10 does not apply to a fullBNN trained "
-                                                         "by svi")]:
+                                                         "by svi"),
+            ("fullBNN", "sghmc", {"optimizer": "sgd"}, "optimizer='sgd' does not apply to a fullBNN trained by "
+                                                       "sghmc; it is a setting of baseNN/artNN, advNN"),
+            ("baseNN", None, {"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'; expected one of adam, sgd"),
+            ("baseNN", None, {"optimizer": "sgd", "momentum": 1.0}, "momentum must be in \\[0, 1\\), got 1$"),
+            ("baseNN", None, {"momentum": 0.9}, "momentum=0.9 is a setting of the SGD optimiser; this model is "
+                                                "trained with 'adam'")]:
         with pytest.raises(ValueError, match=message):
             override_training(QUICK, model, inference, **given)
     # ... and the settings that apply pass (artBNN trains by SVI; samples/chains are NUTS' and SG-MCMC's)
@@ -176,6 +182,8 @@ def test_bad_training_settings_are_named():
     assert override_training(QUICK, "fullBNN", "sghmc", max_precondition=100).sgmcmc.max_precondition == 100
     assert override_training(QUICK, "fullBNN", "laplace", prior_scale=0.5, epochs=1).base.epochs == 1
     assert override_training(QUICK, "advNN", weight_decay=1e-4).adv_optim.weight_decay == 1e-4
+    sgd = override_training(QUICK, "fullBNN", "ensemble", optimizer="sgd", momentum=0.5).base
+    assert (sgd.optimizer, sgd.momentum) == ("sgd", 0.5)
     with pytest.raises(ValueError, match="unknown inference 'vi'; expected one of svi, hmc"):
         train_model(QUICK, "fullBNN", "vi")
     with pytest.raises(ValueError, match="need warmup >= 0, samples > 0 and chains > 0"):
@@ -328,3 +336,38 @@ def test_weight_decay_shrinks_the_map_and_laplace_reuses_only_a_matching_basenn(
     train("--model", "fullBNN", "--inference", "laplace", out=tmp_path / "decay")  # no decay: not that baseNN
     first = next(iter(decayed.params))
     assert not torch.equal(Posterior.load(laplace).params[first], decayed.params[first])
+
+
+def test_sgd_optimizer_from_the_command_line_takes_the_momentum_steps_of_a_hand_computation(tmp_path):
+    """``train --optimizer sgd --momentum 0.9`` with one full batch per epoch: two epochs are the two heavy-ball
+    steps θ1 = θ0 − lr g0, θ2 = θ1 − lr (0.9 g0 + g1) from the seeded initialisation (full-batch gradients, so
+    the shuffling does not matter); Adam, the preset's default, would not give them."""
+    from bayesrobust import data as datasets
+    from bayesrobust.models.architectures import build
+    from bayesrobust.models.posterior import Posterior
+    train = datasets.load("mnist5k", "train")
+    result = CliRunner().invoke(train_cli, ["--preset", "tiny", "--model", "baseNN", "--no-progress", "--out",
+                                            str(tmp_path), "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.5",
+                                            "--epochs", "2", "--batch-size", str(len(train))])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    trained = Posterior.load(tmp_path / "models" / "tiny" / "baseNN")
+    assert trained.config["preset"]["base"]["optimizer"] == "sgd"
+    assert trained.config["preset"]["base"]["momentum"] == 0.9
+    torch.manual_seed(0)
+    net = build(get_preset("tiny").arch).train()
+    params = list(net.parameters())
+
+    def grads():
+        loss = nn.functional.cross_entropy(net(train.x), train.y.long())
+        return torch.autograd.grad(loss, params)
+
+    g0 = grads()
+    with torch.no_grad():
+        for p, g in zip(params, g0):
+            p.sub_(0.5 * g)
+    g1 = grads()
+    with torch.no_grad():
+        for p, a, b in zip(params, g0, g1):
+            p.sub_(0.5 * (0.9 * a + b))
+    for (name, p) in net.named_parameters():
+        torch.testing.assert_close(trained.params[name], p.detach(), rtol=1e-4, atol=1e-5)

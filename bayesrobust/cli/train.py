@@ -18,6 +18,7 @@ from ..choices import (
     LaplaceSubset,
     LikelihoodScaling,
     Norm,
+    Optimizer,
     Preconditioner,
     StepSchedule,
 )
@@ -38,6 +39,10 @@ from . import options
 @click.option("--weight-decay", type=float, default=None,
               help="baseNN/advNN optimiser (ensemble/Laplace: their baseNNs): L2 penalty wd/2 ||w||^2 on the mean "
                    "loss, a MAP under a N(0, 1/(N wd)) prior (paper: 0).")
+@click.option("--optimizer", type=click.Choice(Optimizer.values()), default=None,
+              help="baseNN/advNN optimiser (ensemble/Laplace: their baseNNs); the preset's by default (Adam for "
+                   "fc2/conv, as in the paper).")
+@click.option("--momentum", type=float, default=None, help="--optimizer sgd: momentum, in [0, 1).")
 @click.option("--hidden", type=int, default=None, help="Override the hidden size h of fc2/conv.")
 @click.option("--warmup", type=int, default=None, help="NUTS warmup iterations per chain.")
 @click.option("--samples", type=int, default=None, help="NUTS (or SGHMC/SGLD) samples per chain.")
@@ -86,7 +91,8 @@ from . import options
 @options.force_option
 @options.verbose_option
 @options.friendly_errors
-def main(model, preset, inference, dataset, data_root, epochs, lr, batch_size, weight_decay, hidden, warmup, samples,
+def main(model, preset, inference, dataset, data_root, epochs, lr, batch_size, weight_decay, optimizer, momentum,
+         hidden, warmup, samples,
          chains, n_train, prior_scale, adv_attack, adv_norm, adv_epsilon, adv_ratio, likelihood_scaling, hmc_scheme,
          subset_size, burnin, friction, temperature, schedule, members, laplace_subset, laplace_structure,
          laplace_rank, laplace_refit_steps, precondition, max_precondition, eval_draws, seed, device, out, progress,
@@ -100,7 +106,7 @@ def main(model, preset, inference, dataset, data_root, epochs, lr, batch_size, w
                      burnin=burnin, friction=friction, temperature=temperature, schedule=schedule, members=members,
                      laplace_subset=laplace_subset, laplace_structure=laplace_structure, laplace_rank=laplace_rank,
                      laplace_refit_steps=laplace_refit_steps, weight_decay=weight_decay, precondition=precondition,
-                     max_precondition=max_precondition)
+                     max_precondition=max_precondition, optimizer=optimizer, momentum=momentum)
     done = stages.train(preset, model, inference=inference, out=out, overrides=overrides, eval_draws=eval_draws,
                         seed=seed, device=device, data_root=data_root, progress=progress, force=force)
     click.echo(done.summary)
