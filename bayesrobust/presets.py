@@ -402,9 +402,6 @@ def override_training(preset: Preset, model: str, inference: str | None = None, 
     checks.real("weight_decay", weight_decay, low=0)
     checks.real("momentum", momentum, low=0, high=1, high_open=True)
     checks.real("max_precondition", max_precondition, low=1)
-    if optimizer is not None:
-        from .choices import Optimizer
-        optimizer = Optimizer.parse(optimizer, "optimizer").value
     if hidden is not None and hidden > MAX_HIDDEN:
         raise ValueError(f"hidden must be at most {MAX_HIDDEN:,}, got {hidden:,}")
     p = preset
@@ -475,7 +472,16 @@ def check_training(preset: Preset, model: str, inference: str | None = None) -> 
     ValueError
         The first bad value, named with what was expected.
     """
-    from .choices import AttackName, HMCScheme, LaplaceStructure, LaplaceSubset, LikelihoodScaling, Norm, StepSchedule
+    from .choices import (
+        AttackName,
+        HMCScheme,
+        LaplaceStructure,
+        LaplaceSubset,
+        LikelihoodScaling,
+        Norm,
+        Optimizer,
+        StepSchedule,
+    )
     from .models.architectures import check_arch
     check_model(model)
     check_arch(preset.arch)
@@ -487,8 +493,7 @@ def check_training(preset: Preset, model: str, inference: str | None = None) -> 
     checks.positive("attack_step_size", preset.attack_step_size, allow_none=False)
 
     def optim(cfg: OptimConfig) -> None:
-        if cfg.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected adam or sgd")
+        Optimizer.parse(cfg.optimizer, "optimizer")
         checks.positive("lr", cfg.lr, allow_none=False)
         checks.count("batch_size", cfg.batch_size, allow_none=False)
         checks.count("epochs", cfg.epochs, minimum=0, allow_none=False)

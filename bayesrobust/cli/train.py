@@ -92,11 +92,10 @@ from . import options
 @options.verbose_option
 @options.friendly_errors
 def main(model, preset, inference, dataset, data_root, epochs, lr, batch_size, weight_decay, optimizer, momentum,
-         hidden, warmup, samples,
-         chains, n_train, prior_scale, adv_attack, adv_norm, adv_epsilon, adv_ratio, likelihood_scaling, hmc_scheme,
-         subset_size, burnin, friction, temperature, schedule, members, laplace_subset, laplace_structure,
-         laplace_rank, laplace_refit_steps, precondition, max_precondition, eval_draws, seed, device, out, progress,
-         force, verbose):
+         hidden, warmup, samples, chains, n_train, prior_scale, adv_attack, adv_norm, adv_epsilon, adv_ratio,
+         likelihood_scaling, hmc_scheme, subset_size, burnin, friction, temperature, schedule, members,
+         laplace_subset, laplace_structure, laplace_rank, laplace_refit_steps, precondition, max_precondition,
+         eval_draws, seed, device, out, progress, force, verbose):
     """Train one model and write it under OUT/models/PRESET/MODEL/."""
     options.setup_logging(verbose)
     overrides = dict(dataset=dataset, epochs=epochs, lr=lr, hidden=hidden, batch_size=batch_size, warmup=warmup,
