@@ -105,6 +105,7 @@ def train(preset: str | Preset, model: str, *, inference: str | None = None, out
     the sweep passes only the folder its own run has just trained in then)."""
     from . import data as datasets
     from . import store
+    from .denormals import flush_denormals
     from .inference import train_model
     from .models.draws import predictive_accuracy
     from .models.posterior import Posterior, recover
@@ -158,8 +159,10 @@ def train(preset: str | Preset, model: str, *, inference: str | None = None, out
                                       f"and seed; test accuracy {acc:.4f})", {"test_accuracy": acc})
     test = datasets.load(p.dataset, "test", data_root)  # fail on missing data before training
     paths.prepare_out(out, "models", p.name)  # an unusable --out is reported before training, not after
-    posterior = train_model(p, model, inference, seed, device, data_root, progress,
-                            map_network=_stored_base_network(out, p, seed) if inference == "laplace" else None)
+    map_network = _stored_base_network(out, p, seed) if inference == "laplace" else None
+    with flush_denormals(device) as denormals:  # the fit only: evaluation below keeps IEEE numbers
+        posterior = train_model(p, model, inference, seed, device, data_root, progress, map_network=map_network)
+    posterior.config["training_denormals"] = denormals
     n_draws = posterior.resolve_n_draws(p.eval_draws if eval_draws is None else eval_draws)
     acc = predictive_accuracy(posterior, test.x, test.y, n_draws, device=device)
     posterior.config.update(test_accuracy=acc, test_accuracy_draws=n_draws)
