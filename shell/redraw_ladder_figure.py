@@ -1,13 +1,15 @@
 """Redraw the ladder figure of a published report (docs/results/NAME) from its numbers.csv, for reports whose run
 folder is gone: `.venv/bin/python shell/redraw_ladder_figure.py docs/results/NAME`. Writes
-NAME/figures/report_files__differences.png with today's `results_report.differences_figure`."""
+NAME/figures/report_files__differences.png with today's `results_report.differences_figure`, compacted like the
+report's own figures (`results_report.compact_png`)."""
 import sys
+import tempfile
 from pathlib import Path
 
 import matplotlib
 import pandas as pd
 
-from bayesrobust.results_report import analysis_label, differences_figure
+from bayesrobust.results_report import analysis_label, compact_png, differences_figure
 from bayesrobust.stages import save_figure
 
 matplotlib.use("Agg")
@@ -20,4 +22,6 @@ analyses = {}
 for name, rows in frame.groupby("analysis", sort=False):
     numbers = rows.set_index(["comparison", "subset", "rule", "layer"])[["diff_median", "diff_ci_low", "diff_ci_high"]]
     analyses[analysis_label(name)] = numbers.to_xarray()
-save_figure(differences_figure(analyses), folder / "figures" / "report_files__differences", formats=("png",), dpi=120)
+with tempfile.TemporaryDirectory() as tmp:
+    (drawn,) = save_figure(differences_figure(analyses), Path(tmp) / "differences", formats=("png",), dpi=120)
+    compact_png(drawn, folder / "figures" / "report_files__differences.png")

@@ -164,6 +164,9 @@ def test_published_report_is_markdown_figures_and_the_numbers(study, tmp_path):
     redrawn = subprocess.run([*script, str(to)], capture_output=True, text=True, timeout=300)
     assert redrawn.returncode == 0, redrawn.stderr
     assert figure.read_bytes().startswith(PNG_MAGIC)
+    from PIL import Image
+    with Image.open(figure) as redrawn_image:
+        assert redrawn_image.mode == "P"  # compacted like the report's own figures (compact_png)
     wrong = subprocess.run([*script, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert wrong.returncode == 1 and "numbers.csv" in wrong.stderr and str(tmp_path) in wrong.stderr
 
