@@ -18,15 +18,12 @@ of 500 FGSM images of a 15-epoch Fashion-MNIST baseNN).
 from __future__ import annotations
 
 import ctypes
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
 import torch
-
-log = logging.getLogger(__name__)
 
 ALL_THREADS = "flushed on all threads"
 CALLING_THREAD = "flushed on the calling thread only"
