@@ -10,6 +10,8 @@ links to the step folders of several runs, is reported as a whole:
   figure of Bay − Det (with CI) against S;
 - the *differences figure*: the last layer's median differences with their CIs, one point per analysis
   (in the order of their paths, which is the ladder's order when its steps are named so), a panel per rule;
+- with ``against=KEY`` (``bayesrobust report --against KEY``), the same against a setting that differs between
+  the analyses, such as a step size or a seed (:mod:`bayesrobust.against`), with a table of its numbers;
 - every PNG figure under ``**/figures/``;
 - the provenance of every result (models' ``config.json``, netCDF and zarr attributes): kind, creation time,
   git revision, library versions and the full config.
@@ -302,8 +304,49 @@ def _result_provenance(out: Path, files: Sequence[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["result", "kind", "created", "git_revision", "versions", "config"])
 
 
-def collect(out: Path) -> tuple[list[Section], pd.DataFrame]:
-    """The report's sections (differences figure, one per analysis, figures) and its provenance table."""
+def against_section(rows: pd.DataFrame, key: str, out: Path) -> Section:
+    """The section of :func:`against.against_figure`: the figure and a table of its numbers, a row per
+    (analysis, comparison), a column per rule."""
+    import matplotlib.pyplot as plt
+
+    from .against import against_figure
+    from .figures import ordered_rules, rule_label
+    from .stages import format_ci, save_figure
+    fig = against_figure(rows, key)
+    paths = save_figure(fig, out / REPORT_FILES / f"against_{key.replace('.', '_')}", formats=("png",), dpi=120)
+    plt.close(fig)
+    rules = ordered_rules(rows["rule"].unique().tolist())
+    table = []
+    for (analysis, comparison, value), at in rows.groupby(["analysis", "comparison", "value"], sort=False):
+        at = at.set_index("rule")
+        cells = {rule_label(r): format_ci(*(float(at.loc[r, f"own_{p}"]) for p in ("median", "ci_low", "ci_high")))
+                 for r in rules if r in at.index}
+        if "on_det_median" in at and at["on_det_median"].notna().any():
+            cells["both on Det's x̃"] = " / ".join(f"{float(at.loc[r, 'on_det_median']):+.3f}"
+                                                  for r in rules if r in at.index)
+        table.append({"analysis": analysis, "comparison": comparison, key: value, **cells})
+    frame = pd.DataFrame(table).sort_values(key, kind="stable", key=lambda v: v.map(
+        lambda x: (0, x, "") if isinstance(x, (int, float)) and not isinstance(x, bool) else (1, 0, str(x))))
+    frame = frame.set_index(["analysis", "comparison"]).fillna("")
+    return Section(f"Bay − Det against {key}",
+                   f"Last layer, all images: each analysis' median paired difference under its own attack with the "
+                   f"paired bootstrap 95% CI (filled), and with both models explained on Det's x̃ (hollow), "
+                   f"against the compared model's {key}; the line joins the medians over analyses that share a "
+                   f"value.", [Table(f"Bay − Det against {key} (own attack; both on Det's x̃: "
+                                     f"{' / '.join(rule_label(r) for r in rules)})", frame)],
+                   paths)
+
+
+def collect(out: Path, against: Sequence[str] = ()) -> tuple[list[Section], pd.DataFrame]:
+    """The report's sections (differences figure, one per setting in ``against`` (:mod:`bayesrobust.against`),
+    one per analysis, figures) and its provenance table.
+
+    Raises
+    ------
+    ValueError
+        A setting in ``against`` that no analysis records (before anything is drawn).
+    """
+    from .against import against_rows
     from .stages import save_figure
     sections = []
     analyses = {}
@@ -312,6 +355,7 @@ def collect(out: Path) -> tuple[list[Section], pd.DataFrame]:
         ds = store.open_result(path, "analysis").load()
         name = analysis_label(str(path.relative_to(out).with_suffix("")))
         analyses[name] = ds
+    swept = {key: against_rows(analyses, key) for key in against}
     with_ci = {k: v for k, v in analyses.items() if "diff_median" in v and v.sizes.get("comparison", 0)}
     if with_ci:
         import matplotlib.pyplot as plt
@@ -321,6 +365,7 @@ def collect(out: Path) -> tuple[list[Section], pd.DataFrame]:
         sections.append(Section("Median paired differences across analyses",
                                 "Last layer, all images; each point is one analysis, the bar its paired "
                                 "bootstrap 95% confidence interval over images.", figures=paths))
+    sections += [against_section(rows, key, out) for key, rows in swept.items()]
     for name, ds in analyses.items():
         figures = []
         if "diff_median" in ds and ds.sizes.get("comparison", 0):
@@ -400,14 +445,17 @@ def render_html(sections: Sequence[Section], provenance: pd.DataFrame, title: st
 
 
 def write_report(out: str | Path, title: str = "bayesrobust report", publish_to: str | Path | None = None,
-                 command: str = "") -> tuple[Path, Path]:
+                 command: str = "", against: Sequence[str] = ()) -> tuple[Path, Path]:
     """Write ``OUT/report.html`` (self-contained) and ``OUT/report.md``; returns their paths. With
-    ``publish_to``, also :func:`publish` the same sections there (their figures drawn once).
+    ``publish_to``, also :func:`publish` the same sections there (their figures drawn once). ``against``:
+    settings to draw Bay − Det against (:mod:`bayesrobust.against`, e.g. ``preset.base.lr``).
 
     Raises
     ------
     FileNotFoundError
         ``out`` is not a folder, or holds no analysis (run ``bayesrobust analyze`` first).
+    ValueError
+        A setting in ``against`` that no analysis records.
     """
     out = Path(out)
     if not out.is_dir():
@@ -415,7 +463,7 @@ def write_report(out: str | Path, title: str = "bayesrobust report", publish_to:
     if not find_analyses(out):
         raise FileNotFoundError(f"no analysis under {out} (expected OUT/analysis/*.nc or */analysis/*.nc); "
                                 "run `bayesrobust analyze --out OUT` first")
-    sections, provenance = contents = collect(out)
+    sections, provenance = contents = collect(out, against)
     html_path = store.write_text_atomic(out / REPORT_HTML, render_html(sections, provenance, title))
     md_path = store.write_text_atomic(out / REPORT_MD, render_markdown(sections, provenance, out, title))
     log.info("report of %d sections written to %s and %s", len(sections), html_path, md_path)
@@ -482,11 +530,12 @@ def compact_png(source: Path, target: Path) -> Path:
 
 
 def publish(out: str | Path, to: str | Path, title: str = "bayesrobust report", command: str = "",
-            contents: tuple[list[Section], pd.DataFrame] | None = None) -> Path:
+            contents: tuple[list[Section], pd.DataFrame] | None = None, against: Sequence[str] = ()) -> Path:
     """The report of ``out`` as a folder meant to be committed (e.g. ``docs/results``): ``TO/report.md`` with
     its PNG figures copied under ``TO/figures/`` and ``TO/numbers.csv`` (:func:`numbers`); no arrays. The
     command that produced the results is written at the top, with the git revisions recorded in them.
-    ``contents``: what :func:`collect` returned for ``out``, if the caller has it already.
+    ``contents``: what :func:`collect` returned for ``out``, if the caller has it already; else ``against`` is
+    passed to it.
 
     Raises
     ------
@@ -497,7 +546,7 @@ def publish(out: str | Path, to: str | Path, title: str = "bayesrobust report", 
     out, to = Path(out), Path(to)
     if not out.is_dir() or not find_analyses(out):
         raise FileNotFoundError(f"no analysis under {out}; run the study (or `bayesrobust analyze`) first")
-    sections, provenance = contents if contents is not None else collect(out)
+    sections, provenance = contents if contents is not None else collect(out, against)
     figures = to / "figures"
     if figures.exists():
         shutil.rmtree(figures)

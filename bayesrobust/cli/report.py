@@ -12,6 +12,10 @@ followed)::
 
     mkdir both && ln -s "$PWD/run1/4_correct" both/run1 && ln -s "$PWD/run2/4_correct" both/run2
     bayesrobust report --out both
+
+A sweep (one run per step size, seed, ...) reported against the setting it varies::
+
+    bayesrobust report --out sweep --against preset.base.lr
 """
 
 from __future__ import annotations
@@ -29,16 +33,20 @@ from . import options
 @click.option("--to", "to", type=click.Path(file_okay=False), default=None,
               help="Also publish the report to this folder (report.md, figures/, numbers.csv; e.g. docs/results).")
 @click.option("--command", default=None, help="With --to: the command that produced the results, stated on top.")
+@click.option("--against", "against", multiple=True, metavar="KEY",
+              help="Also draw Bay − Det against this setting of the compared models, read from each analysis "
+                   "(dotted, e.g. preset.base.lr, seed, preset.prior_scale, epsilon); repeatable.")
 @options.verbose_option
 @options.friendly_errors
-def main(out, title, to, command, verbose):
+def main(out, title, to, command, against, verbose):
     """Write OUT/report.html (figures embedded) and OUT/report.md from every result under OUT."""
     from ..paths import resolve_out
     from ..results_report import REPORT_MD, write_report
     options.setup_logging(verbose)
     if command is not None and to is None:
         raise click.UsageError("--command is written into a published report: give --to as well")
-    html_path, md_path = write_report(resolve_out(out), title=title, publish_to=to, command=command or "")
+    html_path, md_path = write_report(resolve_out(out), title=title, publish_to=to, command=command or "",
+                                   against=against)
     click.echo(f"report written to {html_path} and {md_path}")
     if to is not None:
         click.echo(f"published to {Path(to) / REPORT_MD}")

@@ -1,5 +1,6 @@
 """Training speed of the quick presets on this machine: seconds per epoch (baseNN, advNN, fullBNN SVI) and
-NUTS seconds per iteration, with the accuracies reached. Prints its figures; not a test.
+NUTS seconds per iteration, with the accuracies reached. Prints its figures; not a test. Each fit runs with
+denormal floats flushed, as ``bayesrobust train`` runs it (bayesrobust/denormals.py).
 
     .venv/bin/python experiments/benchmarks/bench_training.py            # quick preset, NUTS on quick_fc2
     .venv/bin/python experiments/benchmarks/bench_training.py --no-nuts  # skip the (slow) NUTS run
@@ -13,6 +14,7 @@ import time
 import torch
 
 from bayesrobust import data
+from bayesrobust.denormals import flush_denormals
 from bayesrobust.inference import train_model
 from bayesrobust.models.draws import predictive_accuracy as accuracy
 from bayesrobust.presets import get_preset
@@ -29,7 +31,8 @@ def main() -> None:
     test = data.load(p.dataset, "test")
     for model in ("baseNN", "advNN", "fullBNN"):
         start = time.perf_counter()
-        post = train_model(p, model, "svi" if model == "fullBNN" else None)
+        with flush_denormals():
+            post = train_model(p, model, "svi" if model == "fullBNN" else None)
         wall = time.perf_counter() - start
         per_epoch = post.extra["epoch_seconds"]
         acc = accuracy(post, test.x, test.y, p.eval_draws)
@@ -39,7 +42,8 @@ def main() -> None:
     if not args.no_nuts:
         q = get_preset(args.nuts_preset)
         start = time.perf_counter()
-        post = train_model(q, "fullBNN", "hmc")
+        with flush_denormals():
+            post = train_model(q, "fullBNN", "hmc")
         wall = time.perf_counter() - start
         d = post.config["diagnostics"]
         acc = accuracy(post, test.x, test.y, None)

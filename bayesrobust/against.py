@@ -1,0 +1,168 @@
+"""Bay − Det against a setting that differs between analyses: a step size, a seed, a prior scale, ε.
+
+A sweep is a folder of analyses (one run per value, e.g. a folder of links to their step folders, as
+``bayesrobust report`` takes them). Each comparison's value of the setting is read from the analysis itself:
+the compared model's ``config.json`` as recorded in the analysis (``preset.base.lr``, ``seed``,
+``preset.prior_scale``, ``test_accuracy``, ...), else its attack's settings (``epsilon``, ``n_draws``,
+``posterior_mode``). A dotted key walks nested settings.
+
+- :func:`against_rows`: one row per (analysis, comparison, rule) with the value, the median paired difference
+  at the last layer with its paired bootstrap 95% CI under the own attack, and under the cross attack on Det's
+  x̃ where the analysis has the controls (docs/method.md §9.8).
+- :func:`against_figure`: those rows drawn against the value, a panel per rule; a line joins the medians over
+  the analyses (seeds) that share a value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from matplotlib.figure import Figure
+
+from .control_figures import control_rows
+from .figures import ordered_rules, rule_label
+
+#: The conditions of :func:`against_rows` (labels of :data:`control_figures.CONDITIONS`) and their column stems.
+CONDITIONS = {"own attack": "own", "cross: on Det's x̃": "on_det"}
+_MISSING = object()
+
+
+def _lookup(settings: Mapping[str, Any], key: str) -> Any:
+    """``settings[a][b]`` for ``key = "a.b"``; :data:`_MISSING` where a part is absent."""
+    value: Any = settings
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _runs(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+    """The analysed runs recorded in the analysis' ``config`` attribute (:func:`results.describe`), by their
+    ``model`` coordinate (``fullBNN_S100``)."""
+    config = json.loads(ds.attrs.get("config", "{}"))
+    return {run["model"]: run for run in config.get("runs", []) if "model" in run}
+
+
+def setting_value(ds: xr.Dataset, comparison: str, key: str) -> Any:
+    """The compared model's value of ``key`` in ``comparison`` of the analysis ``ds``: from its model config,
+    else its attack's settings; :data:`_MISSING` if neither holds it."""
+    run = _runs(ds).get(str(ds.compared.sel(comparison=comparison).values), {})
+    attack = run.get("attack", {})
+    value = _lookup(attack.get("model_config", {}), key)
+    return _lookup(attack, key) if value is _MISSING else value
+
+
+def _keys(settings: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Every dotted key of ``settings`` that leads to a value (not to a nested mapping)."""
+    keys = []
+    for name, value in settings.items():
+        keys += _keys(value, f"{prefix}{name}.") if isinstance(value, Mapping) else [f"{prefix}{name}"]
+    return keys
+
+
+def available_keys(ds: xr.Dataset) -> list[str]:
+    """The keys :func:`setting_value` can read from the analysis' compared models, sorted."""
+    keys: set[str] = set()
+    for comparison in ds.comparison.values.tolist():
+        attack = dict(_runs(ds).get(str(ds.compared.sel(comparison=comparison).values), {}).get("attack", {}))
+        keys.update(_keys(attack.pop("model_config", {})) + _keys(attack))
+    return sorted(keys)
+
+
+def against_rows(analyses: Mapping[str, xr.Dataset], key: str) -> pd.DataFrame:
+    """One row per (analysis, comparison, rule) whose compared model records ``key``: columns ``analysis``,
+    ``comparison``, ``value``, ``rule``, ``own_median``, ``own_ci_low``, ``own_ci_high`` and, where the analysis
+    has the cross-attack control, ``on_det_median`` / ``on_det_ci_low`` / ``on_det_ci_high`` (the last layer).
+
+    Raises
+    ------
+    ValueError
+        No analysis with a comparison records ``key`` (the message lists the keys that exist), or ``key``
+        leads to nested settings rather than a value.
+    """
+    rows = []
+    for name, ds in analyses.items():
+        if "diff_median" not in ds or not ds.sizes.get("comparison", 0):
+            continue
+        for comparison, condition, values in control_rows(ds):
+            if condition not in CONDITIONS:
+                continue
+            value = setting_value(ds, comparison, key)
+            if value is _MISSING:
+                continue
+            if isinstance(value, Mapping):
+                raise ValueError(f"the setting {key!r} is a group ({', '.join(sorted(value))}); "
+                                 f"name one of them, e.g. {key}.{next(iter(sorted(value)), '')}")
+            if isinstance(value, list):  # e.g. milestones: a label, not a number
+                value = json.dumps(value)
+            stem = CONDITIONS[condition]
+            for rule, (median, low, high) in values.items():
+                rows.append({"analysis": name, "comparison": comparison, "value": value, "rule": rule,
+                             f"{stem}_median": median, f"{stem}_ci_low": low, f"{stem}_ci_high": high})
+    if not rows:
+        known = sorted({k for ds in analyses.values() if ds.sizes.get("comparison", 0) for k in available_keys(ds)})
+        raise ValueError(f"no analysis records the setting {key!r} for a compared model; known settings: "
+                         f"{', '.join(known) or 'none (no analysis has a comparison)'}")
+    frame = pd.DataFrame(rows)
+    index = ["analysis", "comparison", "value", "rule"]
+    return frame.groupby(index, sort=False, dropna=False).first().reset_index()
+
+
+def _numeric(values: pd.Series) -> bool:
+    return all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values)
+
+
+def against_figure(rows: pd.DataFrame, key: str) -> Figure:
+    """:func:`against_rows` drawn against the setting: a panel per rule, a colour per comparison; filled points
+    with their 95% CI under the own attack, hollow ones (no bar) for both models on Det's x̃; a line through the
+    median over the analyses that share a value. A numeric setting spanning a factor of ten or more gets a log
+    axis; other settings are spread evenly in sorted order."""
+    import matplotlib.pyplot as plt
+
+    numeric = _numeric(rows["value"])
+    values = sorted(rows["value"].unique(), key=lambda v: (v if numeric else str(v)))
+    logx = numeric and min(values) > 0 and max(values) >= 10 * min(values)
+    position = {v: (float(v) if numeric else i) for i, v in enumerate(values)}
+    span = float(np.ptp(list(position.values()))) or 1.0  # offsets of a linear axis scale with its range
+    rules = ordered_rules(rows["rule"].unique().tolist())
+    comparisons = list(dict.fromkeys(rows["comparison"]))
+    fig, axes = plt.subplots(1, len(rules), figsize=(3.4 * len(rules), 3.4), sharey=True, squeeze=False,
+                             layout="constrained")
+    for ax, rule in zip(axes[0], rules):
+        for c, comparison in enumerate(comparisons):
+            at = rows[(rows["rule"] == rule) & (rows["comparison"] == comparison)]
+            colour = f"C{c}"
+            # the analyses sharing a value side by side: a small offset (multiplicative on a log axis)
+            rank = at.groupby("value", sort=False).cumcount().to_numpy()
+            count = at.groupby("value", sort=False)["analysis"].transform("size").to_numpy()
+            shift = (rank - (count - 1) / 2) * 0.04
+            x = np.array([position[v] for v in at["value"]])
+            x = x * np.exp(shift) if logx else x + shift * span
+            med, lo, hi = (at[f"own_{p}"].to_numpy(float) for p in ("median", "ci_low", "ci_high"))
+            ax.errorbar(x, med, yerr=[med - lo, hi - med], fmt="o", color=colour, ms=4, capsize=2, lw=0.8,
+                        label=f"{comparison}, own attack")
+            typical = at.groupby("value", sort=False)["own_median"].median()
+            order = sorted(typical.index, key=lambda v: position[v])
+            ax.plot([position[v] for v in order], typical[order].to_numpy(), "-", color=colour, lw=1)
+            if "on_det_median" in at and at["on_det_median"].notna().any():
+                ax.plot(x, at["on_det_median"].to_numpy(float), "o", mfc="none", color=colour, ms=4,
+                        label=f"{comparison}, both on Det's x̃")
+        ax.axhline(0, color="0.5", lw=0.8)
+        if logx:
+            ax.set_xscale("log")
+            ax.set_xticks([float(v) for v in values], [f"{v:g}" for v in values])
+            ax.minorticks_off()
+        elif not numeric:
+            ax.set_xticks(range(len(values)), [str(v) for v in values])
+        ax.set_xlabel(key)
+        ax.set_title(rule_label(rule))
+    axes[0][0].set_ylabel("Bay − Det, last layer\n(median, 95% CI)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False)
+    return fig

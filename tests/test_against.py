@@ -1,0 +1,127 @@
+"""Bay − Det against a setting that differs between analyses (``bayesrobust report --against KEY``)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_analysis import _run
+
+from bayesrobust import stability
+from bayesrobust.against import against_figure, against_rows, available_keys, setting_value
+from bayesrobust.cli import main
+from bayesrobust.results_report import REPORT_FILES, write_report
+from bayesrobust.stages import format_ci
+
+RUNS = [_run("baseNN", 1), _run("fullBNN", 10), _run("fullBNN", 50)]
+
+
+def _analysis(lr: float, seed: int, on_det: float | None = None):
+    """An analysis whose compared models record ``preset.base.lr`` (S = 10: ``lr``; S = 50: ten times it) and
+    ``seed`` as the pipeline records them (a run per model coordinate, with its attack's model_config); with
+    ``on_det``, a cross-attack control whose median is ``on_det`` + the S."""
+    def run(model, label, n_draws, rate):
+        return {"model": model, "label": label, "n_draws": n_draws,
+                "attack": {"epsilon": 0.2, "n_draws": n_draws, "model": label,
+                           "model_config": {"seed": seed, "preset": {"base": {"lr": rate, "milestones": [3]}}}}}
+    config = {"runs": [run("baseNN", "baseNN", 1, 0.001), run("fullBNN_S10", "fullBNN", 10, lr),
+                       run("fullBNN_S50", "fullBNN", 50, 10 * lr)]}
+    ds = stability.analyse(RUNS, topk=20, config=config)
+    # the known robustness values sit at layer 0 (layer 1's maps do not change): moved to the last layer,
+    # where the figure reads; an offset per seed makes the analyses' medians differ
+    ds = ds.isel(layer=[1, 0]).assign_coords(layer=ds.layer.values)
+    for part in ("median", "ci_low", "ci_high"):
+        ds[f"diff_{part}"] = ds[f"diff_{part}"] + 0.1 * seed
+    if on_det is not None:
+        shape = (ds.sizes["comparison"], 2, ds.sizes["rule"], ds.sizes["layer"])
+        value = on_det + np.asarray(ds.n_draws.sel(model=ds.compared).values, float)[:, None, None, None]
+        for part, add in (("median", 0.0), ("ci_low", -0.1), ("ci_high", 0.1)):
+            ds[f"cross_diff_{part}"] = (("comparison", "attacked_by", "rule", "layer"),
+                                        np.broadcast_to(value + add, shape).copy())
+        ds = ds.assign_coords(attacked_by=["reference", "compared"])
+    return ds
+
+
+@pytest.fixture(scope="module")
+def analyses():
+    return {"lr0.01_s0": _analysis(0.01, 0, on_det=0.5), "lr0.01_s1": _analysis(0.01, 1),
+            "lr0.1_s0": _analysis(0.1, 0)}
+
+
+def test_setting_value_reads_the_compared_models_config_then_its_attack(analyses):
+    ds = analyses["lr0.01_s1"]
+    assert setting_value(ds, "fullBNN_S10-baseNN", "preset.base.lr") == 0.01
+    assert setting_value(ds, "fullBNN_S50-baseNN", "preset.base.lr") == pytest.approx(0.1)
+    assert setting_value(ds, "fullBNN_S50-baseNN", "seed") == 1
+    assert setting_value(ds, "fullBNN_S50-baseNN", "n_draws") == 50  # not in the model config: the attack's
+    assert "preset.base.lr" in available_keys(ds) and "epsilon" in available_keys(ds)
+    assert "preset.base" not in available_keys(ds)  # a group, not a value
+
+
+def test_against_rows_hold_each_analysis_own_and_cross_numbers(analyses):
+    rows = against_rows(analyses, "preset.base.lr")
+    assert len(rows) == 3 * 2 * 2  # analyses × Bayesian comparisons × rules (advNN: no such run here)
+    last = analyses["lr0.01_s0"].layer.values[-1]
+    for (name, comparison, rule), row in rows.set_index(["analysis", "comparison", "rule"]).iterrows():
+        at = analyses[name].sel(subset="all", comparison=comparison, rule=rule, layer=last)
+        assert (row.own_median, row.own_ci_low, row.own_ci_high) == (
+            float(at.diff_median), float(at.diff_ci_low), float(at.diff_ci_high))
+        assert row.value == pytest.approx((10 if comparison.startswith("fullBNN_S50") else 1) *
+                                          float(name.split("_")[0][2:]))
+        n_draws = 10 if comparison.startswith("fullBNN_S10") else 50
+        if name == "lr0.01_s0":  # the control: median on Det's x̃ (attacked_by reference) = 0.5 + S
+            assert row.on_det_median == 0.5 + n_draws and row.on_det_ci_low == 0.4 + n_draws
+        else:
+            assert np.isnan(row.on_det_median)
+
+
+def test_against_rows_refuse_an_unknown_key_or_a_group(analyses):
+    with pytest.raises(ValueError, match=r"'preset.base.learning_rate'.*known settings: .*preset\.base\.lr"):
+        against_rows(analyses, "preset.base.learning_rate")
+    with pytest.raises(ValueError, match=r"'preset.base' is a group \(lr, milestones\).*preset\.base\.lr"):
+        against_rows(analyses, "preset.base")
+    rows = against_rows(analyses, "preset.base.milestones")  # a list: one label
+    assert set(rows.value) == {"[3]"}
+
+
+def test_against_figure_joins_the_median_over_analyses_that_share_a_value(analyses):
+    rows = against_rows(analyses, "preset.base.lr")
+    fig = against_figure(rows, "preset.base.lr")
+    try:
+        ax = fig.axes[0]  # the first rule's panel
+        assert ax.get_xscale() == "log"  # 0.01 … 1.0 spans a factor of 100
+        rule = "epsilon"
+        at = rows[(rows.rule == rule) & (rows.comparison == "fullBNN_S10-baseNN")]
+        line = next(ln for ln in ax.get_lines() if ln.get_linestyle() == "-" and len(ln.get_xdata()) == 2)
+        np.testing.assert_allclose(line.get_xdata(), [0.01, 0.1])
+        expect = [np.median(at[at.value == 0.01].own_median), float(at[at.value == 0.1].own_median.iloc[0])]
+        np.testing.assert_allclose(line.get_ydata(), expect)
+    finally:
+        plt.close(fig)
+    fig = against_figure(against_rows(analyses, "seed"), "seed")  # 0 and 1: a linear axis
+    try:
+        assert fig.axes[0].get_xscale() == "linear"
+    finally:
+        plt.close(fig)
+
+
+def test_report_against_a_setting_and_its_error(analyses, tmp_path):
+    for name, ds in analyses.items():
+        stability.write(ds, tmp_path / "sweep" / name, name="quick_fgsm_top20")
+    _, md_path = write_report(tmp_path / "sweep", title="sweep", against=["preset.base.lr"])
+    md = md_path.read_text()
+    assert "## Bay − Det against preset.base.lr" in md
+    assert f"{REPORT_FILES}/against_preset_base_lr.png" in md
+    assert (tmp_path / "sweep" / REPORT_FILES / "against_preset_base_lr.png").is_file()
+    at = analyses["lr0.1_s0"].sel(subset="all", comparison="fullBNN_S50-baseNN", rule="gamma",
+                                  layer=analyses["lr0.1_s0"].layer.values[-1])
+    row = next(line for line in md.splitlines() if line.startswith("| lr0.1_s0/quick_fgsm_top20 | fullBNN_S50"))
+    assert format_ci(float(at.diff_median), float(at.diff_ci_low), float(at.diff_ci_high)) in row
+    assert "| 1.0 |" in row  # its lr, ten times 0.1
+    assert "nan" not in md.split("## Analysis")[0]  # no control in this analysis: an empty cell
+    fresh = tmp_path / "fresh"
+    stability.write(analyses["lr0.1_s0"], fresh / "one", name="quick_fgsm_top20")
+    result = CliRunner().invoke(main, ["report", "--out", str(fresh), "--against", "preset.lr"])
+    assert result.exit_code == 1 and "'preset.lr'" in result.output and "preset.base.lr" in result.output
+    assert not (fresh / "report.html").exists() and not (fresh / REPORT_FILES).exists()  # nothing drawn
