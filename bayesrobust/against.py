@@ -6,9 +6,9 @@ the compared model's ``config.json`` as recorded in the analysis (``preset.base.
 ``preset.prior_scale``, ``test_accuracy``, ...), else its attack's settings (``epsilon``, ``n_draws``,
 ``posterior_mode``). A dotted key walks nested settings.
 
-- :func:`against_rows`: one row per (analysis, comparison, rule) with the value, the median paired difference
-  at the last layer with its paired bootstrap 95% CI under the own attack, and under the cross attack on Det's
-  x̃ where the analysis has the controls (docs/method.md §9.8).
+- :func:`against_rows`: one row per (analysis, comparison, rule) with the value, the attack, the median paired
+  difference at the last layer with its paired bootstrap 95% CI under the own attack, and under the cross attack
+  on Det's x̃ where the analysis has the controls (docs/method.md §9.8).
 - :func:`against_figure`: those rows drawn against the value, a panel per rule; a line joins the medians over
   the analyses (seeds) that share a value.
 """
@@ -58,6 +58,15 @@ def setting_value(ds: xr.Dataset, comparison: str, key: str) -> Any:
     return _lookup(attack, key) if value is _MISSING else value
 
 
+def attack_label(ds: xr.Dataset) -> str:
+    """The analysis' attack as a short label (``fgsm linf 0.2``, top-k when not 20%)."""
+    a = ds.attrs
+    label = " ".join(f"{float(a[k]):g}" if k == "epsilon" else str(a[k]) for k in ("attack", "norm", "epsilon")
+                     if k in a)
+    topk = float(a.get("topk", 20))
+    return label + (f" top{topk:g}" if topk != 20 else "")
+
+
 def _keys(settings: Mapping[str, Any], prefix: str = "") -> list[str]:
     """Every dotted key of ``settings`` that leads to a value (not to a nested mapping)."""
     keys = []
@@ -77,8 +86,9 @@ def available_keys(ds: xr.Dataset) -> list[str]:
 
 def against_rows(analyses: Mapping[str, xr.Dataset], key: str) -> pd.DataFrame:
     """One row per (analysis, comparison, rule) whose compared model records ``key``: columns ``analysis``,
-    ``comparison``, ``value``, ``rule``, ``own_median``, ``own_ci_low``, ``own_ci_high`` and, where the analysis
-    has the cross-attack control, ``on_det_median`` / ``on_det_ci_low`` / ``on_det_ci_high`` (the last layer).
+    ``comparison``, ``attack`` (:func:`attack_label`), ``value``, ``rule``, ``own_median``, ``own_ci_low``,
+    ``own_ci_high`` and, where the analysis has the cross-attack control, ``on_det_median`` / ``on_det_ci_low`` /
+    ``on_det_ci_high`` (the last layer).
 
     Raises
     ------
@@ -103,14 +113,15 @@ def against_rows(analyses: Mapping[str, xr.Dataset], key: str) -> pd.DataFrame:
                 value = json.dumps(value)
             stem = CONDITIONS[condition]
             for rule, (median, low, high) in values.items():
-                rows.append({"analysis": name, "comparison": comparison, "value": value, "rule": rule,
+                rows.append({"analysis": name, "comparison": comparison, "attack": attack_label(ds),
+                             "value": value, "rule": rule,
                              f"{stem}_median": median, f"{stem}_ci_low": low, f"{stem}_ci_high": high})
     if not rows:
         known = sorted({k for ds in analyses.values() if ds.sizes.get("comparison", 0) for k in available_keys(ds)})
         raise ValueError(f"no analysis records the setting {key!r} for a compared model; known settings: "
                          f"{', '.join(known) or 'none (no analysis has a comparison)'}")
     frame = pd.DataFrame(rows)
-    index = ["analysis", "comparison", "value", "rule"]
+    index = ["analysis", "comparison", "attack", "value", "rule"]
     return frame.groupby(index, sort=False, dropna=False).first().reset_index()
 
 
@@ -121,7 +132,8 @@ def _numeric(values: pd.Series) -> bool:
 def against_figure(rows: pd.DataFrame, key: str) -> Figure:
     """:func:`against_rows` drawn against the setting: a panel per rule, a colour per comparison; filled points
     with their 95% CI under the own attack, hollow ones (no bar) for both models on Det's x̃; a line through the
-    median over the analyses that share a value. A numeric setting spanning a factor of ten or more gets a log
+    median over the analyses that share a value. Analyses of different attacks (FGSM and PGD runs in one
+    folder) are separate series. A numeric setting spanning a factor of ten or more gets a log
     axis; other settings are spread evenly in sorted order."""
     import matplotlib.pyplot as plt
 
@@ -131,12 +143,14 @@ def against_figure(rows: pd.DataFrame, key: str) -> Figure:
     position = {v: (float(v) if numeric else i) for i, v in enumerate(values)}
     span = float(np.ptp(list(position.values()))) or 1.0  # offsets of a linear axis scale with its range
     rules = ordered_rules(rows["rule"].unique().tolist())
-    comparisons = list(dict.fromkeys(rows["comparison"]))
+    several = rows["attack"].nunique() > 1  # analyses of different attacks: a series per (comparison, attack)
+    series = rows["comparison"] + (", " + rows["attack"] if several else "")
+    comparisons = list(dict.fromkeys(series))
     fig, axes = plt.subplots(1, len(rules), figsize=(3.4 * len(rules), 3.4), sharey=True, squeeze=False,
                              layout="constrained")
     for ax, rule in zip(axes[0], rules):
         for c, comparison in enumerate(comparisons):
-            at = rows[(rows["rule"] == rule) & (rows["comparison"] == comparison)]
+            at = rows[(rows["rule"] == rule) & (series == comparison)]
             colour = f"C{c}"
             # the analyses sharing a value side by side: a small offset (multiplicative on a log axis)
             rank = at.groupby("value", sort=False).cumcount().to_numpy()
@@ -149,7 +163,7 @@ def against_figure(rows: pd.DataFrame, key: str) -> Figure:
                         label=f"{comparison}, own attack")
             typical = at.groupby("value", sort=False)["own_median"].median()
             order = sorted(typical.index, key=lambda v: position[v])
-            ax.plot([position[v] for v in order], typical[order].to_numpy(), "-", color=colour, lw=1)
+            ax.plot([position[v] for v in order], typical[order].to_numpy(), "-", color=colour, lw=1, gid="median")
             if "on_det_median" in at and at["on_det_median"].notna().any():
                 ax.plot(x, at["on_det_median"].to_numpy(float), "o", mfc="none", color=colour, ms=4,
                         label=f"{comparison}, both on Det's x̃")

@@ -317,14 +317,15 @@ def against_section(rows: pd.DataFrame, key: str, out: Path) -> Section:
     plt.close(fig)
     rules = ordered_rules(rows["rule"].unique().tolist())
     table = []
-    for (analysis, comparison, value), at in rows.groupby(["analysis", "comparison", "value"], sort=False):
+    for (analysis, comparison, attack, value), at in rows.groupby(["analysis", "comparison", "attack", "value"],
+                                                                  sort=False):
         at = at.set_index("rule")
         cells = {rule_label(r): format_ci(*(float(at.loc[r, f"own_{p}"]) for p in ("median", "ci_low", "ci_high")))
                  for r in rules if r in at.index}
         if "on_det_median" in at and at["on_det_median"].notna().any():
             cells["both on Det's x̃"] = " / ".join(f"{float(at.loc[r, 'on_det_median']):+.3f}"
                                                   for r in rules if r in at.index)
-        table.append({"analysis": analysis, "comparison": comparison, key: value, **cells})
+        table.append({"analysis": analysis, "comparison": comparison, "attack": attack, key: value, **cells})
     frame = pd.DataFrame(table).sort_values(key, kind="stable", key=lambda v: v.map(
         lambda x: (0, x, "") if isinstance(x, (int, float)) and not isinstance(x, bool) else (1, 0, str(x))))
     frame = frame.set_index(["analysis", "comparison"]).fillna("")

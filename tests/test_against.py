@@ -93,7 +93,7 @@ def test_against_figure_joins_the_median_over_analyses_that_share_a_value(analys
         assert ax.get_xscale() == "log"  # 0.01 … 1.0 spans a factor of 100
         rule = "epsilon"
         at = rows[(rows.rule == rule) & (rows.comparison == "fullBNN_S10-baseNN")]
-        line = next(ln for ln in ax.get_lines() if ln.get_linestyle() == "-" and len(ln.get_xdata()) == 2)
+        line = next(ln for ln in ax.get_lines() if ln.get_gid() == "median")  # the first series: S = 10
         np.testing.assert_allclose(line.get_xdata(), [0.01, 0.1])
         expect = [np.median(at[at.value == 0.01].own_median), float(at[at.value == 0.1].own_median.iloc[0])]
         np.testing.assert_allclose(line.get_ydata(), expect)
@@ -125,3 +125,21 @@ def test_report_against_a_setting_and_its_error(analyses, tmp_path):
     result = CliRunner().invoke(main, ["report", "--out", str(fresh), "--against", "preset.lr"])
     assert result.exit_code == 1 and "'preset.lr'" in result.output and "preset.base.lr" in result.output
     assert not (fresh / "report.html").exists() and not (fresh / REPORT_FILES).exists()  # nothing drawn
+
+
+def test_analyses_of_different_attacks_are_separate_series(analyses):
+    """A run folder holds its FGSM and its PGD analysis: at one value they are two series, not two seeds."""
+    fgsm = analyses["lr0.1_s0"].assign_attrs(attack="fgsm", norm="linf", epsilon=0.2, topk=20.0)
+    pgd = analyses["lr0.01_s1"].assign_attrs(attack="pgd", norm="linf", epsilon=0.2, topk=30.0)
+    rows = against_rows({"a/fgsm": fgsm, "a/pgd": pgd}, "seed")
+    assert set(rows.attack) == {"fgsm linf 0.2", "pgd linf 0.2 top30"}
+    fig = against_figure(rows, "seed")
+    try:
+        labels = fig.axes[0].get_legend_handles_labels()[1]
+        assert "fullBNN_S10-baseNN, pgd linf 0.2 top30, own attack" in labels
+        assert "fullBNN_S10-baseNN, fgsm linf 0.2, own attack" in labels
+        # each series' line joins only its own analyses: one value each, so no two-point line
+        medians = [line for line in fig.axes[0].get_lines() if line.get_gid() == "median"]
+        assert len(medians) == 4 and all(len(line.get_xdata()) == 1 for line in medians)
+    finally:
+        plt.close(fig)
