@@ -132,9 +132,9 @@ def _numeric(values: pd.Series) -> bool:
 def against_figure(rows: pd.DataFrame, key: str) -> Figure:
     """:func:`against_rows` drawn against the setting: a panel per rule, a colour per comparison; filled points
     with their 95% CI under the own attack, hollow ones (no bar) for both models on Det's x̃; a line through the
-    median over the analyses that share a value. Analyses of different attacks (FGSM and PGD runs in one
-    folder) are separate series. A numeric setting spanning a factor of ten or more gets a log
-    axis; other settings are spread evenly in sorted order."""
+    median over the analyses that share a value. Analyses of different attacks (a run's FGSM and PGD analyses)
+    are separate series. A numeric setting spanning a factor of ten or more gets a log axis; other settings are
+    spread evenly in sorted order."""
     import matplotlib.pyplot as plt
 
     numeric = _numeric(rows["value"])
@@ -145,12 +145,12 @@ def against_figure(rows: pd.DataFrame, key: str) -> Figure:
     rules = ordered_rules(rows["rule"].unique().tolist())
     several = rows["attack"].nunique() > 1  # analyses of different attacks: a series per (comparison, attack)
     series = rows["comparison"] + (", " + rows["attack"] if several else "")
-    comparisons = list(dict.fromkeys(series))
+    names = list(dict.fromkeys(series))
     fig, axes = plt.subplots(1, len(rules), figsize=(3.4 * len(rules), 3.4), sharey=True, squeeze=False,
                              layout="constrained")
     for ax, rule in zip(axes[0], rules):
-        for c, comparison in enumerate(comparisons):
-            at = rows[(rows["rule"] == rule) & (series == comparison)]
+        for c, name in enumerate(names):
+            at = rows[(rows["rule"] == rule) & (series == name)]
             colour = f"C{c}"
             # the analyses sharing a value side by side: a small offset (multiplicative on a log axis)
             rank = at.groupby("value", sort=False).cumcount().to_numpy()
@@ -160,13 +160,13 @@ def against_figure(rows: pd.DataFrame, key: str) -> Figure:
             x = x * np.exp(shift) if logx else x + shift * span
             med, lo, hi = (at[f"own_{p}"].to_numpy(float) for p in ("median", "ci_low", "ci_high"))
             ax.errorbar(x, med, yerr=[med - lo, hi - med], fmt="o", color=colour, ms=4, capsize=2, lw=0.8,
-                        label=f"{comparison}, own attack")
+                        label=f"{name}, own attack")
             typical = at.groupby("value", sort=False)["own_median"].median()
             order = sorted(typical.index, key=lambda v: position[v])
             ax.plot([position[v] for v in order], typical[order].to_numpy(), "-", color=colour, lw=1, gid="median")
             if "on_det_median" in at and at["on_det_median"].notna().any():
                 ax.plot(x, at["on_det_median"].to_numpy(float), "o", mfc="none", color=colour, ms=4,
-                        label=f"{comparison}, both on Det's x̃")
+                        label=f"{name}, both on Det's x̃")
         ax.axhline(0, color="0.5", lw=0.8)
         if logx:
             ax.set_xscale("log")
