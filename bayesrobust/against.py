@@ -86,7 +86,10 @@ def available_keys(ds: xr.Dataset) -> list[str]:
 
 def against_rows(analyses: Mapping[str, xr.Dataset], key: str) -> pd.DataFrame:
     """One row per (analysis, comparison, rule) whose compared model records ``key``: columns ``analysis``,
-    ``comparison``, ``attack`` (:func:`attack_label`), ``value``, ``rule``, ``own_median``, ``own_ci_low``,
+    ``comparison``, ``attack`` (:func:`attack_label`), ``value``, ``rule``, ``test_accuracy`` (the compared
+    model's, NaN if not recorded), ``success`` and ``success_det`` (the attack's success rate against the
+    compared model and against Det: a larger difference under a weaker attack is no steadier explanation),
+    ``own_median``, ``own_ci_low``,
     ``own_ci_high`` and, where the analysis has the cross-attack control, ``on_det_median`` / ``on_det_ci_low`` /
     ``on_det_ci_high`` (the last layer).
 
@@ -112,16 +115,21 @@ def against_rows(analyses: Mapping[str, xr.Dataset], key: str) -> pd.DataFrame:
             if isinstance(value, list):  # e.g. milestones: a label, not a number
                 value = json.dumps(value)
             stem = CONDITIONS[condition]
+            compared, reference = (str(ds[c].sel(comparison=comparison).values) for c in ("compared", "reference"))
+            accuracy = setting_value(ds, comparison, "test_accuracy")
+            context = {"test_accuracy": np.nan if accuracy is _MISSING else float(accuracy),
+                       "success": float(ds.success.sel(model=compared).mean()),
+                       "success_det": float(ds.success.sel(model=reference).mean())}
             for rule, (median, low, high) in values.items():
                 rows.append({"analysis": name, "comparison": comparison, "attack": attack_label(ds),
-                             "value": value, "rule": rule,
+                             "value": value, "rule": rule, **context,
                              f"{stem}_median": median, f"{stem}_ci_low": low, f"{stem}_ci_high": high})
     if not rows:
         known = sorted({k for ds in analyses.values() if ds.sizes.get("comparison", 0) for k in available_keys(ds)})
         raise ValueError(f"no analysis records the setting {key!r} for a compared model; known settings: "
                          f"{', '.join(known) or 'none (no analysis has a comparison)'}")
     frame = pd.DataFrame(rows)
-    index = ["analysis", "comparison", "attack", "value", "rule"]
+    index = ["analysis", "comparison", "attack", "value", "rule", "test_accuracy", "success", "success_det"]
     return frame.groupby(index, sort=False, dropna=False).first().reset_index()
 
 

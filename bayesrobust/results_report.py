@@ -320,12 +320,16 @@ def against_section(rows: pd.DataFrame, key: str, out: Path) -> Section:
     for (analysis, comparison, attack, value), at in rows.groupby(["analysis", "comparison", "attack", "value"],
                                                                   sort=False):
         at = at.set_index("rule")
+        first = at.iloc[0]
+        context = {"test acc.": "" if np.isnan(first.test_accuracy) else f"{first.test_accuracy:.2%}",
+                   "success (model / Det)": f"{first.success:.2f} / {first.success_det:.2f}"}
         cells = {rule_label(r): format_ci(*(float(at.loc[r, f"own_{p}"]) for p in ("median", "ci_low", "ci_high")))
                  for r in rules if r in at.index}
         if "on_det_median" in at and at["on_det_median"].notna().any():
             cells["both on Det's x̃"] = " / ".join(f"{float(at.loc[r, 'on_det_median']):+.3f}"
                                                   for r in rules if r in at.index)
-        table.append({"analysis": analysis, "comparison": comparison, "attack": attack, key: value, **cells})
+        table.append({"analysis": analysis, "comparison": comparison, "attack": attack, key: value, **context,
+                      **cells})
     frame = pd.DataFrame(table).sort_values(key, kind="stable", key=lambda v: v.map(
         lambda x: (0, x, "") if isinstance(x, (int, float)) and not isinstance(x, bool) else (1, 0, str(x))))
     frame = frame.set_index(["analysis", "comparison"]).fillna("")

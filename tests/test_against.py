@@ -24,7 +24,8 @@ def _analysis(lr: float, seed: int, on_det: float | None = None):
     def run(model, label, n_draws, rate):
         return {"model": model, "label": label, "n_draws": n_draws,
                 "attack": {"epsilon": 0.2, "n_draws": n_draws, "model": label,
-                           "model_config": {"seed": seed, "preset": {"base": {"lr": rate, "milestones": [3]}}}}}
+                           "model_config": {"seed": seed, "test_accuracy": 0.9 + 0.01 * seed,
+                                            "preset": {"base": {"lr": rate, "milestones": [3]}}}}}
     config = {"runs": [run("baseNN", "baseNN", 1, 0.001), run("fullBNN_S10", "fullBNN", 10, lr),
                        run("fullBNN_S50", "fullBNN", 50, 10 * lr)]}
     ds = stability.analyse(RUNS, topk=20, config=config)
@@ -70,6 +71,10 @@ def test_against_rows_hold_each_analysis_own_and_cross_numbers(analyses):
         assert row.value == pytest.approx((10 if comparison.startswith("fullBNN_S50") else 1) *
                                           float(name.split("_")[0][2:]))
         n_draws = 10 if comparison.startswith("fullBNN_S10") else 50
+        ds = analyses[name]
+        assert row.success == float(ds.success.sel(model=f"fullBNN_S{n_draws}").mean())
+        assert row.success_det == float(ds.success.sel(model="baseNN").mean())
+        assert row.test_accuracy == pytest.approx(0.9 + 0.01 * int(name[-1]))
         if name == "lr0.01_s0":  # the control: median on Det's x̃ (attacked_by reference) = 0.5 + S
             assert row.on_det_median == 0.5 + n_draws and row.on_det_ci_low == 0.4 + n_draws
         else:
@@ -118,7 +123,9 @@ def test_report_against_a_setting_and_its_error(analyses, tmp_path):
                                   layer=analyses["lr0.1_s0"].layer.values[-1])
     row = next(line for line in md.splitlines() if line.startswith("| lr0.1_s0/quick_fgsm_top20 | fullBNN_S50"))
     assert format_ci(float(at.diff_median), float(at.diff_ci_low), float(at.diff_ci_high)) in row
-    assert "| 1.0 |" in row  # its lr, ten times 0.1
+    assert "| 1.0 | 90.00% | " in row  # its lr, ten times 0.1, and its test accuracy
+    bay, det = (float(analyses["lr0.1_s0"].success.sel(model=m).mean()) for m in ("fullBNN_S50", "baseNN"))
+    assert bay != det and f"| {bay:.2f} / {det:.2f} |" in row
     assert "nan" not in md.split("## Analysis")[0]  # no control in this analysis: an empty cell
     fresh = tmp_path / "fresh"
     stability.write(analyses["lr0.1_s0"], fresh / "one", name="quick_fgsm_top20")
