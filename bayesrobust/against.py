@@ -86,7 +86,7 @@ def available_keys(ds: xr.Dataset) -> list[str]:
 
 def against_rows(analyses: Mapping[str, xr.Dataset], key: str) -> pd.DataFrame:
     """One row per (analysis, comparison, rule) whose compared model records ``key``: columns ``analysis``,
-    ``comparison``, ``attack`` (:func:`attack_label`), ``value``, ``rule``, ``test_accuracy`` (the compared
+    ``preset``, ``comparison``, ``attack`` (:func:`attack_label`), ``value``, ``rule``, ``test_accuracy`` (the compared
     model's, NaN if not recorded), ``success`` and ``success_det`` (the attack's success rate against the
     compared model and against Det: a larger difference under a weaker attack is no steadier explanation),
     ``own_median``, ``own_ci_low``,
@@ -121,7 +121,8 @@ def against_rows(analyses: Mapping[str, xr.Dataset], key: str) -> pd.DataFrame:
                        "success": float(ds.success.sel(model=compared).mean()),
                        "success_det": float(ds.success.sel(model=reference).mean())}
             for rule, (median, low, high) in values.items():
-                rows.append({"analysis": name, "comparison": comparison, "attack": attack_label(ds),
+                rows.append({"analysis": name, "preset": str(ds.attrs.get("preset", "")),
+                             "comparison": comparison, "attack": attack_label(ds),
                              "value": value, "rule": rule, **context,
                              f"{stem}_median": median, f"{stem}_ci_low": low, f"{stem}_ci_high": high})
     if not rows:
@@ -129,7 +130,8 @@ def against_rows(analyses: Mapping[str, xr.Dataset], key: str) -> pd.DataFrame:
         raise ValueError(f"no analysis records the setting {key!r} for a compared model; known settings: "
                          f"{', '.join(known) or 'none (no analysis has a comparison)'}")
     frame = pd.DataFrame(rows)
-    index = ["analysis", "comparison", "attack", "value", "rule", "test_accuracy", "success", "success_det"]
+    index = ["analysis", "preset", "comparison", "attack", "value", "rule", "test_accuracy", "success",
+             "success_det"]
     return frame.groupby(index, sort=False, dropna=False).first().reset_index()
 
 
@@ -137,11 +139,18 @@ def _numeric(values: pd.Series) -> bool:
     return all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values)
 
 
+def series_names(rows: pd.DataFrame) -> pd.Series:
+    """The series each row of :func:`against_rows` belongs to: its comparison, with its preset and its attack
+    where the rows hold several (a folder of both fc2 presets' runs, a run's FGSM and PGD analyses)."""
+    names = rows["preset"] + ", " + rows["comparison"] if rows["preset"].nunique() > 1 else rows["comparison"]
+    return names + ", " + rows["attack"] if rows["attack"].nunique() > 1 else names
+
+
 def against_figure(rows: pd.DataFrame, key: str) -> Figure:
     """:func:`against_rows` drawn against the setting: a panel per rule, a colour per comparison; filled points
     with their 95% CI under the own attack, hollow ones (no bar) for both models on Det's x̃; a line through the
-    median over the analyses that share a value. Analyses of different attacks (a run's FGSM and PGD analyses)
-    are separate series. A numeric setting spanning a factor of ten or more gets a log axis; other settings are
+    median over the analyses that share a value. Analyses of different presets or attacks are separate series
+    (:func:`series_names`). A numeric setting spanning a factor of ten or more gets a log axis; other settings are
     spread evenly in sorted order."""
     import matplotlib.pyplot as plt
 
@@ -151,8 +160,7 @@ def against_figure(rows: pd.DataFrame, key: str) -> Figure:
     position = {v: (float(v) if numeric else i) for i, v in enumerate(values)}
     span = float(np.ptp(list(position.values()))) or 1.0  # offsets of a linear axis scale with its range
     rules = ordered_rules(rows["rule"].unique().tolist())
-    several = rows["attack"].nunique() > 1  # analyses of different attacks: a series per (comparison, attack)
-    series = rows["comparison"] + (", " + rows["attack"] if several else "")
+    series = series_names(rows)
     names = list(dict.fromkeys(series))
     fig, axes = plt.subplots(1, len(rules), figsize=(3.4 * len(rules), 3.4), sharey=True, squeeze=False,
                              layout="constrained")

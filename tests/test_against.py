@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from test_analysis import _run
 
 from bayesrobust import stability
-from bayesrobust.against import against_figure, against_rows, available_keys, setting_value
+from bayesrobust.against import against_figure, against_rows, available_keys, series_names, setting_value
 from bayesrobust.cli import main
 from bayesrobust.results_report import REPORT_FILES, write_report
 from bayesrobust.stages import format_ci
@@ -134,8 +134,9 @@ def test_report_against_a_setting_and_its_error(analyses, tmp_path):
     assert not (fresh / "report.html").exists() and not (fresh / REPORT_FILES).exists()  # nothing drawn
 
 
-def test_analyses_of_different_attacks_are_separate_series(analyses):
-    """A run folder holds its FGSM and its PGD analysis: at one value they are two series, not two seeds."""
+def test_analyses_of_different_attacks_or_presets_are_separate_series(analyses):
+    """A run folder holds its FGSM and its PGD analysis: at one value they are two series, not two seeds; so are
+    two presets' analyses."""
     fgsm = analyses["lr0.1_s0"].assign_attrs(attack="fgsm", norm="linf", epsilon=0.2, topk=20.0)
     pgd = analyses["lr0.01_s1"].assign_attrs(attack="pgd", norm="linf", epsilon=0.2, topk=30.0)
     rows = against_rows({"a/fgsm": fgsm, "a/pgd": pgd}, "seed")
@@ -150,3 +151,7 @@ def test_analyses_of_different_attacks_are_separate_series(analyses):
         assert len(medians) == 4 and all(len(line.get_xdata()) == 1 for line in medians)
     finally:
         plt.close(fig)
+    other = fgsm.assign_attrs(preset="fashion")  # the same attack on another preset: its own series too
+    rows = against_rows({"a/fgsm": fgsm.assign_attrs(preset="mnist"), "b/fgsm": other}, "seed")
+    assert set(series_names(rows)) == {"mnist, fullBNN_S10-baseNN", "mnist, fullBNN_S50-baseNN",
+                                       "fashion, fullBNN_S10-baseNN", "fashion, fullBNN_S50-baseNN"}
