@@ -10,8 +10,8 @@ links to the step folders of several runs, is reported as a whole:
   figure of Bay − Det (with CI) against S;
 - the *differences figure*: the last layer's median differences with their CIs, one point per analysis
   (in the order of their paths, which is the ladder's order when its steps are named so), a panel per rule;
-- with ``against=KEY`` (``bayesrobust report --against KEY``), the same against a setting that differs between
-  the analyses, such as a step size or a seed (:mod:`bayesrobust.against`), with a table of its numbers;
+- with ``against=KEY`` (``bayesrobust report --against KEY``), instead, the same against a setting that differs
+  between the analyses, such as a step size or a seed (:mod:`bayesrobust.against`), with a table of its numbers;
 - every PNG figure under ``**/figures/``;
 - the provenance of every result (models' ``config.json``, netCDF and zarr attributes): kind, creation time,
   git revision, library versions and the full config.
@@ -342,8 +342,8 @@ def against_section(rows: pd.DataFrame, key: str, out: Path) -> Section:
 
 
 def collect(out: Path, against: Sequence[str] = ()) -> tuple[list[Section], pd.DataFrame]:
-    """The report's sections (differences figure, one per setting in ``against`` (:mod:`bayesrobust.against`),
-    one per analysis, figures) and its provenance table.
+    """The report's sections (the differences figure, or with ``against`` one figure per setting in it
+    (:mod:`bayesrobust.against`) instead; one per analysis; figures) and its provenance table.
 
     Raises
     ------
@@ -361,7 +361,7 @@ def collect(out: Path, against: Sequence[str] = ()) -> tuple[list[Section], pd.D
         analyses[name] = ds
     swept = {key: against_rows(analyses, key) for key in against}
     with_ci = {k: v for k, v in analyses.items() if "diff_median" in v and v.sizes.get("comparison", 0)}
-    if with_ci:
+    if with_ci and not swept:  # a sweep's figure is the one against its setting: one point per analysis is not
         import matplotlib.pyplot as plt
         fig = differences_figure(with_ci)
         paths = save_figure(fig, out / REPORT_FILES / "differences", formats=("png",), dpi=120)

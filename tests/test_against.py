@@ -119,6 +119,7 @@ def test_report_against_a_setting_and_its_error(analyses, tmp_path):
     assert "## Bay − Det against preset.base.lr" in md
     assert f"{REPORT_FILES}/against_preset_base_lr.png" in md
     assert (tmp_path / "sweep" / REPORT_FILES / "against_preset_base_lr.png").is_file()
+    assert "differences.png" not in md  # the figure against the setting replaces the one point per analysis
     at = analyses["lr0.1_s0"].sel(subset="all", comparison="fullBNN_S50-baseNN", rule="gamma",
                                   layer=analyses["lr0.1_s0"].layer.values[-1])
     row = next(line for line in md.splitlines() if line.startswith("| lr0.1_s0/quick_fgsm_top20 | fullBNN_S50"))
