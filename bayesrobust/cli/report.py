@@ -34,8 +34,9 @@ from . import options
               help="Also publish the report to this folder (report.md, figures/, numbers.csv; e.g. docs/results).")
 @click.option("--command", default=None, help="With --to: the command that produced the results, stated on top.")
 @click.option("--against", "against", multiple=True, metavar="KEY",
-              help="Also draw Bay − Det against this setting of the compared models, read from each analysis "
-                   "(dotted, e.g. preset.base.lr, seed, preset.prior_scale, epsilon); repeatable.")
+              help="Draw Bay − Det against this setting of the compared models, read from each analysis "
+                   "(dotted, e.g. preset.base.lr, seed, preset.prior_scale, epsilon), instead of one point per "
+                   "analysis; repeatable.")
 @options.verbose_option
 @options.friendly_errors
 def main(out, title, to, command, against, verbose):
