@@ -449,10 +449,11 @@ def render_html(sections: Sequence[Section], provenance: pd.DataFrame, title: st
 
 
 def write_report(out: str | Path, title: str = "bayesrobust report", publish_to: str | Path | None = None,
-                 command: str = "", against: Sequence[str] = ()) -> tuple[Path, Path]:
+                 command: str = "", against: Sequence[str] = (), publish_figures: str = "all") -> tuple[Path, Path]:
     """Write ``OUT/report.html`` (self-contained) and ``OUT/report.md``; returns their paths. With
     ``publish_to``, also :func:`publish` the same sections there (their figures drawn once). ``against``:
     settings to draw Bay − Det against (:mod:`bayesrobust.against`, e.g. ``preset.base.lr``).
+    ``publish_figures``: see :func:`publish`.
 
     Raises
     ------
@@ -472,7 +473,8 @@ def write_report(out: str | Path, title: str = "bayesrobust report", publish_to:
     md_path = store.write_text_atomic(out / REPORT_MD, render_markdown(sections, provenance, out, title))
     log.info("report of %d sections written to %s and %s", len(sections), html_path, md_path)
     if publish_to is not None:
-        publish(out, publish_to, title=title, command=command, contents=contents)
+        publish(out, publish_to, title=title, command=command, contents=contents,
+                publish_figures=publish_figures)
     return html_path, md_path
 
 
@@ -534,12 +536,15 @@ def compact_png(source: Path, target: Path) -> Path:
 
 
 def publish(out: str | Path, to: str | Path, title: str = "bayesrobust report", command: str = "",
-            contents: tuple[list[Section], pd.DataFrame] | None = None, against: Sequence[str] = ()) -> Path:
+            contents: tuple[list[Section], pd.DataFrame] | None = None, against: Sequence[str] = (),
+            publish_figures: str = "all") -> Path:
     """The report of ``out`` as a folder meant to be committed (e.g. ``docs/results``): ``TO/report.md`` with
     its PNG figures copied under ``TO/figures/`` and ``TO/numbers.csv`` (:func:`numbers`); no arrays. The
     command that produced the results is written at the top, with the git revisions recorded in them.
     ``contents``: what :func:`collect` returned for ``out``, if the caller has it already; else ``against`` is
-    passed to it.
+    passed to it. ``publish_figures``: ``"all"``, or ``"report"`` for only the figures the report draws itself (the
+    differences or against figures), leaving each run's own figures in ``OUT/report.html``: a sweep of thirty
+    runs has some two hundred of them.
 
     Raises
     ------
@@ -547,6 +552,8 @@ def publish(out: str | Path, to: str | Path, title: str = "bayesrobust report", 
         ``out`` is not a folder, or holds no analysis.
     """
     import shutil
+    if publish_figures not in ("all", "report"):
+        raise ValueError(f"publish_figures={publish_figures!r}: expected 'all' or 'report'")
     out, to = Path(out), Path(to)
     if not out.is_dir() or not find_analyses(out):
         raise FileNotFoundError(f"no analysis under {out}; run the study (or `bayesrobust analyze`) first")
@@ -558,7 +565,11 @@ def publish(out: str | Path, to: str | Path, title: str = "bayesrobust report", 
     copied = []
     for section in sections:
         moved = []
-        for fig in section.figures:
+        kept = [f for f in section.figures
+                if publish_figures == "all" or f.relative_to(out).parts[0] == REPORT_FILES]
+        if section.figures and not kept and not section.tables:
+            continue  # the Figures section, when the run figures stay behind
+        for fig in kept:
             target = figures / "__".join(fig.relative_to(out).parts)
             compact_png(fig, target)
             moved.append(target)

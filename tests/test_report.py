@@ -208,3 +208,20 @@ def test_compact_png_is_the_same_picture_in_fewer_bytes(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporary sibling left
     Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(tmp_path / "clear.png")
     assert (np.asarray(Image.open(compact_png(tmp_path / "clear.png", tmp_path / "c.png")).convert("RGB")) == 255).all()
+
+
+def test_publishing_only_the_report_figures_leaves_the_run_figures_behind(study, tmp_path):
+    """--publish-figures report: the report's own figures are published, each run's figures are not (they stay
+    in OUT/report.html), and no empty Figures section is written."""
+    root, _ = study
+    to = tmp_path / "published"
+    result = CliRunner().invoke(main, ["report", "--out", str(root), "--to", str(to), "--publish-figures", "report"])
+    assert result.exit_code == 0, result.output
+    md = (to / "report.md").read_text()
+    published = sorted(p.name for p in (to / "figures").iterdir())
+    assert published == sorted(f"{REPORT_FILES}__{name}.png" for name in (
+        "differences", "draws_1_reference__quick_fgsm_top20", "draws_2_correct__quick_fgsm_top40"))
+    assert "fig4" not in md and "## Figures" not in md
+    assert "fig4" in (root / "report.md").read_text()  # still in the results folder's own report
+    lone = CliRunner().invoke(main, ["report", "--out", str(root), "--publish-figures", "report"])
+    assert lone.exit_code == 2 and "give --to as well" in lone.output

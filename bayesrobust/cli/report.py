@@ -37,17 +37,22 @@ from . import options
               help="Draw Bay − Det against this setting of the compared models, read from each analysis "
                    "(dotted, e.g. preset.base.lr, seed, preset.prior_scale, epsilon), instead of one point per "
                    "analysis; repeatable.")
+@click.option("--publish-figures", type=click.Choice(["all", "report"]), default="all", show_default=True,
+              help="With --to: publish every figure, or only those the report draws (the differences or --against "
+                   "figures), leaving each run's figures in OUT/report.html.")
 @options.verbose_option
 @options.friendly_errors
-def main(out, title, to, command, against, verbose):
+def main(out, title, to, command, against, publish_figures, verbose):
     """Write OUT/report.html (figures embedded) and OUT/report.md from every result under OUT."""
     from ..paths import resolve_out
     from ..results_report import REPORT_MD, write_report
     options.setup_logging(verbose)
     if command is not None and to is None:
         raise click.UsageError("--command is written into a published report: give --to as well")
+    if publish_figures != "all" and to is None:
+        raise click.UsageError("--publish-figures chooses what --to publishes: give --to as well")
     html_path, md_path = write_report(resolve_out(out), title=title, publish_to=to, command=command or "",
-                                   against=against)
+                                   against=against, publish_figures=publish_figures)
     click.echo(f"report written to {html_path} and {md_path}")
     if to is not None:
         click.echo(f"published to {Path(to) / REPORT_MD}")
