@@ -194,5 +194,6 @@ def against_figure(rows: pd.DataFrame, key: str) -> Figure:
         ax.set_title(rule_label(rule))
     axes[0][0].set_ylabel("Bay − Det, last layer\n(median, 95% CI)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False)
+    columns = min(4 if max(map(len, labels)) < 40 else 2, len(labels))  # long series names: a narrower legend
+    fig.legend(handles, labels, loc="outside lower center", ncol=columns, fontsize=7, frameon=False)
     return fig
