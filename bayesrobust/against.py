@@ -128,7 +128,7 @@ def against_rows(analyses: Mapping[str, xr.Dataset], key: str) -> pd.DataFrame:
     if not rows:
         known = sorted({k for ds in analyses.values() if ds.sizes.get("comparison", 0) for k in available_keys(ds)})
         raise ValueError(f"no analysis records the setting {key!r} for a compared model; known settings: "
-                         f"{', '.join(known) or 'none (no analysis has a comparison)'}")
+                         f"{', '.join(known) or 'none (no analysis has a comparison with recorded settings)'}")
     frame = pd.DataFrame(rows)
     index = ["analysis", "preset", "comparison", "attack", "value", "rule", "test_accuracy", "success",
              "success_det"]
