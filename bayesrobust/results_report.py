@@ -361,7 +361,7 @@ def collect(out: Path, against: Sequence[str] = ()) -> tuple[list[Section], pd.D
         analyses[name] = ds
     swept = {key: against_rows(analyses, key) for key in against}
     with_ci = {k: v for k, v in analyses.items() if "diff_median" in v and v.sizes.get("comparison", 0)}
-    if with_ci and not swept:  # a sweep's figure is the one against its setting: one point per analysis is not
+    if with_ci and not swept:  # with `against`, the figure against the setting replaces one point per analysis
         import matplotlib.pyplot as plt
         fig = differences_figure(with_ci)
         paths = save_figure(fig, out / REPORT_FILES / "differences", formats=("png",), dpi=120)
@@ -448,6 +448,11 @@ def render_html(sections: Sequence[Section], provenance: pd.DataFrame, title: st
     return "\n".join(parts)
 
 
+def _check_publish_figures(publish_figures: str) -> None:
+    if publish_figures not in ("all", "report"):
+        raise ValueError(f"publish_figures={publish_figures!r}: expected 'all' or 'report'")
+
+
 def write_report(out: str | Path, title: str = "bayesrobust report", publish_to: str | Path | None = None,
                  command: str = "", against: Sequence[str] = (), publish_figures: str = "all") -> tuple[Path, Path]:
     """Write ``OUT/report.html`` (self-contained) and ``OUT/report.md``; returns their paths. With
@@ -460,9 +465,11 @@ def write_report(out: str | Path, title: str = "bayesrobust report", publish_to:
     FileNotFoundError
         ``out`` is not a folder, or holds no analysis (run ``bayesrobust analyze`` first).
     ValueError
-        A setting in ``against`` that no analysis records.
+        A setting in ``against`` that no analysis records, or a bad ``publish_figures`` (both before anything
+        is written).
     """
     out = Path(out)
+    _check_publish_figures(publish_figures)
     if not out.is_dir():
         raise FileNotFoundError(f"no results folder at {out}")
     if not find_analyses(out):
@@ -552,8 +559,7 @@ def publish(out: str | Path, to: str | Path, title: str = "bayesrobust report", 
         ``out`` is not a folder, or holds no analysis.
     """
     import shutil
-    if publish_figures not in ("all", "report"):
-        raise ValueError(f"publish_figures={publish_figures!r}: expected 'all' or 'report'")
+    _check_publish_figures(publish_figures)
     out, to = Path(out), Path(to)
     if not out.is_dir() or not find_analyses(out):
         raise FileNotFoundError(f"no analysis under {out}; run the study (or `bayesrobust analyze`) first")

@@ -228,6 +228,8 @@ def _combinations(case: Case) -> None:
         t["fgsm_l2"] = BAD
     if c == "report" and "command" in case.values and "to" not in case.values:
         t["command_without_to"] = USAGE  # --command is only written into a published report
+    if c == "report" and case.values.get("publish_figures", "all") != "all" and "to" not in case.values:
+        t["publish_figures_without_to"] = USAGE  # --publish-figures chooses what --to publishes
     if c == "attack" and attack != "pgd":  # FGSM ignores the PGD settings
         for name in ("steps", "step_size"):
             if t.get(name) == BAD:

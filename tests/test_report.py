@@ -225,3 +225,9 @@ def test_publishing_only_the_report_figures_leaves_the_run_figures_behind(study,
     assert "fig4" in (root / "report.md").read_text()  # still in the results folder's own report
     lone = CliRunner().invoke(main, ["report", "--out", str(root), "--publish-figures", "report"])
     assert lone.exit_code == 2 and "give --to as well" in lone.output
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "one").symlink_to(root / "2_correct", target_is_directory=True)
+    with pytest.raises(ValueError, match="publish_figures='some': expected 'all' or 'report'"):
+        write_report(fresh, publish_to=tmp_path / "never", publish_figures="some")
+    assert not (fresh / "report.html").exists() and not (tmp_path / "never").exists()  # nothing written
