@@ -49,13 +49,21 @@ def _runs(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     return {run["model"]: run for run in config.get("runs", []) if "model" in run}
 
 
+def _compared_attack(ds: xr.Dataset, runs: Mapping[str, dict[str, Any]], comparison: str) -> dict[str, Any]:
+    """The attack settings (with its ``model_config``) of ``comparison``'s compared model, from :func:`_runs`."""
+    return runs.get(str(ds.compared.sel(comparison=comparison).values), {}).get("attack", {})
+
+
+def _setting(attack: Mapping[str, Any], key: str) -> Any:
+    """``key`` in the model config of an attack's settings, else in the settings themselves, else _MISSING."""
+    value = _lookup(attack.get("model_config", {}), key)
+    return _lookup(attack, key) if value is _MISSING else value
+
+
 def setting_value(ds: xr.Dataset, comparison: str, key: str) -> Any:
     """The compared model's value of ``key`` in ``comparison`` of the analysis ``ds``: from its model config,
     else its attack's settings; :data:`_MISSING` if neither holds it."""
-    run = _runs(ds).get(str(ds.compared.sel(comparison=comparison).values), {})
-    attack = run.get("attack", {})
-    value = _lookup(attack.get("model_config", {}), key)
-    return _lookup(attack, key) if value is _MISSING else value
+    return _setting(_compared_attack(ds, _runs(ds), comparison), key)
 
 
 def attack_label(ds: xr.Dataset) -> str:
@@ -78,20 +86,38 @@ def _keys(settings: Mapping[str, Any], prefix: str = "") -> list[str]:
 def available_keys(ds: xr.Dataset) -> list[str]:
     """The keys :func:`setting_value` can read from the analysis' compared models, sorted."""
     keys: set[str] = set()
+    runs = _runs(ds)
     for comparison in ds.comparison.values.tolist():
-        attack = dict(_runs(ds).get(str(ds.compared.sel(comparison=comparison).values), {}).get("attack", {}))
+        attack = dict(_compared_attack(ds, runs, comparison))
         keys.update(_keys(attack.pop("model_config", {})) + _keys(attack))
     return sorted(keys)
 
 
+def _describe(ds: xr.Dataset, comparison: str, attack: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+    """A comparison's columns of :func:`against_rows` besides the numbers; None if it does not record ``key``."""
+    value = _setting(attack, key)
+    if value is _MISSING:
+        return None
+    if isinstance(value, Mapping):
+        raise ValueError(f"the setting {key!r} is a group ({', '.join(sorted(value))}); "
+                         f"name one of them, e.g. {key}.{next(iter(sorted(value)), '')}")
+    if isinstance(value, list):  # e.g. milestones: a label, not a number
+        value = json.dumps(value)
+    compared, reference = (str(ds[c].sel(comparison=comparison).values) for c in ("compared", "reference"))
+    accuracy = _setting(attack, "test_accuracy")
+    return {"preset": str(ds.attrs.get("preset", "")), "comparison": comparison, "attack": attack_label(ds),
+            "value": value, "test_accuracy": np.nan if accuracy is _MISSING else float(accuracy),
+            "success": float(ds.success.sel(model=compared).mean()),
+            "success_det": float(ds.success.sel(model=reference).mean())}
+
+
 def against_rows(analyses: Mapping[str, xr.Dataset], key: str) -> pd.DataFrame:
     """One row per (analysis, comparison, rule) whose compared model records ``key``: columns ``analysis``,
-    ``preset``, ``comparison``, ``attack`` (:func:`attack_label`), ``value``, ``rule``, ``test_accuracy`` (the compared
-    model's, NaN if not recorded), ``success`` and ``success_det`` (the attack's success rate against the
+    ``preset``, ``comparison``, ``attack`` (:func:`attack_label`), ``value``, ``rule``, ``test_accuracy`` (the
+    compared model's, NaN if not recorded), ``success`` and ``success_det`` (the attack's success rate against the
     compared model and against Det: a larger difference under a weaker attack is no steadier explanation),
-    ``own_median``, ``own_ci_low``,
-    ``own_ci_high`` and, where the analysis has the cross-attack control, ``on_det_median`` / ``on_det_ci_low`` /
-    ``on_det_ci_high`` (the last layer).
+    ``own_median``, ``own_ci_low``, ``own_ci_high`` and, where the analysis has the cross-attack control,
+    ``on_det_median`` / ``on_det_ci_low`` / ``on_det_ci_high`` (the last layer).
 
     Raises
     ------
@@ -103,27 +129,18 @@ def against_rows(analyses: Mapping[str, xr.Dataset], key: str) -> pd.DataFrame:
     for name, ds in analyses.items():
         if "diff_median" not in ds or not ds.sizes.get("comparison", 0):
             continue
+        runs = _runs(ds)
+        described = {}  # comparison -> its value and context, or None where it does not record the setting
         for comparison, condition, values in control_rows(ds):
             if condition not in CONDITIONS:
                 continue
-            value = setting_value(ds, comparison, key)
-            if value is _MISSING:
+            if comparison not in described:
+                described[comparison] = _describe(ds, comparison, _compared_attack(ds, runs, comparison), key)
+            if described[comparison] is None:
                 continue
-            if isinstance(value, Mapping):
-                raise ValueError(f"the setting {key!r} is a group ({', '.join(sorted(value))}); "
-                                 f"name one of them, e.g. {key}.{next(iter(sorted(value)), '')}")
-            if isinstance(value, list):  # e.g. milestones: a label, not a number
-                value = json.dumps(value)
             stem = CONDITIONS[condition]
-            compared, reference = (str(ds[c].sel(comparison=comparison).values) for c in ("compared", "reference"))
-            accuracy = setting_value(ds, comparison, "test_accuracy")
-            context = {"test_accuracy": np.nan if accuracy is _MISSING else float(accuracy),
-                       "success": float(ds.success.sel(model=compared).mean()),
-                       "success_det": float(ds.success.sel(model=reference).mean())}
             for rule, (median, low, high) in values.items():
-                rows.append({"analysis": name, "preset": str(ds.attrs.get("preset", "")),
-                             "comparison": comparison, "attack": attack_label(ds),
-                             "value": value, "rule": rule, **context,
+                rows.append({"analysis": name, **described[comparison], "rule": rule,
                              f"{stem}_median": median, f"{stem}_ci_low": low, f"{stem}_ci_high": high})
     if not rows:
         known = sorted({k for ds in analyses.values() if ds.sizes.get("comparison", 0) for k in available_keys(ds)})
@@ -135,8 +152,12 @@ def against_rows(analyses: Mapping[str, xr.Dataset], key: str) -> pd.DataFrame:
     return frame.groupby(index, sort=False, dropna=False).first().reset_index()
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
 def _numeric(values: pd.Series) -> bool:
-    return all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values)
+    return all(map(_is_number, values))
 
 
 def series_names(rows: pd.DataFrame) -> pd.Series:
@@ -197,3 +218,27 @@ def against_figure(rows: pd.DataFrame, key: str) -> Figure:
     columns = min(4 if max(map(len, labels)) < 40 else 2, len(labels))  # long series names: a narrower legend
     fig.legend(handles, labels, loc="outside lower center", ncol=columns, fontsize=7, frameon=False)
     return fig
+
+
+def against_table(rows: pd.DataFrame, key: str) -> pd.DataFrame:
+    """:func:`against_rows` as a table to print: a row per (analysis, series) with the value, the compared
+    model's test accuracy, the attack's success (model / Det), a ``median [low, high]`` cell per rule under the
+    own attack and, where there, the medians on Det's x̃; sorted by series, then value."""
+    from .stages import format_ci
+    rules = ordered_rules(rows["rule"].unique().tolist())
+    table = []
+    for (analysis, series, value), at in rows.assign(series=series_names(rows)).groupby(
+            ["analysis", "series", "value"], sort=False):
+        at = at.set_index("rule")
+        first = at.iloc[0]
+        context = {"test acc.": "" if np.isnan(first.test_accuracy) else f"{first.test_accuracy:.2%}",
+                   "success (model / Det)": f"{first.success:.2f} / {first.success_det:.2f}"}
+        cells = {rule_label(r): format_ci(*(float(at.loc[r, f"own_{p}"]) for p in ("median", "ci_low", "ci_high")))
+                 for r in rules if r in at.index}
+        if "on_det_median" in at and at["on_det_median"].notna().any():
+            cells["both on Det's x̃"] = " / ".join(f"{float(at.loc[r, 'on_det_median']):+.3f}"
+                                                  for r in rules if r in at.index)
+        table.append({"analysis": analysis, "series": series, key: value, **context, **cells})
+    frame = pd.DataFrame(table).sort_values(["series", key], kind="stable", key=lambda column: column.map(
+        lambda v: (0, v, "") if _is_number(v) else (1, 0, str(v))))
+    return frame.set_index(["analysis", "series"]).fillna("")

@@ -305,39 +305,22 @@ def _result_provenance(out: Path, files: Sequence[Path]) -> pd.DataFrame:
 
 
 def against_section(rows: pd.DataFrame, key: str, out: Path) -> Section:
-    """The section of :func:`against.against_figure`: the figure and a table of its numbers, a row per
-    (analysis, series), a column per rule, sorted by series and value."""
+    """The section of :func:`against.against_figure`: the figure and :func:`against.against_table`."""
     import matplotlib.pyplot as plt
 
-    from .against import against_figure, series_names
+    from .against import against_figure, against_table
     from .figures import ordered_rules, rule_label
-    from .stages import format_ci, save_figure
+    from .stages import save_figure
     fig = against_figure(rows, key)
     paths = save_figure(fig, out / REPORT_FILES / f"against_{key.replace('.', '_')}", formats=("png",), dpi=120)
     plt.close(fig)
     rules = ordered_rules(rows["rule"].unique().tolist())
-    table = []
-    for (analysis, series, value), at in rows.assign(series=series_names(rows)).groupby(
-            ["analysis", "series", "value"], sort=False):
-        at = at.set_index("rule")
-        first = at.iloc[0]
-        context = {"test acc.": "" if np.isnan(first.test_accuracy) else f"{first.test_accuracy:.2%}",
-                   "success (model / Det)": f"{first.success:.2f} / {first.success_det:.2f}"}
-        cells = {rule_label(r): format_ci(*(float(at.loc[r, f"own_{p}"]) for p in ("median", "ci_low", "ci_high")))
-                 for r in rules if r in at.index}
-        if "on_det_median" in at and at["on_det_median"].notna().any():
-            cells["both on Det's x̃"] = " / ".join(f"{float(at.loc[r, 'on_det_median']):+.3f}"
-                                                  for r in rules if r in at.index)
-        table.append({"analysis": analysis, "series": series, key: value, **context, **cells})
-    frame = pd.DataFrame(table).sort_values(["series", key], kind="stable", key=lambda v: v.map(
-        lambda x: (0, x, "") if isinstance(x, (int, float)) and not isinstance(x, bool) else (1, 0, str(x))))
-    frame = frame.set_index(["analysis", "series"]).fillna("")
     return Section(f"Bay − Det against {key}",
                    f"Last layer, all images: each analysis' median paired difference under its own attack with the "
                    f"paired bootstrap 95% CI (filled), and with both models explained on Det's x̃ (hollow), "
                    f"against the compared model's {key}; the line joins the medians over analyses that share a "
                    f"value.", [Table(f"Bay − Det against {key} (own attack; both on Det's x̃: "
-                                     f"{' / '.join(rule_label(r) for r in rules)})", frame)],
+                                     f"{' / '.join(rule_label(r) for r in rules)})", against_table(rows, key))],
                    paths)
 
 
