@@ -4,7 +4,10 @@ A sweep is a folder of analyses (one run per value, e.g. a folder of links to th
 ``bayesrobust report`` takes them). Each comparison's value of the setting is read from the analysis itself:
 the compared model's ``config.json`` as recorded in the analysis (``preset.base.lr``, ``seed``,
 ``preset.prior_scale``, ``test_accuracy``, ...), else its attack's settings (``epsilon``, ``n_draws``,
-``posterior_mode``). A dotted key walks nested settings.
+``posterior_mode``). A dotted key walks nested settings. ``training.KEY`` reads ``KEY`` from the preset section
+the compared model trained with (:data:`~bayesrobust.presets.TRAINING_SECTION`): ``training.lr`` is
+``preset.sgmcmc.lr`` for an SGHMC posterior and ``preset.base.lr`` for a deep ensemble's members, so a sampler's
+step sizes and a deterministic net's share one axis.
 
 - :func:`against_rows`: one row per (analysis, comparison, rule) with the value, the attack, the median paired
   difference at the last layer with its paired bootstrap 95% CI under the own attack, and under the cross attack
@@ -26,9 +29,12 @@ from matplotlib.figure import Figure
 
 from .control_figures import control_rows
 from .figures import ordered_rules, rule_label
+from .presets import TRAINING_SECTION, training_route
 
 #: The conditions of :func:`against_rows` (labels of :data:`control_figures.CONDITIONS`) and their column stems.
 CONDITIONS = {"own attack": "own", "cross: on Det's x̃": "on_det"}
+#: The prefix of the settings read from the section of the preset the compared model trained with.
+TRAINING = "training."
 _MISSING = object()
 
 
@@ -54,9 +60,26 @@ def _compared_attack(ds: xr.Dataset, runs: Mapping[str, dict[str, Any]], compari
     return runs.get(str(ds.compared.sel(comparison=comparison).values), {}).get("attack", {})
 
 
+def _inference(config: Mapping[str, Any]) -> str:
+    """How a recorded model config trained: its fullBNN inference, or its route (``base``, ``adv``, ``svi``)."""
+    preset = config.get("preset", {})
+    return str(training_route(str(config.get("model", "")), config.get("inference") or preset.get("inference"))
+               or "")
+
+
+def _training(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The section of a recorded model config's preset that it trained with (:data:`TRAINING`); {} if unknown."""
+    section = TRAINING_SECTION.get(_inference(config))
+    return config.get("preset", {}).get(section, {}) if section else {}
+
+
 def _setting(attack: Mapping[str, Any], key: str) -> Any:
-    """``key`` in the model config of an attack's settings, else in the settings themselves, else _MISSING."""
-    value = _lookup(attack.get("model_config", {}), key)
+    """``key`` in the model config of an attack's settings (a ``training.`` key in its training section), else
+    in the settings themselves, else _MISSING."""
+    config = attack.get("model_config", {})
+    value = _lookup(config, key)
+    if value is _MISSING and key.startswith(TRAINING):
+        value = _lookup(_training(config), key.removeprefix(TRAINING))
     return _lookup(attack, key) if value is _MISSING else value
 
 
@@ -89,7 +112,8 @@ def available_keys(ds: xr.Dataset) -> list[str]:
     runs = _runs(ds)
     for comparison in ds.comparison.values.tolist():
         attack = dict(_compared_attack(ds, runs, comparison))
-        keys.update(_keys(attack.pop("model_config", {})) + _keys(attack))
+        config = attack.pop("model_config", {})
+        keys.update(_keys(config) + _keys(attack) + _keys(_training(config), TRAINING))
     return sorted(keys)
 
 
@@ -105,15 +129,17 @@ def _describe(ds: xr.Dataset, comparison: str, attack: Mapping[str, Any], key: s
         value = json.dumps(value)
     compared, reference = (str(ds[c].sel(comparison=comparison).values) for c in ("compared", "reference"))
     accuracy = _setting(attack, "test_accuracy")
-    return {"preset": str(ds.attrs.get("preset", "")), "comparison": comparison, "attack": attack_label(ds),
-            "value": value, "test_accuracy": np.nan if accuracy is _MISSING else float(accuracy),
+    return {"preset": str(ds.attrs.get("preset", "")), "comparison": comparison,
+            "inference": _inference(attack.get("model_config", {})), "attack": attack_label(ds), "value": value,
+            "test_accuracy": np.nan if accuracy is _MISSING else float(accuracy),
             "success": float(ds.success.sel(model=compared).mean()),
             "success_det": float(ds.success.sel(model=reference).mean())}
 
 
 def against_rows(analyses: Mapping[str, xr.Dataset], key: str) -> pd.DataFrame:
     """One row per (analysis, comparison, rule) whose compared model records ``key``: columns ``analysis``,
-    ``preset``, ``comparison``, ``attack`` (:func:`attack_label`), ``value``, ``rule``, ``test_accuracy`` (the
+    ``preset``, ``comparison``, ``inference`` (how the compared model trained: ``sghmc``, ``ensemble``, ...; ""
+    where not recorded), ``attack`` (:func:`attack_label`), ``value``, ``rule``, ``test_accuracy`` (the
     compared model's, NaN if not recorded), ``success`` and ``success_det`` (the attack's success rate against the
     compared model and against Det: a larger difference under a weaker attack is no steadier explanation),
     ``own_median``, ``own_ci_low``, ``own_ci_high`` and, where the analysis has the cross-attack control,
@@ -147,7 +173,7 @@ def against_rows(analyses: Mapping[str, xr.Dataset], key: str) -> pd.DataFrame:
         raise ValueError(f"no analysis records the setting {key!r} for a compared model; known settings: "
                          f"{', '.join(known) or 'none (no analysis has a comparison with recorded settings)'}")
     frame = pd.DataFrame(rows)
-    index = ["analysis", "preset", "comparison", "attack", "value", "rule", "test_accuracy", "success",
+    index = ["analysis", "preset", "comparison", "inference", "attack", "value", "rule", "test_accuracy", "success",
              "success_det"]
     return frame.groupby(index, sort=False, dropna=False).first().reset_index()
 
@@ -161,9 +187,14 @@ def _numeric(values: pd.Series) -> bool:
 
 
 def series_names(rows: pd.DataFrame) -> pd.Series:
-    """The series each row of :func:`against_rows` belongs to: its comparison, with its preset and its attack
-    where the rows hold several (a folder of both fc2 presets' runs, a run's FGSM and PGD analyses)."""
-    names = rows["preset"] + ", " + rows["comparison"] if rows["preset"].nunique() > 1 else rows["comparison"]
+    """The series each row of :func:`against_rows` belongs to: its comparison, with its preset, the compared
+    model's inference and its attack where the rows hold several (a folder of both fc2 presets' runs, of SGHMC
+    chains and deterministic nets in the fullBNN's place, a run's FGSM and PGD analyses)."""
+    names = rows["comparison"]
+    if rows["preset"].nunique() > 1:
+        names = rows["preset"] + ", " + names
+    if rows["inference"].nunique() > 1:
+        names = names + " (" + rows["inference"] + ")"
     return names + ", " + rows["attack"] if rows["attack"].nunique() > 1 else names
 
 

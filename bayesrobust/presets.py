@@ -331,12 +331,22 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("laplace_subset", "laplace_structure", "laplace_rank", "laplace_refit_steps"), ("laplace",)),
 }
 _ROUTE_NAMES = {"base": "baseNN/artNN", "adv": "advNN", "svi": "fullBNN --inference svi (and artBNN)"}
+#: The :class:`Preset` field each training route (:func:`training_route`) takes its step size, epochs and batch
+#: size from: the deep ensemble's members and Laplace's network train as baseNN does.
+TRAINING_SECTION = {"base": "base", "adv": "adv_optim", "svi": "svi", "hmc": "hmc", "sghmc": "sgmcmc",
+                    "sgld": "sgmcmc", "laplace": "base", "ensemble": "base"}
+
+
+def training_route(model: str, inference: str | None) -> str | None:
+    """How ``model`` trains: ``base`` (baseNN, artNN), ``adv`` (advNN), ``svi`` (artBNN), else by the fullBNN's
+    ``inference``."""
+    return {"baseNN": "base", "artNN": "base", "advNN": "adv", "artBNN": "svi"}.get(model, inference)
 
 
 def _check_applies(model: str, inference: str | None, given: dict[str, Any]) -> None:
     """``ValueError`` for a given override that ``model`` (with ``inference``) does not train with, so a
     setting is never silently ignored."""
-    route = {"baseNN": "base", "artNN": "base", "advNN": "adv", "artBNN": "svi"}.get(model, inference)
+    route = training_route(model, inference)
     if route not in ("base", "adv", *Inference.values()):  # an unknown inference: reported where it is resolved
         return
     for name, value in given.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from click.testing import CliRunner
 from test_analysis import _run
 
 from bayesrobust import stability
+from bayesrobust.against import _MISSING as MISSING
 from bayesrobust.against import against_figure, against_rows, available_keys, series_names, setting_value
 from bayesrobust.cli import main
 from bayesrobust.results_report import REPORT_FILES, write_report
@@ -156,3 +159,41 @@ def test_analyses_of_different_attacks_or_presets_are_separate_series(analyses):
     rows = against_rows({"a/fgsm": fgsm.assign_attrs(preset="mnist"), "b/fgsm": other}, "seed")
     assert set(series_names(rows)) == {"mnist, fullBNN_S10-baseNN", "mnist, fullBNN_S50-baseNN",
                                        "fashion, fullBNN_S10-baseNN", "fashion, fullBNN_S50-baseNN"}
+
+
+def _trained_by(ds, inference: str, lr: float):
+    """``ds`` with its fullBNNs recorded as trained by ``inference`` at step size ``lr`` (in the preset section
+    that inference trains with, the other section holding a decoy), baseNN by Adam at 0.001."""
+    config = json.loads(ds.attrs["config"])
+    for run in config["runs"]:
+        model_config = run["attack"]["model_config"]
+        if run["model"] == "baseNN":
+            model_config.update(model="baseNN", inference=None)
+            continue
+        section, decoy = ("sgmcmc", "base") if inference == "sghmc" else ("base", "sgmcmc")
+        model_config.update(model="fullBNN", inference=inference)
+        model_config["preset"] = {section: {"lr": lr}, decoy: {"lr": 123.0}, "inference": "svi"}
+    return ds.assign_attrs(config=json.dumps(config))
+
+
+def test_training_keys_read_the_section_each_model_trained_with(analyses):
+    """``training.lr`` is the sampler's step for an SGHMC posterior and the members' step for a deep ensemble:
+    a posterior's and a deterministic net's step sizes on one axis, as two series."""
+    chain = _trained_by(analyses["lr0.01_s0"], "sghmc", 0.05)
+    net = _trained_by(analyses["lr0.1_s0"], "ensemble", 0.2)
+    assert setting_value(chain, "fullBNN_S10-baseNN", "training.lr") == 0.05
+    assert setting_value(net, "fullBNN_S10-baseNN", "training.lr") == 0.2
+    assert setting_value(net, "fullBNN_S10-baseNN", "training.momentum") is MISSING  # not recorded here
+    assert {"training.lr", "preset.sgmcmc.lr"} <= set(available_keys(chain))
+    rows = against_rows({"chain": chain, "net": net}, "training.lr")
+    assert dict(zip(rows.analysis, rows.inference)) == {"chain": "sghmc", "net": "ensemble"}
+    assert set(rows.value) == {0.05, 0.2}
+    assert set(series_names(rows)) == {f"fullBNN_S{s}-baseNN ({i})" for s in (10, 50) for i in ("sghmc", "ensemble")}
+    fig = against_figure(rows, "training.lr")
+    try:
+        medians = [line for line in fig.axes[0].get_lines() if line.get_gid() == "median"]
+        assert len(medians) == 4 and all(len(line.get_xdata()) == 1 for line in medians)
+    finally:
+        plt.close(fig)
+    with pytest.raises(ValueError, match=r"'training.learning_rate'.*training\.lr"):
+        against_rows({"chain": chain}, "training.learning_rate")

@@ -35,7 +35,8 @@ from . import options
 @click.option("--command", default=None, help="With --to: the command that produced the results, stated on top.")
 @click.option("--against", "against", multiple=True, metavar="KEY",
               help="Draw Bay − Det against this setting of the compared models, read from each analysis "
-                   "(dotted, e.g. preset.base.lr, seed, preset.prior_scale, epsilon), instead of one point per "
+                   "(dotted, e.g. preset.base.lr, seed, preset.prior_scale, epsilon; training.lr: the step size of "
+                   "whichever optimiser or sampler trained it), instead of one point per "
                    "analysis; repeatable.")
 @click.option("--publish-figures", type=click.Choice(["all", "report"]), default="all", show_default=True,
               help="With --to: publish every figure, or only those the report draws (the differences or --against "
