@@ -278,9 +278,42 @@ def draws_figure(ds: xr.Dataset) -> Any | None:
     return fig
 
 
+#: How a result's config refers to a model config the report lists in the model's own row.
+MODEL_CONFIG_REFERENCE = "as in the provenance of "
+
+
+def _refer_to_models(config: str, models: dict[str, str]) -> str:
+    """``config`` (JSON) with every ``model_config`` equal to a listed model's config replaced by
+    ``MODEL_CONFIG_REFERENCE + that model's result path``, so each model config is printed once (an analysis
+    records one per run, attack and explanation: most of a sweep's report). ``models``: normalised config JSON
+    → result path. Not JSON, or nothing to replace: returned unchanged."""
+    replaced = 0
+
+    def walk(value: Any) -> Any:
+        nonlocal replaced
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        walked = {}
+        for k, v in value.items():
+            listed = models.get(json.dumps(v, sort_keys=True, default=str)) \
+                if k == "model_config" and isinstance(v, dict) else None
+            replaced += listed is not None
+            walked[k] = MODEL_CONFIG_REFERENCE + listed if listed is not None else walk(v)
+        return walked
+
+    try:
+        shortened = walk(json.loads(config))
+    except ValueError:
+        return config
+    return json.dumps(shortened, sort_keys=True, default=str) if replaced else config
+
+
 def _result_provenance(out: Path, files: Sequence[Path]) -> pd.DataFrame:
     """One row per stored result in ``files`` (under ``out``): path, kind, created, git revision, versions,
-    config."""
+    config. A model config listed in its model's row is referred to, not repeated, in other results' configs
+    (:func:`_refer_to_models`)."""
     rows = []
     for path in files:
         if path.name != "config.json" or path.parent.parent.parent.name != "models":
@@ -301,6 +334,10 @@ def _result_provenance(out: Path, files: Sequence[Path]) -> pd.DataFrame:
         rows.append({"result": str(path.relative_to(out)), "kind": str(attrs.get("kind", "?")),
                      "created": str(attrs.get("created", "")), "git_revision": str(attrs.get("git_revision", "")),
                      "versions": str(attrs.get("versions", "")), "config": str(attrs.get("config", ""))})
+    models = {row["config"]: row["result"] for row in rows if row["kind"].startswith("model (")}
+    for row in rows:
+        if not row["kind"].startswith("model ("):
+            row["config"] = _refer_to_models(row["config"], models)
     return pd.DataFrame(rows, columns=["result", "kind", "created", "git_revision", "versions", "config"])
 
 

@@ -231,3 +231,36 @@ def test_publishing_only_the_report_figures_leaves_the_run_figures_behind(study,
     with pytest.raises(ValueError, match="publish_figures='some': expected 'all' or 'report'"):
         write_report(fresh, publish_to=tmp_path / "never", publish_figures="some")
     assert not (fresh / "report.html").exists() and not (tmp_path / "never").exists()  # nothing written
+
+
+def test_a_listed_models_config_is_printed_once_and_referred_to_elsewhere(tmp_path):
+    """An attack records its model's whole config; the report prints it in the model's row only and refers to
+    it from the attack's config. Putting the model's config back gives the recorded config again; a model
+    config the report does not list stays in full."""
+    import xarray as xr
+
+    from bayesrobust.results_report import MODEL_CONFIG_REFERENCE
+
+    posterior = deterministic(build(ArchConfig("fc2", 8)))
+    posterior.config.update(model="baseNN", preset={"base": {"lr": 0.001}}, test_accuracy=float("nan"))
+    posterior.save(tmp_path / "models" / "quick" / "baseNN")
+    listed = json.loads((tmp_path / "models" / "quick" / "baseNN" / "config.json").read_text())["config"]
+    other = {**listed, "model": "fullBNN"}
+    recorded = {"epsilon": 0.2, "model_config": listed,
+                "runs": [{"attack": {"model_config": listed}}, {"attack": {"model_config": other}}]}
+    attrs = {"kind": "attack", "config": json.dumps(recorded)}
+    xr.Dataset({"x": ("i", [1.0])}, attrs=attrs).to_netcdf(tmp_path / "attack.nc", engine="h5netcdf")
+    xr.Dataset({"x": ("i", [1.0])}, attrs={"kind": "attack", "config": "not json"}).to_netcdf(
+        tmp_path / "other.nc", engine="h5netcdf")
+    from bayesrobust.results_report import _result_provenance
+    rows = _result_provenance(tmp_path, sorted(tmp_path.rglob("*.nc")) +
+                              [tmp_path / "models" / "quick" / "baseNN" / "config.json"]).set_index("result")
+    shown = json.loads(rows.loc["attack.nc", "config"])
+    reference = MODEL_CONFIG_REFERENCE + "models/quick/baseNN"
+    assert shown["model_config"] == reference and shown["runs"][0]["attack"]["model_config"] == reference
+    assert shown["runs"][1]["attack"]["model_config"] == other  # not a listed model: in full
+    assert json.loads(rows.loc["models/quick/baseNN", "config"]) == json.loads(json.dumps(listed))
+    restored = json.loads(rows.loc["attack.nc", "config"].replace(f'"{reference}"', rows.loc["models/quick/baseNN",
+                                                                                                "config"]))
+    assert json.dumps(restored, sort_keys=True) == json.dumps(recorded, sort_keys=True)
+    assert rows.loc["other.nc", "config"] == "not json"
