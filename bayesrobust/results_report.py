@@ -14,7 +14,7 @@ links to the step folders of several runs, is reported as a whole:
   between the analyses, such as a step size or a seed (:mod:`bayesrobust.against`), with a table of its numbers;
 - every PNG figure under ``**/figures/``;
 - the provenance of every result (models' ``config.json``, netCDF and zarr attributes): kind, creation time,
-  git revision, library versions and the full config.
+  git revision, library versions and the full config (a listed model's config printed once, in its row).
 
 ``report.html`` embeds its figures (base64 PNG), so it can be mailed or archived alone; ``report.md``
 references them by relative path. Both are written atomically.
