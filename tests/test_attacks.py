@@ -383,3 +383,36 @@ def test_evaluate_shape_mismatch(trained, test_images):
 def test_table_bad_norm(trained, test_images):
     with pytest.raises(ValueError, match="unknown norm 'l1'; expected one of linf, l2"):
         robustness_table(deterministic(trained), test_images, epsilons={"l1": (0.1,)})
+
+
+def test_a_saturated_network_masks_fgsm_and_the_run_says_so(trained, test_images, caplog):
+    """Scaling the last layer by 10⁴ saturates the softmax: for every correctly classified image the
+    cross-entropy's input gradient is exactly zero in float32, FGSM leaves it as it was, and the attack run
+    records the share and warns. The network as trained moves every image."""
+    import copy
+    import logging
+
+    from bayesrobust.adversarial.run import unperturbed_share
+
+    saturated = copy.deepcopy(trained)
+    last = [m for m in saturated.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(1e4)
+        last.bias.mul_(1e4)
+    x, y = test_images.x, test_images.y
+    xg = x.clone().requires_grad_(True)
+    gradient = torch.autograd.grad(F.cross_entropy(saturated(xg), y, reduction="sum"), xg)[0]
+    zero = (gradient == 0).flatten(1).all(dim=1)
+    correct = saturated(x).argmax(1) == y
+    assert zero.float().mean() > 0.5 and bool(zero[correct].all())
+    with caplog.at_level(logging.WARNING, logger="bayesrobust.adversarial.run"):
+        ds = run_attack(deterministic(saturated), test_images, FGSM(epsilon=0.2), model_name="baseNN")
+    moved = torch.as_tensor((ds.x_adv != ds.x).values).flatten(1).any(dim=1)
+    assert torch.equal(~moved, zero)  # exactly the images whose gradient is zero stay put
+    assert ds.attrs["unperturbed_share"] == pytest.approx(float(zero.float().mean()))
+    assert "FGSM left" in caplog.text and "of baseNN unperturbed" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bayesrobust.adversarial.run"):
+        ds = run_attack(deterministic(trained), test_images, FGSM(epsilon=0.2), model_name="baseNN")
+    assert ds.attrs["unperturbed_share"] == 0 and "unperturbed" not in caplog.text
+    assert unperturbed_share(x[:0], x[:0]) == 0.0

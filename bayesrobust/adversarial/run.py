@@ -40,6 +40,17 @@ def attack_attrs(attack: Attack) -> dict[str, Any]:
             "random_start": p.get("random_start", False)}
 
 
+#: Above this share of unperturbed images an attack is reported as masked (:func:`run_attack` warns). A step
+#: with a non-zero gradient moves some pixel of nearly every image; an image stays put when its gradient is
+#: exactly zero, as when the softmax saturates in float32 (docs/results §2.7: 75% of one chain's images).
+MASKED_SHARE = 0.01
+
+
+def unperturbed_share(x: torch.Tensor, x_adv: torch.Tensor) -> float:
+    """The share of images (first dimension) that the attack left exactly as they were."""
+    return float((x_adv == x).flatten(1).all(dim=1).double().mean()) if x.shape[0] else 0.0
+
+
 def run_attack(model: Posterior, data: Data, attack: Attack, *, mode: str = "mean_grad",
                n_draws: int | None = None, seed: int = 0, model_name: str = "",
                config: Mapping[str, Any] | None = None, chunk_size: int | None = None,
@@ -74,7 +85,8 @@ def run_attack(model: Posterior, data: Data, attack: Attack, *, mode: str = "mea
         and sample in an HMC posterior; −1 and the draw index otherwise). Attributes: model, inference, dataset,
         attack, norm,
         epsilon, steps, step_size, random_start, posterior_mode, n_draws, seed, clean/adversarial accuracy,
-        success rate, and the provenance of :func:`bayesrobust.store.provenance`.
+        success rate, ``unperturbed_share`` (:func:`unperturbed_share`; above :data:`MASKED_SHARE` a warning
+        says the attack is masked), and the provenance of :func:`bayesrobust.store.provenance`.
 
     Raises
     ------
@@ -93,8 +105,14 @@ def run_attack(model: Posterior, data: Data, attack: Attack, *, mode: str = "mea
     ev = evaluate(draws, x, x_adv, y, chunk_size=chunk_size)
     setup = {**model_attrs(model, data, model_name), **attack_attrs(attack), "posterior_mode": mode,
              "n_draws": len(draws), "seed": int(seed)}
+    unperturbed = unperturbed_share(x, x_adv)
+    if unperturbed > MASKED_SHARE and attack.epsilon > 0:
+        log.warning("%s left %.0f%% of the images of %s unperturbed: the loss gradient is exactly zero there (a "
+                    "saturated softmax masks the attack), so this attack's robustness numbers measure unperturbed "
+                    "images; compare models on the cross-attack control (docs/method.md §9.8)",
+                    type(attack).__name__, 100 * unperturbed, model_name or "the model")
     attrs = {**setup, "accuracy": ev.accuracy, "adversarial_accuracy": ev.adversarial_accuracy,
-             "success_rate": ev.success_rate}
+             "success_rate": ev.success_rate, "unperturbed_share": unperturbed}
     image, pixel = ("image",), ("image", "channel", "height", "width")
     cpu = {k: v.detach().cpu().numpy() for k, v in {
         "x": x, "x_adv": x_adv, "label": y, "pred": ev.pred, "pred_adv": ev.pred_adv, "success": ev.success,
