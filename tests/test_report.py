@@ -264,3 +264,18 @@ def test_a_listed_models_config_is_printed_once_and_referred_to_elsewhere(tmp_pa
                                                                                                 "config"]))
     assert json.dumps(restored, sort_keys=True) == json.dumps(recorded, sort_keys=True)
     assert rows.loc["other.nc", "config"] == "not json"
+
+
+def test_the_perturbation_table_shows_the_share_of_unperturbed_images():
+    """A masked attack leaves images exactly as they were (‖x̃ − x‖₂ = 0); the table counts them per model."""
+    import numpy as np
+    import xarray as xr
+
+    from bayesrobust.results_report import control_tables
+
+    l2 = np.array([[0.0, 0.0, 0.0, 2.5], [4.0, 4.1, 3.9, 4.2]])
+    ds = xr.Dataset({"perturbation_l2": (("model", "image"), l2)}, coords={"model": ["fullBNN_S50", "baseNN"]})
+    (table,) = control_tables(ds)
+    assert table.caption.startswith("Perturbation size")
+    assert table.frame["unperturbed share"].to_dict() == {"fullBNN_S50": 0.75, "baseNN": 0.0}
+    assert table.frame["median ‖x̃ − x‖₂ (own attack)"].to_dict() == {"fullBNN_S50": 0.0, "baseNN": 4.05}
