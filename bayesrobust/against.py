@@ -90,12 +90,14 @@ def setting_value(ds: xr.Dataset, comparison: str, key: str) -> Any:
 
 
 def attack_label(ds: xr.Dataset) -> str:
-    """The analysis' attack as a short label (``fgsm linf 0.2``, top-k when not 20%)."""
+    """The analysis' attack as a short label (``fgsm linf 0.2``, the loss when not the cross-entropy, top-k when
+    not 20%)."""
     a = ds.attrs
     label = " ".join(f"{float(a[k]):g}" if k == "epsilon" else str(a[k]) for k in ("attack", "norm", "epsilon")
                      if k in a)
+    loss = str(a.get("loss", "ce"))  # analyses made before attacks had a loss attacked the cross-entropy
     topk = float(a.get("topk", 20))
-    return label + (f" top{topk:g}" if topk != 20 else "")
+    return label + (f" {loss}" if loss != "ce" else "") + (f" top{topk:g}" if topk != 20 else "")
 
 
 def _keys(settings: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -85,6 +85,14 @@ class PosteriorMode(Choice):
     MEAN_SIGN = "mean_sign"
 
 
+class AttackLoss(Choice):
+    """What an FGSM/PGD attack increases (docs/method.md §4.1): the cross-entropy with the true label (the
+    paper's), or the logit margin, which does not saturate with the softmax (§4.4)."""
+
+    CE = "ce"
+    MARGIN = "margin"
+
+
 class LikelihoodScaling(Choice):
     """SVI minibatch likelihood: scaled to the full data (correct) or unscaled as the reference code."""
 

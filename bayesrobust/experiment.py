@@ -26,6 +26,7 @@ import xarray as xr
 
 from . import checks, paths, stages
 from .choices import (
+    AttackLoss,
     AttackName,
     Control,
     HMCScheme,
@@ -59,8 +60,9 @@ class Experiment:
         Output folder (default ``$BAYESROBUST_OUT`` or ``./results``).
     inference
         fullBNN inference, ``svi`` or ``hmc`` (default: the preset's).
-    attack, norm, epsilon, steps, mode
-        The attack of every model (default FGSM, Linf, the preset's ε and steps, ``mean_grad``).
+    attack, norm, epsilon, steps, mode, loss
+        The attack of every model (default FGSM, Linf, the preset's ε and steps, ``mean_grad``, and the
+        cross-entropy ``ce``; ``margin`` attacks the logit margin, docs/method.md §4.4).
     draws
         The fullBNN's numbers of posterior draws S, each attacked and explained (default: the preset's).
     n_inputs
@@ -105,6 +107,7 @@ class Experiment:
     epsilon: float | None = None
     steps: int | None = None
     mode: str = "mean_grad"
+    loss: str = "ce"
     draws: Sequence[int] = ()
     n_inputs: int | None = None
     rules: Sequence[str] = PAPER_RULES
@@ -145,6 +148,7 @@ class Experiment:
         self.attack = AttackName.parse(self.attack, "attack").value
         self.norm = Norm.parse(self.norm, "norm").value
         self.mode = PosteriorMode.parse(self.mode, "posterior mode").value
+        self.loss = AttackLoss.parse(self.loss, "attack loss").value
         if self.likelihood_scaling is not None:
             self.likelihood_scaling = LikelihoodScaling.parse(self.likelihood_scaling, "likelihood scaling").value
         if self.hmc_scheme is not None:
@@ -194,7 +198,10 @@ class Experiment:
             if rule not in RULES:
                 raise ValueError(f"unknown LRP rule {rule!r}; expected one of {', '.join(RULES)}")
         self.topk = stages.check_topk(self.topk)
-        stages.make_attack_for(self.preset, self.attack, self.norm, self.epsilon, self.steps, None, True)
+        made = stages.make_attack_for(self.preset, self.attack, self.norm, self.epsilon, self.steps, None, True,
+                                      self.loss)
+        from .adversarial import PosteriorAverage
+        PosteriorAverage(made, mode=self.mode)  # the mode and the loss go together
         stages.resolve_device(self.device)
         for model in self.models:  # every training setting, with the overrides train() applies
             override_training(self.preset, model, self._inference(model), **self._overrides(model))  # checks all
@@ -239,7 +246,8 @@ class Experiment:
     @property
     def analysis_name(self) -> str:
         """The file stem of this experiment's analysis under ``OUT/analysis``."""
-        return f"{self.preset.name}_{self.attack}_top{self.topk:g}"
+        loss = f"_{self.loss}" if self.loss != AttackLoss.CE else ""
+        return f"{self.preset.name}_{self.attack}{loss}_top{self.topk:g}"
 
     def runs(self) -> list[tuple[str, int]]:
         """``(model, S)`` of every attack run: one per deterministic model, one per S for the fullBNN."""
@@ -263,7 +271,7 @@ class Experiment:
         return [self._say(stages.attack(self.preset, model, inference=self._inference(model), out=self.out,
                                         attack=self.attack, norm=self.norm, epsilon=self.epsilon,
                                         steps=self.steps, n_inputs=self.n_inputs, n_draws=s, mode=self.mode,
-                                        seed=self.seed, data_root=self.data_root, device=self.device,
+                                        loss=self.loss, seed=self.seed, data_root=self.data_root, device=self.device,
                                         force=self.force)).path
                 for model, s in self.runs()]
 
@@ -299,7 +307,7 @@ class Experiment:
         self._tick()
         done = stages.analyze(self.out, self.preset.name, topk=self.topk, attack=self.attack, norm=self.norm,
                               epsilon=self.epsilon if self.epsilon is not None else self.preset.attack_epsilon,
-                              mode=self.mode, method="lrp", name=self.analysis_name,
+                              mode=self.mode, method="lrp", name=self.analysis_name, loss=self.loss,
                               models=[model_name(m, s) for m, s in self.runs()])
         self._say(done)
         return done.details["dataset"]

@@ -66,7 +66,7 @@ AXES: dict[str, type | tuple[type, ...]] = {
     "seeds": int}
 #: One-valued settings and their types (those in :data:`LIST_SETTINGS`: a list of them).
 SETTINGS: dict[str, type | tuple[type, ...]] = {
-    "inference": str, "norm": str, "steps": int, "mode": str, "n_inputs": int, "topk": (int, float),
+    "inference": str, "norm": str, "steps": int, "mode": str, "loss": str, "n_inputs": int, "topk": (int, float),
     "likelihood_scaling": str, "hmc_scheme": str, "subset_size": int, "chains": int, "warmup": int, "samples": int,
     "n_train": int, "epochs": int, "lr": (int, float), "burnin": int, "precondition": str,
     "max_precondition": (int, float), "temperature": (int, float), "prior_scale": (int, float), "members": int,
@@ -485,10 +485,11 @@ def units(sweep: Sweep, experiments: Sequence[tuple[dict, Any]]) -> list[Unit]:
         eps = e.epsilon if e.epsilon is not None else e.preset.attack_epsilon
         for model, s in e.runs():
             common = dict(inference=e._inference(model), out=e.out, seed=e.seed, device=e.device, force=e.force)
-            tag = f"{where} {e.preset.name} {model_name(model, s)} {e.attack} {e.norm} eps{eps:g}"
+            tag = f"{where} {e.preset.name} {model_name(model, s)} {e.attack} {e.norm} eps{eps:g}" \
+                + (f" {e.loss}" if e.loss != "ce" else "")
             attacked = add(Unit(f"attack {tag}", "attack", dict(
                 preset=e.preset, model=model, attack=e.attack, norm=e.norm, epsilon=e.epsilon, steps=e.steps,
-                n_inputs=e.n_inputs, n_draws=s, mode=e.mode, data_root=e.data_root, **common),
+                n_inputs=e.n_inputs, n_draws=s, mode=e.mode, loss=e.loss, data_root=e.data_root, **common),
                 (trained[model],)), point)
             explained = add(Unit(f"explain {tag}", "explain", dict(
                 preset=e.preset, model=model, rules=tuple(e.rules), layers="all", n_draws=s, keep_draws=keep,
@@ -512,7 +513,7 @@ def units(sweep: Sweep, experiments: Sequence[tuple[dict, Any]]) -> list[Unit]:
         models = [model_name(m, s) for m, s in e.runs()]
         analysed = add(Unit(f"analyze {where} {name}", "analyze", dict(
             out=e.out, preset=e.preset.name, topk=e.topk, attack=e.attack, norm=e.norm, epsilon=eps, mode=e.mode,
-            method="lrp", name=name, models=models), tuple(r[4] for r in runs) + tuple(controlled),
+            loss=e.loss, method="lrp", name=name, models=models), tuple(r[4] for r in runs) + tuple(controlled),
             label=",".join(models)), point)
         add(Unit(f"plot {where} {name}", "plot", dict(out=e.out, analyses=[name], preset=e.preset.name),
                  (analysed,)), point)

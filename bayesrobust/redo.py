@@ -54,6 +54,8 @@ def attack_command(out: str | Path, cfg: Mapping[str, Any]) -> str:
                 args += [option, f"{cfg[key]:g}" if isinstance(cfg[key], float) else cfg[key]]
         if cfg.get("random_start") in (False, 0):
             args.append("--no-random-start")
+    if cfg.get("loss", "ce") != "ce":
+        args += ["--loss", cfg["loss"]]
     for key, option in (("n_inputs", "--n-inputs"), ("inputs_seed", "--inputs-seed"), ("seed", "--seed"),
                         ("chunk_size", "--chunk-size")):
         value = cfg.get(key)

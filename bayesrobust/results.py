@@ -19,7 +19,7 @@ Every "nothing found" is a :class:`FileNotFoundError` whose message names the co
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,17 @@ log = logging.getLogger(__name__)
 #: Explanation attributes naming the attack run, in the order they are tried.
 ATTACK_LINK_ATTRS = ("attack_run", "attack_path")
 #: Attack attributes that must agree between the runs of one analysis.
-ATTACK_SETTINGS = ("attack", "norm", "epsilon")
+ATTACK_SETTINGS = ("attack", "norm", "epsilon", "loss")
+
+
+def attack_loss(attrs: Mapping[str, Any]) -> str:
+    """The loss an attack run increased: its ``loss`` attribute; ``'ce'`` for runs stored before attacks had one
+    (all of them attacked the cross-entropy)."""
+    return str(attrs.get("loss", "ce"))
+
+
+def _setting(attrs: Mapping[str, Any], key: str) -> Any:
+    return attack_loss(attrs) if key == "loss" else attrs.get(key)
 
 ATTACK_COMMAND = "python -m bayesrobust.attack --out {out} --preset {preset} --model MODEL --attack fgsm"
 EXPLAIN_COMMAND = ("python -m bayesrobust.explain --out {out} --preset {preset} --model MODEL "
@@ -61,7 +71,8 @@ class Found:
     def settings(self) -> str:
         a = self.attack.attrs
         mode = f" {a.get('posterior_mode')}" if int(a.get("n_draws", 1)) > 1 else ""
-        return f"{a.get('attack')} {a.get('norm')} eps={float(a.get('epsilon', np.nan)):g}{mode}"
+        loss = f" loss={attack_loss(a)}" if attack_loss(a) != "ce" else ""
+        return f"{a.get('attack')} {a.get('norm')} eps={float(a.get('epsilon', np.nan)):g}{loss}{mode}"
 
 
 def _nc_files(folder: Path, kind: str | None = None) -> list[Path]:
@@ -151,7 +162,8 @@ def _linked_attack(out: Path, preset: str, path: Path, ds: xr.Dataset) -> Path:
 
 def find_runs(out: str | Path, preset: str | None = None, *, attack: str | None = None,
               norm: str | None = None, epsilon: float | None = None, mode: str | None = None,
-              method: str | None = None, models: Sequence[str] | None = None) -> list[Found]:
+              method: str | None = None, models: Sequence[str] | None = None, loss: str | None = None
+              ) -> list[Found]:
     """The attack runs of ``preset`` that have an explanation, one per model, filtered by attack settings.
 
     Parameters
@@ -169,6 +181,8 @@ def find_runs(out: str | Path, preset: str | None = None, *, attack: str | None 
         Keep only explanations whose ``method`` attribute is this.
     models
         Keep only these model names (``baseNN``, ``fullBNN_S100``, ...).
+    loss
+        Keep only attack runs that increased this loss (``'ce'``, ``'margin'``; :func:`attack_loss`).
 
     Returns
     -------
@@ -210,9 +224,9 @@ def find_runs(out: str | Path, preset: str | None = None, *, attack: str | None 
                 raise FileNotFoundError(f"explanation {path} explains attack run {target}, which does not exist")
             runs[target] = Found(target, store.open_result(target, "attack"), attack_sha256=store.file_hash(target))
         runs[target].explanations.append((path, ds))
-    wanted = {"attack": attack, "norm": norm, "epsilon": epsilon}
+    wanted = {"attack": attack, "norm": norm, "epsilon": epsilon, "loss": loss}
     kept = [f for f in runs.values()
-            if all(_match(f.attack.attrs.get(k), v) for k, v in wanted.items())
+            if all(_match(_setting(f.attack.attrs, k), v) for k, v in wanted.items())
             and (int(f.attack.attrs.get("n_draws", 1)) == 1 or _match(f.attack.attrs.get("posterior_mode"), mode))
             and (models is None or f.name in models)]
     for f in kept:  # only the runs an analysis would use: a stale explanation of another attack does not matter
@@ -228,12 +242,12 @@ def find_runs(out: str | Path, preset: str | None = None, *, attack: str | None 
     for name, found in by_model.items():
         if len(found) > 1:
             raise ValueError(f"several attack runs of {name} match: {'; '.join(f.settings() for f in found)}; "
-                             "choose one with --attack, --norm, --epsilon or --mode")
-    settings = {tuple(str(f.attack.attrs.get(k)) for k in ATTACK_SETTINGS) for f in kept}
+                             "choose one with --attack, --norm, --epsilon, --loss or --mode")
+    settings = {tuple(str(_setting(f.attack.attrs, k)) for k in ATTACK_SETTINGS) for f in kept}
     if len(settings) > 1:
         listed = "; ".join(f"{f.name}: {f.settings()}" for f in kept)
         raise ValueError(f"the explained runs were attacked differently ({listed}); choose one attack with "
-                         "--attack, --norm and --epsilon")
+                         "--attack, --norm, --epsilon and --loss")
     chosen = sorted((fs[0] for fs in by_model.values()), key=_model_order)
     log.info("explained attack runs of %s: %s", preset, ", ".join(f.attack_path.stem for f in chosen))
     return chosen
@@ -427,7 +441,7 @@ def layer_names(explanation: xr.Dataset | xr.DataArray) -> dict[Any, str] | None
 def analyse_stored(out: str | Path, preset: str | None = None, topk: float = 20, *, attack: str | None = None,
                    norm: str | None = None, epsilon: float | None = None, mode: str | None = None,
                    method: str | None = None, models: Sequence[str] | None = None, det: str = "baseNN",
-                   adv: str = "advNN") -> xr.Dataset:
+                   adv: str = "advNN", loss: str | None = None) -> xr.Dataset:
     """The analysis (:func:`~.stability.analyse`) of the explained attack runs of a preset stored under ``OUT``.
 
     The runs are chosen by :func:`find_runs` (same filters); the analysis records the preset, the filters and
@@ -443,12 +457,12 @@ def analyse_stored(out: str | Path, preset: str | None = None, topk: float = 20,
     from .stability import analyse
     preset = resolve_preset(out, preset)
     found = find_runs(out, preset, attack=attack, norm=norm, epsilon=epsilon, mode=mode, method=method,
-                      models=models)
+                      models=models, loss=loss)
     if det not in [f.name for f in found]:
         raise FileNotFoundError(f"no explained attack run of the deterministic reference {det!r} in preset "
                                 f"{preset!r} (found {', '.join(f.name for f in found)}); run "
                                 f"`{EXPLAIN_COMMAND.format(out=out, preset=preset).replace('MODEL', det)}` first")
-    filters = {"attack": attack, "norm": norm, "epsilon": epsilon, "mode": mode, "method": method}
+    filters = {"attack": attack, "norm": norm, "epsilon": epsilon, "mode": mode, "method": method, "loss": loss}
     config = {"preset": preset, "topk": topk, "det": det, "adv": adv, "filters": filters,
               "runs": describe(found, out)}
     runs = [to_run(f) for f in found]
@@ -458,15 +472,16 @@ def analyse_stored(out: str | Path, preset: str | None = None, topk: float = 20,
         ds = ds.assign_coords(layer_name=("layer", [names.get(v, str(v)) for v in ds.layer.values.tolist()]))
     first = found[0].attack.attrs
     ds.attrs.update(preset=preset, attack=str(first.get("attack", "")), norm=str(first.get("norm", "")),
-                    epsilon=float(first.get("epsilon", np.nan)))
+                    epsilon=float(first.get("epsilon", np.nan)), loss=attack_loss(first))
     from .controls import attach  # perturbation norms and the stored controls (docs/method.md §9.8)
     return attach(ds, out, preset, found)
 
 
 def analysis_name(ds: xr.Dataset) -> str:
-    """The default file name of an analysis: ``PRESET_ATTACK_NORM_epsEPS_topK``, from its attributes (which
-    come from the stored attack runs: :func:`bayesrobust.paths.analysis_path` refuses a name they make
-    unsafe)."""
+    """The default file name of an analysis: ``PRESET_ATTACK_NORM_epsEPS[_LOSS]_topK`` (the loss when not the
+    cross-entropy), from its attributes (which come from the stored attack runs:
+    :func:`bayesrobust.paths.analysis_path` refuses a name they make unsafe)."""
     a = ds.attrs
     eps, topk = float(a.get("epsilon", 0)), float(a.get("topk", 20))
-    return f"{a.get('preset', 'analysis')}_{a.get('attack', '')}_{a.get('norm', '')}_eps{eps:g}_top{topk:g}"
+    loss = f"_{attack_loss(a)}" if attack_loss(a) != "ce" else ""
+    return f"{a.get('preset', 'analysis')}_{a.get('attack', '')}_{a.get('norm', '')}_eps{eps:g}{loss}_top{topk:g}"

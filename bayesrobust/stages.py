@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import checks, paths
-from .choices import AttackName, Model, Norm, PosteriorMode
+from .choices import AttackLoss, AttackName, Model, Norm, PosteriorMode
 from .inference import resolve_inference
 from .presets import Preset, get_preset
 
@@ -271,21 +271,21 @@ class Target:
 
 
 def make_attack_for(preset: Preset, attack: str, norm: str, epsilon: float | None, steps: int | None,
-                    step_size: float | None, random_start: bool):
+                    step_size: float | None, random_start: bool, loss: str = "ce"):
     """The FGSM or PGD attack of an attack run: ε, steps and step size default to the preset's (the step
-    size only when ε and steps are the preset's; otherwise 2.5·ε/steps)."""
+    size only when ε and steps are the preset's; otherwise 2.5·ε/steps); ``loss`` is what it increases."""
     from .adversarial import make_attack
     attack, norm = AttackName.parse(attack, "attack").value, Norm.parse(norm, "norm").value
     epsilon = preset.attack_epsilon if epsilon is None else epsilon
     if attack == AttackName.FGSM:
         if norm != Norm.LINF:
             raise ValueError(f"FGSM is an Linf attack, got norm {norm!r}; use attack pgd for l2")
-        return make_attack("fgsm", epsilon=epsilon)
+        return make_attack("fgsm", epsilon=epsilon, loss=loss)
     steps = preset.attack_steps if steps is None else steps
     if step_size is None and epsilon == preset.attack_epsilon and steps == preset.attack_steps:
         step_size = preset.attack_step_size
     return make_attack("pgd", norm=norm, epsilon=epsilon, steps=steps, random_start=random_start,
-                       step_size=step_size)
+                       step_size=step_size, loss=loss)
 
 
 def attack(preset: str | Preset, model: str, *, inference: str | None = None, out: str | Path | None = None,
@@ -293,31 +293,36 @@ def attack(preset: str | Preset, model: str, *, inference: str | None = None, ou
            step_size: float | None = None, random_start: bool = True, n_inputs: int | None = None,
            inputs_seed: int = 0, n_draws: int | None = None, mode: str = "mean_grad",
            chunk_size: int | None = None, seed: int = 0, data_root: str | Path | None = None,
-           device: str = "cpu", force: bool = False, attribution: dict[str, Any] | None = None) -> Done:
+           device: str = "cpu", force: bool = False, attribution: dict[str, Any] | None = None,
+           loss: str = "ce") -> Done:
     """Attack a trained model on the preset's class-balanced test subset (a fullBNN through ``n_draws``
-    posterior draws averaged by ``mode``) and write ``OUT/attacks/PRESET/RUN.nc`` (an ``attack`` Dataset,
-    :func:`bayesrobust.adversarial.run_attack`). The attribution attacks (``ifia``, ``manipulate``) go to
-    :func:`attribution_attack` with the settings in ``attribution`` (``None`` values: the defaults)."""
+    posterior draws averaged by ``mode``), increasing ``loss`` (``ce`` or ``margin``), and write
+    ``OUT/attacks/PRESET/RUN.nc`` (an ``attack`` Dataset, :func:`bayesrobust.adversarial.run_attack`). The attribution
+    attacks (``ifia``, ``manipulate``) go to :func:`attribution_attack` with the settings in ``attribution`` (``None``
+    values: the defaults)."""
     extra = check_attribution_settings(attribution)  # checked even where FGSM/PGD ignore them
     if str(attack) in ATTRIBUTION_ATTACKS:
+        if str(loss) != "ce":
+            raise ValueError(f"loss {loss!r} is a setting of fgsm and pgd; attack {attack!r} has its own objective")
         return attribution_attack(preset, model, inference=inference, out=out, attack=attack, epsilon=epsilon,
                                   steps=steps, step_size=step_size, n_inputs=n_inputs, inputs_seed=inputs_seed,
                                   n_draws=n_draws, chunk_size=chunk_size, seed=seed, data_root=data_root,
                                   device=device, force=force, **extra)
     from . import store
-    from .adversarial import run_attack
+    from .adversarial import PosteriorAverage, run_attack
     out = paths.resolve_out(out)
     p = _preset(preset)
     mode = PosteriorMode.parse(mode, "posterior mode").value
     _counts(chunk_size=chunk_size, n_inputs=n_inputs, n_draws=n_draws)
     checks.seed("seed", seed)
-    made = make_attack_for(p, attack, norm, epsilon, steps, step_size, random_start)  # validates ε, steps
+    made = make_attack_for(p, attack, norm, epsilon, steps, step_size, random_start, loss)  # validates ε, steps
+    PosteriorAverage(made, mode=mode)  # the mode and the loss go together, checked before the model is loaded
     t = Target.load(p, model, inference, n_inputs, inputs_seed, n_draws, data_root, device, out)
     config = t.config(**made.params(), posterior_mode=mode, inputs_seed=inputs_seed, seed=seed,
                       chunk_size=chunk_size)
     params = made.params()
     run = paths.attack_run_name(model, t.inference, params["attack"], params["norm"], params["epsilon"],
-                                t.n_draws, mode, params.get("steps"))
+                                t.n_draws, mode, params.get("steps"), params["loss"])
     target = paths.attack_path(out, p.name, run)
     store.clean_leftovers(target)
     if not force and _result_up_to_date(target, config):
@@ -587,7 +592,7 @@ def control(preset: str | Preset, model: str, kind: str, attack_run: str | Path,
 def analyze(out: str | Path | None = None, preset: str | None = None, *, topk: float = 20,
             attack: str | None = None, norm: str | None = None, epsilon: float | None = None,
             mode: str | None = None, method: str | None = None, name: str | None = None,
-            models: Sequence[str] | None = None) -> Done:
+            models: Sequence[str] | None = None, loss: str | None = None) -> Done:
     """The stability analysis (docs/method.md §6) of a preset's explained attack runs under ``out``, written
     to ``OUT/analysis/NAME.nc``; ``Done.details['dataset']`` is the analysis Dataset."""
     from . import results, stability
@@ -596,6 +601,7 @@ def analyze(out: str | Path | None = None, preset: str | None = None, *, topk: f
     attack = None if attack is None else AttackName.parse(attack, "attack").value
     norm = None if norm is None else Norm.parse(norm, "norm").value
     mode = None if mode is None else PosteriorMode.parse(mode, "posterior mode").value
+    loss = None if loss is None else AttackLoss.parse(loss, "attack loss").value
     checks.real("epsilon", epsilon, low=0, high=checks.MAX_LINF_EPSILON if norm == Norm.LINF else None)
     if name is not None:
         paths.analysis_path(out, name)  # a name that cannot be a file name is refused before the work
@@ -604,7 +610,7 @@ def analyze(out: str | Path | None = None, preset: str | None = None, *, topk: f
         if (out / "analysis").exists() and not (out / "analysis").is_dir():
             raise ValueError(f"{out / 'analysis'} is a file; expected the folder of the analysis (move the file away)")
     ds = results.analyse_stored(out, preset, topk, attack=attack, norm=norm, epsilon=epsilon, mode=mode,
-                                method=method, models=models)
+                                method=method, models=models, loss=loss)
     if name is None:
         name = results.analysis_name(ds)
         try:  # the default name comes from the stored runs' attributes: never trusted as a path

@@ -45,6 +45,21 @@ def test_attack_basenn_fgsm(out):
         assert ds.sizes["draw"] == 1 and ds.attrs["epsilon"] == 0.2
 
 
+def test_attack_margin_loss_is_named_recorded_and_redone(out):
+    """``--loss margin``: the run is named by its loss (beside the cross-entropy's run), records it, and the
+    command that redoes it says it again."""
+    from bayesrobust import redo
+    _run(attack_cli.main, ["--model", "fullBNN", "--preset", "quick", "--attack", "pgd", "--steps", "2",
+                           "--n-inputs", "10", "--n-draws", "2", "--loss", "margin", "--out", str(out)])
+    path = out / "attacks" / "quick" / "fullBNN_svi_pgd_linf_eps0.2_steps2_margin_S2_mean_grad.nc"
+    with xr.open_dataset(path) as ds:
+        cfg = store.config_of(ds)
+        assert ds.attrs["loss"] == "margin" and cfg["loss"] == "margin"
+        assert float(abs(ds.x_adv - ds.x).max()) <= 0.2 + 1e-6
+    command = redo.attack_command(out, cfg)
+    assert "--loss margin" in command and "--attack pgd" in command
+
+
 def test_missing_model_names_train_command(tmp_path):
     result = CliRunner().invoke(attack_cli.main, ["--model", "advNN", "--preset", "quick", "--attack", "fgsm",
                                                   "--out", str(tmp_path)])

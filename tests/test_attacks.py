@@ -416,3 +416,84 @@ def test_a_saturated_network_masks_fgsm_and_the_run_says_so(trained, test_images
         ds = run_attack(deterministic(trained), test_images, FGSM(epsilon=0.2), model_name="baseNN")
     assert ds.attrs["unperturbed_share"] == 0 and "unperturbed" not in caplog.text
     assert unperturbed_share(x[:0], x[:0]) == 0.0
+
+
+# -- the margin loss (docs/method.md §4.4) ------------------------------------------------------------------
+def _naive_margin_grad(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """∇ₓ (z_j* − z_y) one image at a time, j* found with topk (the best class unless that is y, then the
+    second best): written independently of :func:`per_image_objective`."""
+    grads = []
+    for i in range(x.shape[0]):
+        xi = x[i:i + 1].clone().requires_grad_(True)
+        z = net(xi)[0]
+        first, second = torch.topk(z, 2).indices.tolist()
+        best_other = second if first == int(y[i]) else first
+        (z[best_other] - z[int(y[i])]).backward()
+        grads.append(xi.grad)
+    return torch.cat(grads)
+
+
+def test_margin_objective_by_hand():
+    from bayesrobust.adversarial.base import per_image_objective
+    logits = torch.tensor([[1.0, 3.0, 2.0], [0.5, -1.0, 4.0]], requires_grad=True)
+    y = torch.tensor([0, 2])
+    margin = per_image_objective(logits, y, "margin")
+    torch.testing.assert_close(margin, torch.tensor([2.0, -3.5]))  # positive exactly when misclassified
+    margin.sum().backward()
+    torch.testing.assert_close(logits.grad, torch.tensor([[-1.0, 1.0, 0.0], [1.0, 0.0, -1.0]]))
+    torch.testing.assert_close(per_image_objective(logits, y, "ce"), F.cross_entropy(logits, y, reduction="none"))
+
+
+def test_margin_fgsm_is_not_masked_by_a_saturated_softmax(trained, test_images, caplog):
+    """The saturated network of the test above: the margin's gradient scales with the logits, so its sign and
+    the FGSM image are those of the network as trained; every image moves, along the hand-computed gradient."""
+    import copy
+    import logging
+
+    net = copy.deepcopy(trained).double()
+    saturated = copy.deepcopy(net)
+    last = [m for m in saturated.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(1e4)
+        last.bias.mul_(1e4)
+    x, y = test_images.x.double(), test_images.y
+    attack = FGSM(epsilon=0.2, loss="margin")
+    x_adv = attack(saturated, x, y)
+    expected = (x + 0.2 * _naive_margin_grad(saturated, x, y).sign()).clamp(0, 1)
+    torch.testing.assert_close(x_adv, expected, rtol=0, atol=1e-12)
+    assert torch.equal(x_adv, attack(net, x, y))  # the logits' scale does not change the margin's step
+    assert (perturbation_norm(x_adv, x, "linf") <= 0.2 + 1e-12).all()
+    with caplog.at_level(logging.WARNING, logger="bayesrobust.adversarial.run"):
+        ds = run_attack(deterministic(saturated.float()), test_images, attack, model_name="baseNN")
+    assert ds.attrs["unperturbed_share"] == 0 and ds.attrs["loss"] == "margin"
+    assert "unperturbed" not in caplog.text
+    assert ds.attrs["success_rate"] > 0.5  # the CE attack leaves most of these images alone
+
+
+def test_margin_mean_grad_and_mean_sign_against_naive_loops(svi, test_images):
+    x, y = test_images.x[:12].double(), test_images.y[:12]
+    nets = [svi.network(j).double() for j in range(4)]
+    per_draw = torch.stack([_naive_margin_grad(n, x, y) for n in nets])
+    draws = DrawSet(svi, 4, dtype=torch.float64)
+    torch.testing.assert_close(mean_grad_gradient(draws, chunk_size=5, loss="margin")(x, y), per_draw.mean(0),
+                               rtol=1e-10, atol=1e-14)
+    expected = (x + 0.1 * per_draw.sign().mean(0)).clamp(0, 1)  # the mean_sign FGSM step
+    ours = PosteriorAverage(FGSM(epsilon=0.1, loss="margin"), mode="mean_sign")(draws, x, y)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
+    pgd = PGD(epsilon=0.1, steps=2, loss="margin")
+    assert pgd.params()["loss"] == "margin" and "loss='margin'" in repr(pgd)
+
+
+def test_loss_errors(tmp_path):
+    from bayesrobust import stages
+    with pytest.raises(ValueError, match="unknown attack loss 'hinge'; expected one of ce, margin"):
+        FGSM(epsilon=0.1, loss="hinge")
+    with pytest.raises(ValueError, match="unknown attack loss"):
+        make_attack("pgd", epsilon=0.1, loss="")
+    with pytest.raises(ValueError, match="mode 'predictive' attacks the cross-entropy.*'margin'"):
+        PosteriorAverage(FGSM(epsilon=0.1, loss="margin"), mode="predictive")
+    # the command checks it before looking for the model (there is none under tmp_path)
+    with pytest.raises(ValueError, match="mode 'predictive'"):
+        stages.attack("quick", "fullBNN", out=tmp_path, mode="predictive", loss="margin")
+    with pytest.raises(ValueError, match="loss 'margin' is a setting of fgsm and pgd"):
+        stages.attack("quick", "baseNN", out=tmp_path, attack="ifia", loss="margin")

@@ -201,6 +201,29 @@ def test_ambiguous_runs(out, tmp_path):
     assert [f.attack_path.stem for f in results.find_runs(tmp_path, epsilon=0.1)] == ["base_b", "adv_b"]
 
 
+def test_runs_attacked_on_two_losses_are_told_apart(out, tmp_path):
+    """Runs stored before attacks recorded a loss attacked the cross-entropy; runs of the margin loss are kept
+    apart from them, chosen with the loss filter, and name their analysis."""
+    def copy(found, stem, loss):
+        attack = found.attack.load()
+        if loss is not None:
+            attack = attack.assign_attrs(loss=loss)
+        store.write_netcdf(attack, paths.attack_path(tmp_path, PRESET, stem), "attack")
+        expl = found.explanations[0][1].load().assign_attrs(attack_run=stem)
+        store.write_netcdf(expl, paths.explanation_path(tmp_path, PRESET, stem, "lrp"))
+    base, adv = results.find_runs(out, PRESET, models=["baseNN", "advNN"])
+    copy(base, "base_ce", None)
+    copy(adv, "adv_margin", "margin")
+    with pytest.raises(ValueError, match="attacked differently.*loss=margin.*--loss"):
+        results.find_runs(tmp_path)
+    copy(base, "base_margin", "margin")
+    copy(adv, "adv_ce", "ce")
+    assert [f.attack_path.stem for f in results.find_runs(tmp_path, loss="ce")] == ["base_ce", "adv_ce"]
+    assert [f.attack_path.stem for f in results.find_runs(tmp_path, loss="margin")] == ["base_margin", "adv_margin"]
+    ds = results.analyse_stored(tmp_path, PRESET, loss="margin")
+    assert results.analysis_name(ds) == "quick_fgsm_linf_eps0.2_margin_top20"
+
+
 def test_explanations_joined_along_rule(out, tmp_path):
     found = results.find_runs(out, PRESET, models=["baseNN"])[0]
     ds = found.explanations[0][1]

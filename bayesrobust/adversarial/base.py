@@ -5,14 +5,15 @@ An attack is configured at construction (keyword-only hyperparameters) and calle
     x_adv = PGD(norm="linf", epsilon=0.2, steps=40, step_size=0.01)(model, x, y)
 
 ``model`` is a plain ``torch.nn.Module`` returning logits, used in whatever train/eval mode the caller set.
-Every attack is untargeted: it increases the cross-entropy of the logits with the true label ``y`` and
-returns images clipped to [0, 1] inside the ε-ball around ``x`` in the attack's norm. Each subclass only
+Every attack is untargeted: it increases a loss of the logits and the true label ``y`` (the
+cross-entropy, ``loss='ce'``, by default; the logit margin with ``loss='margin'``, see :func:`per_image_objective`)
+and returns images clipped to [0, 1] inside the ε-ball around ``x`` in the attack's norm. Each subclass only
 writes its steps (:meth:`Attack.perturb`), against a *loss gradient*: a function ``(x_adv, y) -> ∇ₓ Σᵢ Lᵢ``.
 For a plain module that is :func:`module_gradient`; the posterior-average wrapper
 (:mod:`bayesrobust.adversarial.posterior`) passes a gradient averaged over posterior draws instead, so the same
 FGSM/PGD code attacks deterministic and Bayesian models.
 
-The loss is the *sum* over images of the per-image cross-entropy, so each image's gradient does not depend
+The loss is the *sum* over images of the per-image loss, so each image's gradient does not depend
 on the batch size (nor on chunking); only its sign (Linf) or direction (L2) is used.
 """
 
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import MAX_LINF_EPSILON, check_images
-from ..choices import Norm
+from ..choices import AttackLoss, Norm
 from ..models.draws import chunks
 
 #: ``(x_adv, y) -> ∇ₓ Σᵢ L(f(x_adv)ᵢ, yᵢ)``, shaped like ``x_adv``; must not write any parameter's ``.grad``.
@@ -47,6 +48,7 @@ class StepDirection:
         return self.direction(x_adv, y)
 
 NORMS = Norm.values()
+LOSSES = AttackLoss.values()
 
 #: Added to per-image L2 norms before dividing (as torchattacks' ``eps_for_division``).
 L2_TINY = 1e-10
@@ -93,6 +95,26 @@ def check_epsilon(epsilon: float, norm: str) -> float:
     return value
 
 
+def check_loss(loss: str) -> str:
+    """``loss`` if it is one of :data:`LOSSES`; ``ValueError`` listing them otherwise."""
+    return AttackLoss.parse(loss, "attack loss").value
+
+
+def per_image_objective(logits: torch.Tensor, y: torch.Tensor, loss: str = "ce") -> torch.Tensor:
+    """The loss an attack increases, per image: (N, classes) logits and (N,) labels → (N,).
+
+    ``'ce'``: the cross-entropy −log softmax(z)_y. ``'margin'``: max_{j≠y} z_j − z_y, the untargeted
+    Carlini–Wagner margin (Carlini & Wagner 2017, arXiv:1608.04644) without its clamp; positive exactly when
+    the image is misclassified. Its gradient, ∇z_j* − ∇z_y, does not vanish when the softmax saturates, where
+    the cross-entropy's is exactly zero in float32 (docs/method.md §4.4).
+    """
+    if loss == AttackLoss.CE:
+        return F.cross_entropy(logits, y, reduction="none")
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    return others.amax(dim=1) - true
+
+
 def _per_image_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
     """‖tᵢ‖ per image, shaped (N, 1, ..., 1) for broadcasting."""
     flat = t.reshape(t.shape[0], -1)
@@ -105,17 +127,18 @@ def perturbation_norm(x_adv: torch.Tensor, x: torch.Tensor, norm: str) -> torch.
     return _per_image_norm(x_adv - x, check_norm(norm)).reshape(-1)
 
 
-def per_image_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int | None = None
-                   ) -> torch.Tensor:
-    """Cross-entropy of ``net``'s logits with ``y`` per image, (N,), without gradients."""
+def per_image_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int | None = None,
+                   loss: str = "ce") -> torch.Tensor:
+    """:func:`per_image_objective` of ``net``'s logits with ``y`` per image, (N,), without gradients."""
     with torch.no_grad():
-        return torch.cat([F.cross_entropy(net(x[sl]), y[sl], reduction="none")
-                          for sl in chunks(x.shape[0], chunk_size)])
+        return torch.cat([per_image_objective(net(x[sl]), y[sl], loss) for sl in chunks(x.shape[0], chunk_size)])
 
 
 def accumulate_gradient(out: torch.Tensor, net: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                        weight: torch.Tensor | float = 1.0, chunk_size: int | None = None) -> torch.Tensor:
-    """``out += ∇ₓ Σᵢ wᵢ CE(net(x)ᵢ, yᵢ)``, image chunk by image chunk; returns ``out``.
+                        weight: torch.Tensor | float = 1.0, chunk_size: int | None = None, loss: str = "ce"
+                        ) -> torch.Tensor:
+    """``out += ∇ₓ Σᵢ wᵢ L(net(x)ᵢ, yᵢ)``, image chunk by image chunk, L the ``loss`` of
+    :func:`per_image_objective` (default the cross-entropy); returns ``out``.
 
     ``weight`` is a scalar or per-image (N,). Only the input gradient is computed
     (``torch.autograd.grad``), so no parameter's ``.grad`` changes.
@@ -123,18 +146,18 @@ def accumulate_gradient(out: torch.Tensor, net: nn.Module, x: torch.Tensor, y: t
     with torch.enable_grad():
         for sl in chunks(x.shape[0], chunk_size):
             xc = x[sl].detach().requires_grad_(True)
-            loss = F.cross_entropy(net(xc), y[sl], reduction="none")
+            value = per_image_objective(net(xc), y[sl], loss)
             w = weight[sl] if isinstance(weight, torch.Tensor) else weight
-            out[sl] += torch.autograd.grad((loss * w).sum(), xc)[0]
+            out[sl] += torch.autograd.grad((value * w).sum(), xc)[0]
     return out
 
 
-def module_gradient(model: nn.Module, chunk_size: int | None = None) -> LossGradient:
-    """The loss gradient of a plain module, ∇ₓ Σᵢ CE(model(x)ᵢ, yᵢ); the module is read at every call, so
-    a module whose weights are swapped in place (a :class:`~bayesrobust.models.draws.DrawSet`) gives the
-    gradient of its current draw."""
+def module_gradient(model: nn.Module, chunk_size: int | None = None, loss: str = "ce") -> LossGradient:
+    """The loss gradient of a plain module, ∇ₓ Σᵢ L(model(x)ᵢ, yᵢ) (``loss``: :func:`per_image_objective`); the module
+    is read at every call, so a module whose weights are swapped in place (a :class:`~bayesrobust.models.draws.DrawSet`)
+    gives the gradient of its current draw."""
     def gradient(x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return accumulate_gradient(torch.zeros_like(x_adv), model, x_adv, y, chunk_size=chunk_size)
+        return accumulate_gradient(torch.zeros_like(x_adv), model, x_adv, y, chunk_size=chunk_size, loss=loss)
     return gradient
 
 
@@ -146,6 +169,9 @@ class Attack(abc.ABC):
     epsilon
         Radius of the perturbation ball, finite and ``>= 0`` (at most 1 in Linf), in the attack's norm
         (:attr:`norm`).
+    loss
+        What the attack increases: ``'ce'`` (the cross-entropy, default) or ``'margin'`` (the logit margin,
+        which a saturated softmax does not mask; :func:`per_image_objective`).
 
     Notes
     -----
@@ -156,8 +182,9 @@ class Attack(abc.ABC):
     #: 'linf' or 'l2'; set by the subclass (or its constructor).
     norm: str = "linf"
 
-    def __init__(self, *, epsilon: float):
+    def __init__(self, *, epsilon: float, loss: str = "ce"):
         self.epsilon = check_epsilon(epsilon, self.norm)
+        self.loss = check_loss(loss)
 
     # -- public --------------------------------------------------------------------------------------------
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
@@ -180,7 +207,7 @@ class Attack(abc.ABC):
         torch.Tensor
             Adversarial images x̃ (N, C, H, W), detached, with ‖x̃ − x‖ ≤ ε and x̃ ∈ [0, 1].
         """
-        return self.run(module_gradient(model), x, y, generator=generator)
+        return self.run(module_gradient(model, loss=self.loss), x, y, generator=generator)
 
     def run(self, gradient: LossGradient, x: torch.Tensor, y: torch.Tensor, *,
             generator: torch.Generator | None = None) -> torch.Tensor:
@@ -198,7 +225,7 @@ class Attack(abc.ABC):
 
     def params(self) -> dict[str, object]:
         """The hyperparameters as a flat dict (for result attributes and configs)."""
-        return {"attack": self.name, "norm": self.norm, "epsilon": self.epsilon}
+        return {"attack": self.name, "norm": self.norm, "epsilon": self.epsilon, "loss": self.loss}
 
     @property
     def name(self) -> str:

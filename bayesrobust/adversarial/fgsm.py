@@ -13,13 +13,16 @@ class FGSM(Attack):
 
     .. math:: \tilde x = \mathrm{clip}_{[0,1]}\big(x + \varepsilon\,\mathrm{sign}(\nabla_x L(f(x), y))\big)
 
-    with L the cross-entropy of the logits with the true label (untargeted). The paper's setting
+    with L the cross-entropy of the logits with the true label (untargeted), or their margin with
+    ``loss='margin'`` (:func:`~bayesrobust.adversarial.base.per_image_objective`). The paper's setting
     (Carbone et al. 2021; docs/method.md §4.2) is ``FGSM(epsilon=0.2)``.
 
     Parameters
     ----------
     epsilon
         Linf radius in [0, 1].
+    loss
+        ``'ce'`` (default) or ``'margin'``.
 
     Shapes
     ------

@@ -22,8 +22,8 @@ class PGD(Attack):
     .. math:: \tilde x \leftarrow \mathrm{clip}_{[0,1]}\big(\Pi_{B_\varepsilon(x)}(\tilde x + \alpha\, d)\big)
 
     with d = sign(∇ₓL) for Linf and d = ∇ₓL / ‖∇ₓL‖₂ for L2, L the cross-entropy of the logits with the true
-    label, Π the projection on the norm ball. Equal, step by step, to torchattacks' ``PGD`` (Linf) and
-    ``PGDL2`` (L2) when the random start is off. The paper preset (docs/method.md §4.2) is
+    label (or their margin, ``loss='margin'``), Π the projection on the norm ball. Equal, step by step, to torchattacks'
+    ``PGD`` (Linf) and ``PGDL2`` (L2) when the random start is off. The paper preset (docs/method.md §4.2) is
     ``PGD(norm='linf', epsilon=0.2, steps=40, step_size=0.01)``.
 
     Parameters
@@ -39,6 +39,8 @@ class PGD(Attack):
     random_start
         Start from a random point of the ball: uniform per pixel (Linf); uniform direction, radius uniform
         in [0, ε] (L2).
+    loss
+        ``'ce'`` (default) or ``'margin'`` (:func:`~bayesrobust.adversarial.base.per_image_objective`).
 
     Shapes
     ------
@@ -52,9 +54,9 @@ class PGD(Attack):
     """
 
     def __init__(self, *, norm: str = "linf", epsilon: float, steps: int = 40, step_size: float | None = None,
-                 random_start: bool = True):
+                 random_start: bool = True, loss: str = "ce"):
         self.norm = check_norm(norm)
-        super().__init__(epsilon=epsilon)
+        super().__init__(epsilon=epsilon, loss=loss)
         if isinstance(steps, bool) or not isinstance(steps, numbers.Real) or not math.isfinite(steps) \
                 or int(steps) != steps or steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")

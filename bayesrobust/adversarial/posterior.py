@@ -19,6 +19,9 @@ attack on the posterior predictive, in one of four named modes.
     Linf (in L2, the mean of the draws' unit-length gradients), a fractional step that shrinks where the
     draws disagree. For FGSM it equals ``mean_image`` wherever no draw's step is clipped to [0, 1].
 
+Each mode increases the attack's loss (``attack.loss``): the cross-entropy, or in every mode but
+``predictive`` (which is the cross-entropy of the predictive by definition) the logit margin.
+
 A deterministic model is the S = 1 case of the same code: all four modes then equal the plain attack.
 The draws are those of a :class:`~bayesrobust.models.draws.DrawSet` (its ``indices`` record which).
 """
@@ -29,7 +32,7 @@ import torch
 from torch import nn
 
 from ..checks import count
-from ..choices import PosteriorMode
+from ..choices import AttackLoss, PosteriorMode
 from ..models.draws import DrawSet
 from ..models.posterior import Posterior
 from .base import (
@@ -50,8 +53,9 @@ def check_mode(mode: str) -> str:
     return PosteriorMode.parse(mode, "posterior mode").value
 
 
-def mean_grad_gradient(draws: DrawSet, chunk_size: int | None = None) -> LossGradient:
-    """The loss gradient of mode ``mean_grad``: (1/S) Σₛ ∇ₓ Σᵢ CE(f_s(x)ᵢ, yᵢ).
+def mean_grad_gradient(draws: DrawSet, chunk_size: int | None = None, loss: str = "ce") -> LossGradient:
+    """The loss gradient of mode ``mean_grad``: (1/S) Σₛ ∇ₓ Σᵢ L(f_s(x)ᵢ, yᵢ), L the cross-entropy or the
+    margin (``loss``, :func:`~bayesrobust.adversarial.base.per_image_objective`).
 
     ``chunk_size`` images per pass (default ``draws.chunk_size``); draws outer, chunks inner, so each draw
     is copied into the network once per gradient.
@@ -61,7 +65,7 @@ def mean_grad_gradient(draws: DrawSet, chunk_size: int | None = None) -> LossGra
     def gradient(x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         g = torch.zeros_like(x_adv)
         for _ in draws:
-            accumulate_gradient(g, draws.net, x_adv, y, chunk_size=chunk_size)
+            accumulate_gradient(g, draws.net, x_adv, y, chunk_size=chunk_size, loss=loss)
         return g / len(draws)
     return gradient
 
@@ -82,7 +86,8 @@ def predictive_gradient(draws: DrawSet, chunk_size: int | None = None) -> LossGr
 
 
 def mean_sign_direction(draws: DrawSet, attack: Attack, chunk_size: int | None = None) -> StepDirection:
-    """The step of mode ``mean_sign``: (1/S) Σₛ ``attack.ascent_direction``(∇ₓ Σᵢ CE(f_s(x)ᵢ, yᵢ)).
+    """The step of mode ``mean_sign``: (1/S) Σₛ ``attack.ascent_direction``(∇ₓ Σᵢ L(f_s(x)ᵢ, yᵢ)), L the
+    attack's loss.
 
     In Linf that is the mean of the draws' gradient signs, each pixel in [−1, 1]; in L2 the mean of their
     unit-length gradients (length ≤ 1).
@@ -92,7 +97,8 @@ def mean_sign_direction(draws: DrawSet, attack: Attack, chunk_size: int | None =
     def direction(x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         d = torch.zeros_like(x_adv)
         for _ in draws:
-            g = accumulate_gradient(torch.zeros_like(x_adv), draws.net, x_adv, y, chunk_size=chunk_size)
+            g = accumulate_gradient(torch.zeros_like(x_adv), draws.net, x_adv, y, chunk_size=chunk_size,
+                                    loss=attack.loss)
             d += attack.ascent_direction(g)
         return d / len(draws)
     return StepDirection(direction)
@@ -123,8 +129,9 @@ class PosteriorAverage:
     Raises
     ------
     ValueError
-        Unknown mode, ``n_draws`` or ``chunk_size`` not a positive integer (0 is not "the default": that
-        is ``None``); at call time, invalid images (NaN, ±inf or outside [0, 1]).
+        Unknown mode, mode ``predictive`` with an attack whose loss is not the cross-entropy, ``n_draws`` or
+        ``chunk_size`` not a positive integer (0 is not "the default": that is ``None``); at call time, invalid images
+        (NaN, ±inf or outside [0, 1]).
 
     Examples
     --------
@@ -138,6 +145,10 @@ class PosteriorAverage:
             raise TypeError(f"attack must be an Attack (FGSM, PGD), got {type(attack).__name__}")
         self.attack = attack
         self.mode = check_mode(mode)
+        if self.mode == PosteriorMode.PREDICTIVE and attack.loss != AttackLoss.CE:
+            raise ValueError(f"posterior mode 'predictive' attacks the cross-entropy of the posterior predictive; "
+                             f"the attack's loss is {attack.loss!r}: use loss 'ce', or mode "
+                             f"{', '.join(m for m in MODES if m != PosteriorMode.PREDICTIVE)} for the margin")
         self.n_draws = count("n_draws", n_draws)
         self.chunk_size = count("chunk_size", chunk_size)
 
@@ -154,14 +165,16 @@ class PosteriorAverage:
             total = torch.zeros_like(x)
             for _ in draws:
                 chunk = draws.chunk_size if self.chunk_size is None else self.chunk_size
-                gradient = module_gradient(draws.net, chunk)  # the loaded draw
+                gradient = module_gradient(draws.net, chunk, self.attack.loss)  # the loaded draw
                 total += self.attack.run(gradient, x, y, generator=generator)
             return self.attack.project(total / len(draws), x)
         if self.mode == "mean_sign":
             step = mean_sign_direction(draws, self.attack, self.chunk_size)
             return self.attack.run(step, x, y, generator=generator)
-        make = mean_grad_gradient if self.mode == "mean_grad" else predictive_gradient
-        return self.attack.run(make(draws, self.chunk_size), x, y, generator=generator)
+        if self.mode == PosteriorMode.MEAN_GRAD:
+            return self.attack.run(mean_grad_gradient(draws, self.chunk_size, self.attack.loss), x, y,
+                                   generator=generator)
+        return self.attack.run(predictive_gradient(draws, self.chunk_size), x, y, generator=generator)
 
     def params(self) -> dict[str, object]:
         """The attack's hyperparameters plus ``posterior_mode`` and ``n_draws`` (as requested)."""

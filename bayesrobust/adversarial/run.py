@@ -37,7 +37,7 @@ def attack_attrs(attack: Attack) -> dict[str, Any]:
     p = attack.params()
     return {"attack": p["attack"], "norm": p["norm"], "epsilon": p["epsilon"],
             "steps": p.get("steps", 1), "step_size": p.get("step_size", p["epsilon"]),
-            "random_start": p.get("random_start", False)}
+            "random_start": p.get("random_start", False), "loss": p.get("loss", "ce")}
 
 
 #: Above this share of unperturbed images an attack is reported as masked (:func:`run_attack` warns). A step
@@ -84,7 +84,7 @@ def run_attack(model: Posterior, data: Data, attack: Attack, *, mode: str = "mea
         ``draw`` (the posterior draw indices used) with ``chain`` and ``sample`` along it (each draw's chain
         and sample in an HMC posterior; −1 and the draw index otherwise). Attributes: model, inference, dataset,
         attack, norm,
-        epsilon, steps, step_size, random_start, posterior_mode, n_draws, seed, clean/adversarial accuracy,
+        epsilon, steps, step_size, random_start, loss, posterior_mode, n_draws, seed, clean/adversarial accuracy,
         success rate, ``unperturbed_share`` (:func:`unperturbed_share`; above :data:`MASKED_SHARE` a warning
         says the attack is masked), and the provenance of :func:`bayesrobust.store.provenance`.
 
@@ -107,10 +107,12 @@ def run_attack(model: Posterior, data: Data, attack: Attack, *, mode: str = "mea
              "n_draws": len(draws), "seed": int(seed)}
     unperturbed = unperturbed_share(x, x_adv)
     if unperturbed > MASKED_SHARE and attack.epsilon > 0:
+        remedy = ("attack the logit margin instead (loss 'margin', `--loss margin`), which does not saturate, or "
+                  if attack.loss == "ce" else "")
         log.warning("%s left %.0f%% of the images of %s unperturbed: the loss gradient is exactly zero there (a "
                     "saturated softmax masks the attack), so this attack's robustness numbers measure unperturbed "
-                    "images; compare models on the cross-attack control (docs/method.md §9.8)",
-                    type(attack).__name__, 100 * unperturbed, model_name or "the model")
+                    "images; %scompare models on the cross-attack control (docs/method.md §4.4, §9.8)",
+                    type(attack).__name__, 100 * unperturbed, model_name or "the model", remedy)
     attrs = {**setup, "accuracy": ev.accuracy, "adversarial_accuracy": ev.adversarial_accuracy,
              "success_rate": ev.success_rate, "unperturbed_share": unperturbed}
     image, pixel = ("image",), ("image", "channel", "height", "width")

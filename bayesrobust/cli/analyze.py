@@ -16,7 +16,7 @@ from __future__ import annotations
 import click
 
 from .. import stages
-from ..choices import AttackName, Norm, PosteriorMode
+from ..choices import AttackLoss, AttackName, Norm, PosteriorMode
 from . import options
 
 
@@ -30,13 +30,15 @@ from . import options
 @click.option("--epsilon", type=float, default=None, help="Attack radius.")
 @click.option("--mode", type=click.Choice(PosteriorMode.values()), default=None,
               help="Posterior-averaging mode of the Bayesian attacks.")
+@click.option("--loss", type=click.Choice(AttackLoss.values()), default=None,
+              help="The loss the attacks increased (ce or margin; needed when runs of both are explained).")
 @click.option("--method", default=None, help="Explanation method (the explanations' 'method' attribute).")
 @click.option("--name", default=None, help="File name of the analysis (default PRESET_ATTACK_NORM_epsE_topK).")
 @options.verbose_option
 @options.friendly_errors
-def main(out, preset, topk, attack, norm, epsilon, mode, method, name, verbose):
+def main(out, preset, topk, attack, norm, epsilon, mode, loss, method, name, verbose):
     """Analyse the explained attack runs of one preset under OUT and write OUT/analysis/NAME.nc."""
     options.setup_logging(verbose)
     done = stages.analyze(out, preset, topk=topk, attack=attack, norm=norm, epsilon=epsilon, mode=mode,
-                          method=method, name=name)
+                          method=method, name=name, loss=loss)
     click.echo(done.summary)

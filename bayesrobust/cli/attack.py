@@ -55,6 +55,7 @@ def common_options(func):
 @click.option("--step-size", type=float, default=None,
               help="PGD step size (default: the preset's for its ε and steps, otherwise 2.5·ε/steps).")
 @click.option("--random-start/--no-random-start", default=True, show_default=True, help="PGD random start.")
+@options.loss_option
 @click.option("--method", type=click.Choice(AttributionMethod.values()), default=None,
               help="ifia/manipulate: the map attacked (default saliency).")
 @click.option("--variant", type=click.Choice(IFIAVariant.values()), default=None,
@@ -64,7 +65,7 @@ def common_options(func):
 @click.option("--ig-steps", type=int, default=None, help="ifia/manipulate: integrated-gradients points (default 16).")
 @click.option("--gamma", type=float, default=None, help="manipulate: weight of keeping the output (default 1).")
 @common_options
-def main(model, preset, inference, attack_name, norm, epsilon, steps, step_size, random_start, method, variant,
+def main(model, preset, inference, attack_name, norm, epsilon, steps, step_size, random_start, loss, method, variant,
          k, beta, ig_steps, gamma, n_inputs, inputs_seed, n_draws, posterior_mode, chunk_size, seed, data_root,
          device, out, force, verbose):
     """Attack one trained model and write OUT/attacks/PRESET/RUN.nc (ifia, manipulate: OUT/attributions/)."""
@@ -76,5 +77,5 @@ def main(model, preset, inference, attack_name, norm, epsilon, steps, step_size,
                          epsilon=epsilon, steps=steps, step_size=step_size, random_start=random_start,
                          n_inputs=n_inputs, inputs_seed=inputs_seed, n_draws=n_draws, mode=posterior_mode,
                          chunk_size=chunk_size, seed=seed, data_root=data_root, device=device, force=force,
-                         attribution=attribution)
+                         attribution=attribution, loss=loss)
     click.echo(done.summary)

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import click
 
-from ..choices import AttackName, Inference, Model, Norm, PosteriorMode
+from ..choices import AttackLoss, AttackName, Inference, Model, Norm, PosteriorMode
 from ..errors import BUG_EXIT_CODE, BUG_NOTE, INTERRUPT_EXIT_CODE, USER_ERRORS, one_line, user_message
 from ..paths import DEFAULT_OUT, DEFAULT_PRESET, OUT_ENV
 from ..presets import PRESETS
@@ -126,6 +126,9 @@ norm_option = click.option("--norm", type=click.Choice(Norm.values()), default="
                            help="Attack norm (PGD; FGSM is Linf).")
 mode_option = click.option("--posterior-mode", type=click.Choice(PosteriorMode.values()), default="mean_grad",
                            show_default=True, help="How the attack averages over posterior draws.")
+loss_option = click.option("--loss", type=click.Choice(AttackLoss.values()), default="ce", show_default=True,
+                           help="What FGSM/PGD increases: the cross-entropy (ce, the paper's) or the logit margin "
+                                "(margin), which a saturated softmax does not mask.")
 #: Seeds go to torch, numpy and ``random``; numpy takes 0 to 2**32 - 1.
 SEED_RANGE = click.IntRange(0, 2**32 - 1)
 seed_option = click.option("--seed", type=SEED_RANGE, default=0, show_default=True, help="Random seed.")

@@ -33,6 +33,7 @@ from . import options
 @click.option("--epsilon", type=float, default=None, help="Attack radius (default: the preset's).")
 @click.option("--steps", type=int, default=None, help="PGD steps (default: the preset's).")
 @options.mode_option
+@options.loss_option
 @click.option("--draws", "draws", type=int, multiple=True,
               help="Posterior draws S of the fullBNN attacks/explanations; repeat for several "
                    "(default: the preset's eval draws).")
@@ -67,14 +68,14 @@ from . import options
 @options.force_option
 @options.verbose_option
 @options.friendly_errors
-def main(preset, inference, attack_name, norm, epsilon, steps, posterior_mode, draws, n_inputs, rules, topk,
+def main(preset, inference, attack_name, norm, epsilon, steps, posterior_mode, loss, draws, n_inputs, rules, topk,
          likelihood_scaling, hmc_scheme, subset_size, chains, warmup, samples, n_train, epochs, burnin, prior_scale,
          members, controls, seed, data_root, device, out, force, verbose):
     """Train, attack, explain, analyse and plot one preset under OUT."""
     options.setup_logging(verbose)
     start = time.perf_counter()
     experiment = Experiment(preset, out, inference=inference, attack=attack_name, norm=norm, epsilon=epsilon,
-                            steps=steps, mode=posterior_mode, draws=draws, n_inputs=n_inputs, rules=rules,
+                            steps=steps, mode=posterior_mode, loss=loss, draws=draws, n_inputs=n_inputs, rules=rules,
                             topk=topk, likelihood_scaling=likelihood_scaling, hmc_scheme=hmc_scheme,
                             subset_size=subset_size, chains=chains, warmup=warmup, samples=samples,
                             n_train=n_train, epochs=epochs, burnin=burnin, prior_scale=prior_scale, members=members,
