@@ -230,6 +230,11 @@ def _combinations(case: Case) -> None:
         t["command_without_to"] = USAGE  # --command is only written into a published report
     if c == "report" and case.values.get("publish_figures", "all") != "all" and "to" not in case.values:
         t["publish_figures_without_to"] = USAGE  # --publish-figures chooses what --to publishes
+    if c in ("attack", "pipeline") and case.values.get("loss", "ce") == "margin":
+        if attack in ("ifia", "manipulate"):
+            t["loss_for_attribution_attack"] = BAD  # the attribution attacks have their own objective
+        elif case.values.get("posterior_mode", "mean_grad") == "predictive":
+            t["margin_predictive"] = BAD  # the predictive mode is the cross-entropy of the predictive
     if c == "attack" and attack != "pgd":  # FGSM ignores the PGD settings
         for name in ("steps", "step_size"):
             if t.get(name) == BAD:
