@@ -40,15 +40,21 @@ class Done:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+#: Settings that results gained after some were stored, with the value every result stored before had: a stored
+#: config without the key was made with that value (an attack before ``loss`` existed attacked the cross-entropy).
+SETTINGS_BEFORE = {"loss": "ce"}
+
+
 def up_to_date(stored: dict | None, wanted: dict) -> bool:
     """Whether ``stored`` settings equal ``wanted`` on every key of ``wanted`` (JSON-normalised, so tuples
-    and lists, enums and their values compare equal)."""
+    and lists, enums and their values compare equal); a key of :data:`SETTINGS_BEFORE` missing from ``stored``
+    has its value there."""
     if stored is None:
         return False
 
     def normal(v: Any) -> Any:
         return json.loads(json.dumps(v, sort_keys=True, default=str))
-    return all(normal(stored.get(k)) == normal(v) for k, v in wanted.items())
+    return all(normal(stored.get(k, SETTINGS_BEFORE.get(k))) == normal(v) for k, v in wanted.items())
 
 
 def resolve_device(device: str) -> str:

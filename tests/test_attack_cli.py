@@ -60,6 +60,25 @@ def test_attack_margin_loss_is_named_recorded_and_redone(out):
     assert "--loss margin" in command and "--attack pgd" in command
 
 
+def test_a_run_stored_before_attacks_had_a_loss_is_still_up_to_date(out):
+    """A run made before attacks recorded their loss (no ``loss`` in its config) attacked the cross-entropy: the
+    same command finds it up to date instead of redoing it (and every explanation of it)."""
+    import json
+
+    from bayesrobust.stages import up_to_date
+    args = ["--model", "baseNN", "--preset", "quick", "--attack", "fgsm", "--n-inputs", "10", "--out", str(out)]
+    _run(attack_cli.main, args)
+    path = out / "attacks" / "quick" / "baseNN_fgsm_linf_eps0.2_S1.nc"
+    with xr.open_dataset(path) as ds:
+        old = ds.load()
+    config = json.loads(old.attrs["config"])
+    del config["loss"], old.attrs["loss"]
+    old.attrs["config"] = json.dumps(config)
+    store.write_netcdf(old, path, "attack")
+    assert "up to date" in _run(attack_cli.main, args)
+    assert not up_to_date(config, {**config, "loss": "margin"})
+
+
 def test_missing_model_names_train_command(tmp_path):
     result = CliRunner().invoke(attack_cli.main, ["--model", "advNN", "--preset", "quick", "--attack", "fgsm",
                                                   "--out", str(tmp_path)])
