@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from .control_figures import control_rows
 from .figures import ordered_rules, rule_label
 from .presets import TRAINING_SECTION, training_route
+from .results import attack_loss
 
 #: The conditions of :func:`against_rows` (labels of :data:`control_figures.CONDITIONS`) and their column stems.
 CONDITIONS = {"own attack": "own", "cross: on Det's x̃": "on_det"}
@@ -95,7 +96,7 @@ def attack_label(ds: xr.Dataset) -> str:
     a = ds.attrs
     label = " ".join(f"{float(a[k]):g}" if k == "epsilon" else str(a[k]) for k in ("attack", "norm", "epsilon")
                      if k in a)
-    loss = str(a.get("loss", "ce"))  # analyses made before attacks had a loss attacked the cross-entropy
+    loss = attack_loss(a)
     topk = float(a.get("topk", 20))
     return label + (f" {loss}" if loss != "ce" else "") + (f" top{topk:g}" if topk != 20 else "")
 

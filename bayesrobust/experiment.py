@@ -200,8 +200,8 @@ class Experiment:
         self.topk = stages.check_topk(self.topk)
         made = stages.make_attack_for(self.preset, self.attack, self.norm, self.epsilon, self.steps, None, True,
                                       self.loss)
-        from .adversarial import PosteriorAverage
-        PosteriorAverage(made, mode=self.mode)  # the mode and the loss go together
+        from .adversarial.posterior import check_mode
+        check_mode(self.mode, made.loss)
         stages.resolve_device(self.device)
         for model in self.models:  # every training setting, with the overrides train() applies
             override_training(self.preset, model, self._inference(model), **self._overrides(model))  # checks all
@@ -246,8 +246,7 @@ class Experiment:
     @property
     def analysis_name(self) -> str:
         """The file stem of this experiment's analysis under ``OUT/analysis``."""
-        loss = f"_{self.loss}" if self.loss != AttackLoss.CE else ""
-        return f"{self.preset.name}_{self.attack}{loss}_top{self.topk:g}"
+        return f"{self.preset.name}_{self.attack}{paths.loss_part(self.loss)}_top{self.topk:g}"
 
     def runs(self) -> list[tuple[str, int]]:
         """``(model, S)`` of every attack run: one per deterministic model, one per S for the fullBNN."""

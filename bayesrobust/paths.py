@@ -139,13 +139,18 @@ def model_dir(out: str | Path, preset: str, model: str, inference: str | None = 
     return under(out, "models", preset, model_tag(model, inference))
 
 
+def loss_part(loss: str) -> str:
+    """The part of a run or analysis name that names its attack's loss: none for the cross-entropy (every name
+    made before attacks had a loss), ``_margin`` for the margin."""
+    return f"_{loss}" if loss != "ce" else ""
+
+
 def attack_run_name(model: str, inference: str | None, attack: str, norm: str, epsilon: float,
                     n_draws: int, mode: str, steps: int | None = None, loss: str = "ce") -> str:
     """E.g. ``fullBNN_svi_pgd_l2_eps0.5_steps20_S100_mean_grad``; PGD runs name their step count, attacks on
     another loss than the cross-entropy name it (``baseNN_fgsm_linf_eps0.2_margin_S1``)."""
     steps_part = f"_steps{steps}" if attack == "pgd" and steps is not None else ""
-    loss_part = f"_{loss}" if loss != "ce" else ""
-    name = f"{model_tag(model, inference)}_{attack}_{norm}_eps{epsilon:g}{steps_part}{loss_part}_S{n_draws}"
+    name = f"{model_tag(model, inference)}_{attack}_{norm}_eps{epsilon:g}{steps_part}{loss_part(loss)}_S{n_draws}"
     return safe_name(name if model != "fullBNN" else f"{name}_{mode}", "attack run name")
 
 

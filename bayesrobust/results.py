@@ -483,5 +483,5 @@ def analysis_name(ds: xr.Dataset) -> str:
     :func:`bayesrobust.paths.analysis_path` refuses a name they make unsafe)."""
     a = ds.attrs
     eps, topk = float(a.get("epsilon", 0)), float(a.get("topk", 20))
-    loss = f"_{attack_loss(a)}" if attack_loss(a) != "ce" else ""
+    loss = paths.loss_part(attack_loss(a))
     return f"{a.get('preset', 'analysis')}_{a.get('attack', '')}_{a.get('norm', '')}_eps{eps:g}{loss}_top{topk:g}"

@@ -315,14 +315,15 @@ def attack(preset: str | Preset, model: str, *, inference: str | None = None, ou
                                   n_draws=n_draws, chunk_size=chunk_size, seed=seed, data_root=data_root,
                                   device=device, force=force, **extra)
     from . import store
-    from .adversarial import PosteriorAverage, run_attack
+    from .adversarial import run_attack
+    from .adversarial.posterior import check_mode
     out = paths.resolve_out(out)
     p = _preset(preset)
     mode = PosteriorMode.parse(mode, "posterior mode").value
     _counts(chunk_size=chunk_size, n_inputs=n_inputs, n_draws=n_draws)
     checks.seed("seed", seed)
     made = make_attack_for(p, attack, norm, epsilon, steps, step_size, random_start, loss)  # validates ε, steps
-    PosteriorAverage(made, mode=mode)  # the mode and the loss go together, checked before the model is loaded
+    check_mode(mode, made.loss)  # before the model is loaded
     t = Target.load(p, model, inference, n_inputs, inputs_seed, n_draws, data_root, device, out)
     config = t.config(**made.params(), posterior_mode=mode, inputs_seed=inputs_seed, seed=seed,
                       chunk_size=chunk_size)

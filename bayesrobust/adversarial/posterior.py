@@ -48,9 +48,15 @@ from .base import (
 MODES = PosteriorMode.values()
 
 
-def check_mode(mode: str) -> str:
-    """``mode`` if it is one of :data:`MODES`; ``ValueError`` listing them otherwise."""
-    return PosteriorMode.parse(mode, "posterior mode").value
+def check_mode(mode: str, loss: str = "ce") -> str:
+    """``mode`` if it is one of :data:`MODES` and can attack ``loss``; ``ValueError`` listing the modes otherwise,
+    or saying that ``predictive`` (the cross-entropy of the predictive) takes no other loss."""
+    mode = PosteriorMode.parse(mode, "posterior mode").value
+    if mode == PosteriorMode.PREDICTIVE and loss != AttackLoss.CE:
+        raise ValueError(f"posterior mode 'predictive' attacks the cross-entropy of the posterior predictive; "
+                         f"the attack's loss is {loss!r}: use loss 'ce', or mode "
+                         f"{', '.join(m for m in MODES if m != PosteriorMode.PREDICTIVE)} for the margin")
+    return mode
 
 
 def mean_grad_gradient(draws: DrawSet, chunk_size: int | None = None, loss: str = "ce") -> LossGradient:
@@ -144,11 +150,7 @@ class PosteriorAverage:
         if not isinstance(attack, Attack):
             raise TypeError(f"attack must be an Attack (FGSM, PGD), got {type(attack).__name__}")
         self.attack = attack
-        self.mode = check_mode(mode)
-        if self.mode == PosteriorMode.PREDICTIVE and attack.loss != AttackLoss.CE:
-            raise ValueError(f"posterior mode 'predictive' attacks the cross-entropy of the posterior predictive; "
-                             f"the attack's loss is {attack.loss!r}: use loss 'ce', or mode "
-                             f"{', '.join(m for m in MODES if m != PosteriorMode.PREDICTIVE)} for the margin")
+        self.mode = check_mode(mode, attack.loss)
         self.n_draws = count("n_draws", n_draws)
         self.chunk_size = count("chunk_size", chunk_size)
 

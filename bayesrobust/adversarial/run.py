@@ -37,7 +37,7 @@ def attack_attrs(attack: Attack) -> dict[str, Any]:
     p = attack.params()
     return {"attack": p["attack"], "norm": p["norm"], "epsilon": p["epsilon"],
             "steps": p.get("steps", 1), "step_size": p.get("step_size", p["epsilon"]),
-            "random_start": p.get("random_start", False), "loss": p.get("loss", "ce")}
+            "random_start": p.get("random_start", False), "loss": p["loss"]}
 
 
 #: Above this share of unperturbed images an attack is reported as masked (:func:`run_attack` warns). A step
